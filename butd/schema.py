@@ -1,0 +1,152 @@
+"""The feature store's layout: one description that the converter writes and the loader reads.
+
+A store is a Zarr v3 group (a directory ``<split>.zarr``) holding one array per field below, all
+with the image as their first axis and chunked along it in blocks of ``chunk_images`` images.
+Every other axis is a single chunk, so chunk ``i`` of an array holds images
+``[i * chunk_images, (i + 1) * chunk_images)`` as one C-order block. With ``compressor='none'``
+that block is the raw little-endian file ``<array>/c/<i>/0/...`` and can be memory-mapped; the
+last chunk is stored full-size (zarr pads it with the fill value).
+
+The group's attributes (``StoreAttrs``) say what the store holds and whether it is complete: a
+store whose ``complete`` flag is not true must never be read as training data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+SPATIAL_DIM = 6
+BOX_DIM = 4
+LAYOUTS = ("obj36", "anderson")
+FEATURE_DTYPES = ("float16", "float32")
+COMPRESSORS = ("none", "zstd", "blosc")
+
+# Column names of the two TSV layouts, in file order. obj36 is the layout of the GQA files
+# (vg_gqa_obj36.tsv, gqa_testdev_obj36.tsv); anderson is the 6-column bottom-up-attention one
+# (width before height, 10-100 boxes per image).
+TSV_COLUMNS = {
+    "obj36": ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
+              "num_boxes", "boxes", "features"),
+    "anderson": ("image_id", "image_w", "image_h", "num_boxes", "boxes", "features"),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One array of the store: ``per_image`` is the shape after the image axis, where the strings
+    ``"boxes"`` and ``"feature_dim"`` stand for the store's ``max_boxes`` and ``feature_dim``;
+    ``dtype="feature"`` means the store's chosen feature dtype."""
+    name: str
+    per_image: tuple
+    dtype: str
+    layouts: tuple = LAYOUTS
+
+    def shape(self, attrs: "StoreAttrs") -> tuple:
+        sizes = {"boxes": attrs.max_boxes, "feature_dim": attrs.feature_dim}
+        return (attrs.num_images,) + tuple(sizes.get(d, d) for d in self.per_image)
+
+    def numpy_dtype(self, attrs: "StoreAttrs") -> np.dtype:
+        return np.dtype(attrs.dtype if self.dtype == "feature" else self.dtype)
+
+
+FIELDS = (
+    Field("features", ("boxes", "feature_dim"), "feature"),
+    Field("boxes", ("boxes", BOX_DIM), "float32"),
+    Field("spatials", ("boxes", SPATIAL_DIM), "float32"),
+    Field("num_boxes", (), "int32"),
+    Field("img_h", (), "int32"),
+    Field("img_w", (), "int32"),
+    Field("objects_id", ("boxes",), "int64", ("obj36",)),
+    Field("objects_conf", ("boxes",), "float32", ("obj36",)),
+    Field("attrs_id", ("boxes",), "int64", ("obj36",)),
+    Field("attrs_conf", ("boxes",), "float32", ("obj36",)),
+)
+# Image ids are variable-length strings, stored as a zarr array of dtype str (chunked like the rest).
+IMAGE_IDS = "image_ids"
+
+
+def fields_for(layout: str) -> tuple:
+    """The numeric fields a store of this TSV layout holds."""
+    return tuple(f for f in FIELDS if layout in f.layouts)
+
+
+@dataclass
+class StoreAttrs:
+    """The group attributes of a store. ``source`` records the TSV (path, size, mtime) and
+    ``fingerprint`` a hash of the source and the conversion settings, so that a resumed run can tell
+    whether it is continuing the same conversion."""
+    layout: str
+    dtype: str
+    compressor: str
+    feature_dim: int
+    max_boxes: int
+    num_images: int
+    chunk_images: int
+    source: dict
+    fingerprint: str
+    complete: bool = False
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, attrs: dict, where: str = "store") -> "StoreAttrs":
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(n for n in names if n not in attrs and n not in ("complete", "schema_version"))
+        if missing:
+            raise ValueError(f"{where}: not a butd feature store (attributes missing: {', '.join(missing)})")
+        return cls(**{k: v for k, v in attrs.items() if k in names})
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.num_images // self.chunk_images)
+
+
+def read_attrs(path: str) -> StoreAttrs:
+    """Read a store's attributes straight from its ``zarr.json`` (cheap, no zarr event loop)."""
+    meta_path = os.path.join(path, "zarr.json")
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no feature store here (missing {meta_path}); "
+                                "make one with `python converters/tsv_to_zarr.py`") from None
+    return StoreAttrs.from_json(meta.get("attributes", {}), where=path)
+
+
+def chunk_file(path: str, field: Field, chunk: int) -> str:
+    """Path of chunk ``chunk`` of ``field`` (zarr v3 default chunk keys, '/' separator)."""
+    trailing = ["0"] * len(field.per_image)
+    return os.path.join(path, field.name, "c", str(chunk), *trailing)
+
+
+# Which store serves which question split: vg_gqa_obj36.tsv holds the train, val and test images,
+# gqa_testdev_obj36.tsv only the testdev ones. Rows are found by image id, never by split name.
+STORE_FOR_SPLIT = {"train": "trainval", "val": "trainval", "test": "trainval", "testdev": "testdev"}
+SPLITS = tuple(STORE_FOR_SPLIT)
+# The specification's input file names for each store.
+TSV_FOR_STORE = {"trainval": "vg_gqa_obj36.tsv", "testdev": "gqa_testdev_obj36.tsv"}
+
+
+def store_path(cache_dir: str, split_or_store: str) -> str:
+    """``<cache_dir>/<store>.zarr`` for a store name or a question split."""
+    name = STORE_FOR_SPLIT.get(split_or_store, split_or_store)
+    return os.path.join(cache_dir, f"{name}.zarr")
+
+
+def read_image_ids(path: str) -> np.ndarray:
+    """The image ids of a complete store, in row order (a str array). Raises if the store is missing
+    or not marked complete."""
+    attrs = read_attrs(path)
+    if not attrs.complete:
+        raise ValueError(f"{path}: feature store is incomplete (conversion interrupted or failed); "
+                         "re-run `python converters/tsv_to_zarr.py` to resume it")
+    import zarr  # deferred: importing zarr starts nothing, but keeps schema import light
+    return np.asarray(zarr.open_array(os.path.join(path, IMAGE_IDS), mode="r")[:], dtype=str)
