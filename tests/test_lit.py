@@ -1,0 +1,115 @@
+"""The LightningModule and the metric logger on small in-memory batches (the loader's dict format):
+exact epoch metrics with unanswered questions ignored, the metrics file, checkpoint round trip,
+predict_step, optimisers."""
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from butd.lit import LitVQA
+from butd.metrics_logger import MetricLogger
+
+V_DIM, K, T, NTOKEN, ANSWERS = 8, 5, 7, 10, 4
+SMALL = dict(ntoken=NTOKEN, num_answers=ANSWERS, v_dim=V_DIM, emb_dim=6, hidden=16)
+
+
+def make_batches(sizes, seed=0):
+    """Batches whose answer is the channel lit up in every box; one unanswered question per batch."""
+    g = torch.Generator().manual_seed(seed)
+    out, start = [], 0
+    for n in sizes:
+        labels = torch.randint(0, ANSWERS, (n,), generator=g)
+        features = torch.rand(n, K, V_DIM, generator=g)
+        features[torch.arange(n), :, labels] += 1.0
+        labels[0] = -1
+        out.append({"features": features.half(), "spatials": torch.rand(n, K, 6, generator=g),
+                    "tokens": torch.randint(0, NTOKEN + 1, (n, T), generator=g), "labels": labels,
+                    "index": torch.arange(start, start + n)})
+        start += n
+    return out
+
+
+def loader(batches):
+    return DataLoader(batches, batch_size=None)
+
+
+def trainer(tmp_path, **kw):
+    kw = {"max_epochs": 1, "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+          "enable_model_summary": False, "gradient_clip_val": 0.25, "default_root_dir": tmp_path, **kw}
+    return pl.Trainer(accelerator="cpu", devices=1, **kw)
+
+
+def test_val_metrics_are_exact_means_over_answered_questions(tmp_path):
+    torch.manual_seed(0)
+    lit = LitVQA(**SMALL)
+    batches = make_batches([9, 3, 5])            # unequal sizes: a mean of batch means would differ
+    got = trainer(tmp_path).validate(lit, loader(batches), verbose=False)[0]
+    lit.eval()
+    with torch.no_grad():
+        logits = torch.cat([lit(b) for b in batches])
+    labels = torch.cat([b["labels"] for b in batches])
+    keep = labels != -1
+    want_loss = F.cross_entropy(logits[keep], labels[keep]).item()
+    want_acc = (logits[keep].argmax(1) == labels[keep]).float().mean().item()
+    assert got["val_loss"] == pytest.approx(want_loss, abs=1e-5)
+    assert got["val_acc"] == pytest.approx(want_acc, abs=1e-6)
+
+
+def test_fit_writes_the_specs_metrics_file_and_learns(tmp_path):
+    torch.manual_seed(0)
+    lit = LitVQA(**SMALL, answer_dropout=0.0, lr=0.01)
+    logger = MetricLogger("run", str(tmp_path))
+    logger.log_hyperparams({"run_name": "run", "bsz": 16})
+    trainer(tmp_path, max_epochs=4, logger=logger, log_every_n_steps=5).fit(
+        lit, loader(make_batches([16] * 20)), loader(make_batches([16] * 4, seed=1)))
+    events = json.loads((tmp_path / "metrics" / "run-metrics.json").read_text())
+    assert events["status"] == "success"
+    assert events["hyperparams"]["run_name"] == "run" and events["hyperparams"]["model"] == "butd"
+    for key in ("train_loss", "train_acc", "train_epoch_loss", "train_epoch_acc", "val_loss", "val_acc"):
+        assert len(events[key]) == len(events[key + "_step"]) > 0, key
+    assert len(events["val_acc"]) == 4
+    assert events["val_acc_step"] == sorted(events["val_acc_step"])
+    assert events["train_epoch_loss"][-1] < events["train_epoch_loss"][0]
+    assert events["val_acc"][-1] > 0.4                 # 4 balanced-ish answers: chance is ~0.25
+
+
+def test_logger_resume_keeps_earlier_values(tmp_path):
+    first = MetricLogger("r", str(tmp_path))
+    first.log_metrics({"val_acc": 0.5}, step=10)
+    first.finalize("failed")
+    again = MetricLogger("r", str(tmp_path), resume=True)
+    assert again.events["status"] == "running"
+    again.log_metrics({"val_acc": 0.6}, step=20)
+    again.finalize("success")
+    events = json.loads((tmp_path / "metrics" / "r-metrics.json").read_text())
+    assert events["val_acc"] == [0.5, 0.6] and events["val_acc_step"] == [10, 20]
+    assert events["status"] == "success"
+
+
+def test_checkpoint_round_trip_and_predict(tmp_path):
+    torch.manual_seed(0)
+    lit = LitVQA(model="film", **SMALL, opt="adamw", lr=3e-3)
+    tr = trainer(tmp_path, max_steps=3)
+    tr.fit(lit, loader(make_batches([8] * 3)))
+    path = tmp_path / "m.ckpt"
+    tr.save_checkpoint(path)
+    back = LitVQA.load_from_checkpoint(path)
+    assert type(back.model).__name__ == "FiLM" and back.hparams.opt == "adamw"
+    batches = make_batches([6, 4], seed=3)
+    preds = trainer(tmp_path).predict(back, loader(batches))
+    assert torch.equal(torch.cat([p["index"] for p in preds]), torch.arange(10))
+    back.eval()
+    with torch.no_grad():
+        assert torch.equal(preds[0]["prediction"], lit.eval()(batches[0]).argmax(1))
+
+
+@pytest.mark.parametrize("opt,cls,lr", [("adamax", torch.optim.Adamax, 0.002), ("adam", torch.optim.Adam, 0.001),
+                                        ("adamw", torch.optim.AdamW, 0.001)])
+def test_optimisers_keep_torch_defaults(opt, cls, lr):
+    optimiser = LitVQA(**SMALL, opt=opt).configure_optimizers()
+    assert isinstance(optimiser, cls) and optimiser.defaults["lr"] == lr
+    with pytest.raises(ValueError, match="unknown optimiser 'sgd'"):
+        LitVQA(**SMALL, opt="sgd")
