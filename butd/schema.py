@@ -149,4 +149,5 @@ def read_image_ids(path: str) -> np.ndarray:
         raise ValueError(f"{path}: feature store is incomplete (conversion interrupted or failed); "
                          "re-run `python converters/tsv_to_zarr.py` to resume it")
     import zarr  # deferred: importing zarr starts nothing, but keeps schema import light
-    return np.asarray(zarr.open_array(os.path.join(path, IMAGE_IDS), mode="r")[:], dtype=str)
+    # zarr returns numpy's variable-width StringDType, which cannot be cast to "U" directly.
+    return np.asarray(zarr.open_array(os.path.join(path, IMAGE_IDS), mode="r")[:].tolist(), dtype=str)
