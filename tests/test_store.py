@@ -1,0 +1,156 @@
+"""FeatureStore: memmap / zarr / resident-cache gathers agree with a direct zarr read; broken stores
+fail with errors naming the file and the images. ``write_store`` is shared by the loader tests."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from butd import schema
+from butd.store import FeatureStore, StoreError
+
+ZSTD = [{"name": "zstd", "configuration": {"level": 1, "checksum": False}}]
+
+
+def write_store(path, num_images=37, num_boxes=5, feature_dim=8, chunk_images=8, dtype="float16",
+                compressor="none", complete=True, seed=0):
+    """A small schema-conformant store of seeded random values; returns the image ids."""
+    rng = np.random.default_rng(seed)
+    attrs = schema.StoreAttrs(layout="obj36", dtype=dtype, compressor=compressor, feature_dim=feature_dim,
+                              max_boxes=num_boxes, num_images=num_images, chunk_images=chunk_images,
+                              source={"path": "generated"}, fingerprint=f"test-{seed}", complete=complete)
+    group = zarr.open_group(str(path), mode="w")
+    codecs = None if compressor == "none" else ZSTD
+    for field in schema.fields_for("obj36"):
+        shape = field.shape(attrs)
+        values = rng.standard_normal(shape) * 10 if field.name != "features" else rng.standard_normal(shape)
+        array = group.create_array(field.name, shape=shape, chunks=(chunk_images,) + shape[1:],
+                                   dtype=field.numpy_dtype(attrs), compressors=codecs,
+                                   config={"write_empty_chunks": True})
+        array[:] = values.astype(field.numpy_dtype(attrs))
+    ids = np.array([f"img{seed}_{i}" for i in range(num_images)])
+    group.create_array(schema.IMAGE_IDS, shape=(num_images,), chunks=(chunk_images,), dtype=str)[:] = ids
+    group.attrs.update(attrs.to_json())
+    return ids
+
+
+def direct(path, rows):
+    """Reference read of the batch fields straight through zarr."""
+    group = zarr.open_group(str(path), mode="r")
+    return group["features"][:][rows], group["spatials"][:][rows]
+
+
+@pytest.fixture()
+def store_path(tmp_path):
+    write_store(tmp_path / "s.zarr")
+    return tmp_path / "s.zarr"
+
+
+ROWS = [36, 0, 7, 8, 8, 20, 3, 35, 16]  # unsorted, repeated, chunk edges and the padded last chunk
+
+
+@pytest.mark.parametrize("sort", [False, True])
+def test_memmap_gather_matches_zarr(store_path, sort):
+    rows = sorted(ROWS) if sort else ROWS
+    store = FeatureStore(store_path)
+    assert store.raw == {"features": True, "spatials": True}
+    f, s = store.gather(rows)
+    ref_f, ref_s = direct(store_path, rows)
+    assert f.dtype == torch.float16 and s.dtype == torch.float32
+    np.testing.assert_array_equal(f.numpy(), ref_f)
+    np.testing.assert_array_equal(s.numpy(), ref_s)
+    assert (store.num_images, store.max_boxes, store.feature_dim) == (37, 5, 8)
+
+
+def test_gather_into_given_buffers(store_path):
+    store = FeatureStore(store_path)
+    fo, so = torch.zeros(3, 5, 8, dtype=torch.float16), np.zeros((3, 5, 6), np.float32)
+    f, s = store.gather([1, 2, 30], fo, so)
+    assert f.data_ptr() == fo.data_ptr() and s.numpy().ctypes.data == so.ctypes.data
+    np.testing.assert_array_equal(fo.numpy(), direct(store_path, [1, 2, 30])[0])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_compressed_store_goes_through_zarr(tmp_path, dtype):
+    path = tmp_path / "z.zarr"
+    write_store(path, compressor="zstd", dtype=dtype)
+    store = FeatureStore(path, chunk_cache=2)
+    assert store.raw == {"features": False, "spatials": False}
+    for rows in (ROWS, sorted(ROWS)):
+        f, s = store.gather(rows)
+        np.testing.assert_array_equal(f.numpy(), direct(path, rows)[0])
+        np.testing.assert_array_equal(s.numpy(), direct(path, rows)[1])
+
+
+def test_pinned_cache_matches(store_path):
+    plain, pinned = FeatureStore(store_path), FeatureStore(store_path, cache="pinned")
+    for rows in (ROWS, sorted(ROWS)):
+        for a, b in zip(plain.gather(rows), pinned.gather(rows)):
+            assert torch.equal(a, b)
+    assert pinned._resident["features"].shape == (37, 5, 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_cache_matches(store_path):
+    plain, gpu = FeatureStore(store_path), FeatureStore(store_path, cache="gpu")
+    f, s = gpu.gather(ROWS)
+    assert f.is_cuda and s.is_cuda
+    ref_f, ref_s = plain.gather(ROWS)
+    assert torch.equal(f.cpu(), ref_f) and torch.equal(s.cpu(), ref_s)
+
+
+def test_pickled_store_reopens_lazily(store_path):
+    import copy
+    store = FeatureStore(store_path)
+    store.gather([1])
+    clone = copy.deepcopy(store)  # goes through __getstate__, like a spawned worker
+    assert clone._reader is None
+    np.testing.assert_array_equal(clone.gather([5])[0].numpy(), direct(store_path, [5])[0])
+
+
+def test_missing_store(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.zarr.*tsv_to_zarr\.py"):
+        FeatureStore(tmp_path / "nope.zarr")
+
+
+def test_incomplete_store(tmp_path):
+    write_store(tmp_path / "half.zarr", complete=False)
+    with pytest.raises(StoreError, match=r"half\.zarr.*incomplete.*tsv_to_zarr\.py"):
+        FeatureStore(tmp_path / "half.zarr")
+
+
+def test_wrong_shape_is_rejected(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_store(path)
+    group = zarr.open_group(str(path), mode="r+")
+    group.attrs["feature_dim"] = 16
+    with pytest.raises(StoreError, match=r"features.zarr\.json.*promise"):
+        FeatureStore(path)
+
+
+def chunk_of(path, c, field="features"):
+    return schema.chunk_file(str(path), next(f for f in schema.FIELDS if f.name == field), c)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+@pytest.mark.parametrize("compressor", ["none", "zstd"])
+def test_corrupt_chunk_names_file_and_images(tmp_path, damage, compressor):
+    path = tmp_path / "s.zarr"
+    write_store(path, compressor=compressor)
+    fname = chunk_of(path, 2)
+    if damage == "delete":
+        os.remove(fname)
+    else:
+        with open(fname, "r+b") as f:
+            f.truncate(os.path.getsize(fname) // 2)
+    store = FeatureStore(path)
+    store.gather([0, 1])  # other chunks still read
+    with pytest.raises(StoreError, match=rf"{fname}.*rows 16\.\.23 \(images img0_16, img0_17, img0_18, \.\.\. img0_23\)"):
+        store.gather([3, 17])
+
+
+def test_row_past_store(store_path):
+    with pytest.raises(IndexError, match=r"row 37 .*37 images"):
+        FeatureStore(store_path).gather([1, 37])
