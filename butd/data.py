@@ -14,23 +14,31 @@ How a batch is made: ``ShardedBatchSampler`` yields a list of question positions
 features with one vectorised read per store chunk into the batch's own buffers, so there is no
 collate step and no per-item work. Where those buffers live depends on the process:
 
-- in a DataLoader worker: fresh shared-memory tensors (as PyTorch's default collate makes), so
-  handing the batch to the main process copies nothing; the DataLoader's pin-memory thread then
-  makes the one copy into page-locked memory (``pin_memory=True`` with CUDA).
-- in the main process (``num_workers=0``) with CUDA: page-locked tensors from PyTorch's caching
-  host allocator, ready for ``non_blocking`` transfer (the allocator reuses a block only after the
-  copies that read it have finished), and the DataLoader does not pin again.
-- in the main process without CUDA: a small pool of buffers, each reused once nothing else holds
-  its storage.
+- ``num_workers=0`` (the fastest here): a ``ThreadedLoader`` runs the DataLoader in a background
+  thread of the main process, ``prefetch_factor`` batches ahead; the gather releases the GIL, so it
+  overlaps the training step. With CUDA the buffers are page-locked tensors from PyTorch's caching
+  host allocator, ready for ``non_blocking`` transfer (it reuses a block only after the copies that
+  read it have finished); without CUDA, a small pool of buffers, each reused once nothing else
+  holds its storage. Nothing is copied after the gather.
+- ``num_workers>0``: worker processes (persistent; each opens the store lazily and shares its
+  pages through the page cache) gather into fresh shared-memory tensors (as PyTorch's default
+  collate does), so handing a batch over copies nothing; the DataLoader's pin-memory thread then
+  makes the one copy into page-locked memory (``pin_memory=True`` with CUDA). Fresh 38 MB buffers
+  per batch cost page faults, which is why this path is slower than the threaded one on few cores.
 
 ``feature_cache="pinned"|"gpu"`` keeps the whole store resident (pinned host memory / the GPU) and
-gathers there by index, in the main process: those loaders run with ``num_workers=0``, and with
-``"gpu"`` the ``features``/``spatials`` of a batch are already on the device (Lightning's transfer
-leaves them there).
+gathers there by index, in the main process: those loaders always run with ``num_workers=0``, and
+with ``"gpu"`` the ``features``/``spatials`` of a batch are already on the device (Lightning's
+transfer leaves them there).
+
+Lightning: train with ``Trainer(use_distributed_sampler=False)``; Lightning calls the sampler's
+``set_epoch`` each epoch (it finds ``loader.sampler``), which reshuffles.
 """
 from __future__ import annotations
 
 import os
+import queue
+import threading
 
 import numpy as np
 import pytorch_lightning as pl
@@ -42,7 +50,7 @@ from butd.sampler import ShardedBatchSampler
 from butd.store import FeatureStore
 
 _MAKE_QUESTIONS = "make them with `python converters/questions_to_shards.py`"
-_POOL_SIZE = 6
+_POOL_SIZE = 8  # > batches queued ahead + held by the consumer
 
 
 def _shared_empty(shape, dtype) -> torch.Tensor:
@@ -132,6 +140,80 @@ def _batch_collate(batch):
     return batch  # the dataset already returns the finished batch
 
 
+class _End:
+    """Marks the end of a background thread's batches (or carries its exception)."""
+
+    def __init__(self, error=None):
+        self.error = error
+
+
+class ThreadedLoader:
+    """Runs a ``num_workers=0`` DataLoader ``depth`` batches ahead in a background thread of this
+    process. The gather is ``np.take`` (and ``index_select``), which release the GIL, so it
+    overlaps the training step without the inter-process hand-over of worker batches, and the
+    pooled / pinned buffers are reused safely (a queued batch still holds its buffers). Exposes
+    ``sampler`` and ``len`` so Lightning sets the epoch and counts batches as for a DataLoader."""
+
+    def __init__(self, loader: DataLoader, depth: int = 2):
+        self.loader, self.depth = loader, depth
+        self.sampler, self.dataset = loader.sampler, loader.dataset
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        out: queue.Queue = queue.Queue(self.depth)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def produce():
+            try:
+                for batch in self.loader:
+                    if not put(batch):
+                        return
+                put(_End())
+            except BaseException as e:  # re-raised in the consumer's thread
+                put(_End(e))
+
+        thread = threading.Thread(target=produce, name="butd-batches", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+
+def make_loader(dataset: BatchDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False, num_workers: int = 0, pin_memory: bool = True,
+                prefetch_factor: int = 2, rank=None, world_size=None):
+    """The loader over ``dataset``: whole batches from a ``ShardedBatchSampler``. With workers, a
+    DataLoader with persistent workers, pinning by the loader's thread (worker batches arrive in
+    shared memory); with ``num_workers=0``, a ``ThreadedLoader`` gathering ``prefetch_factor``
+    batches ahead in this process, straight into pinned buffers."""
+    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                  rank=rank, world_size=world_size)
+    loader = DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_batch_collate,
+                        num_workers=num_workers, persistent_workers=num_workers > 0,
+                        prefetch_factor=prefetch_factor if num_workers else None,
+                        pin_memory=pin_memory and num_workers > 0 and torch.cuda.is_available())
+    return loader if num_workers else ThreadedLoader(loader, depth=prefetch_factor)
+
+
 class GQADataModule(pl.LightningDataModule):
     """Train on ``train_split`` questions (shuffled), validate on ``val_split`` (in order), as the
     specification does (train / testdev). ``cache_dir`` holds ``trainval.zarr``, ``testdev.zarr``
@@ -175,7 +257,9 @@ class GQADataModule(pl.LightningDataModule):
         """The feature store serving ``split`` (opened once per store; reading starts lazily)."""
         path = schema.store_path(self.cache_dir, split)
         if path not in self._stores:
-            self._stores[path] = FeatureStore(path, cache=self.feature_cache)
+            # resolved here, in the main thread, where Lightning has set this rank's device
+            device = torch.cuda.current_device() if self.feature_cache == "gpu" and torch.cuda.is_available() else None
+            self._stores[path] = FeatureStore(path, cache=self.feature_cache, device=device)
         return self._stores[path]
 
     def dataset(self, split: str) -> BatchDataset:
@@ -184,26 +268,20 @@ class GQADataModule(pl.LightningDataModule):
         return self._datasets[split]
 
     def _rank_world(self):
-        trainer = getattr(self, "_trainer", None) or getattr(self, "trainer", None)
-        if trainer is not None:
-            return trainer.global_rank, trainer.world_size
-        return None, None
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return None, None  # no trainer: torch.distributed (or a single process) decides
 
-    def dataloader_for(self, split: str, shuffle: bool = False, drop_last: bool = False) -> DataLoader:
-        dataset = self.dataset(split)
+    def dataloader_for(self, split: str, shuffle: bool = False, drop_last: bool = False):
         rank, world = self._rank_world()
-        sampler = ShardedBatchSampler(len(dataset), self.batch_size, shuffle=shuffle, seed=self.seed,
-                                      drop_last=drop_last, rank=rank, world_size=world)
         # resident caches gather in the main process (a GPU or pinned copy cannot be shared with workers)
         workers = self.num_workers if self.feature_cache == "none" else 0
-        return DataLoader(
-            dataset, sampler=sampler, batch_size=None, collate_fn=_batch_collate, num_workers=workers,
-            persistent_workers=workers > 0, prefetch_factor=self.prefetch_factor if workers else None,
-            # main-process batches are already pinned; worker batches get pinned by the loader's thread
-            pin_memory=self.pin_memory and workers > 0 and torch.cuda.is_available())
+        return make_loader(self.dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed,
+                           drop_last=drop_last, num_workers=workers, pin_memory=self.pin_memory,
+                           prefetch_factor=self.prefetch_factor, rank=rank, world_size=world)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
         return self.dataloader_for(self.train_split, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self):
         return self.dataloader_for(self.val_split)

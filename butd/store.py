@@ -93,7 +93,8 @@ class _ChunkReader:
 
     def __init__(self, store: "FeatureStore", chunk_cache: int):
         self.store = store
-        self.maps: dict = {}
+        self.maps: OrderedDict = OrderedDict()
+        self.max_maps = _allow_open_files(len(BATCH_FIELDS) * store.attrs.num_chunks)
         self.arrays: dict = {}
         self.lru: OrderedDict = OrderedDict()
         self.lru_size = chunk_cache
@@ -104,6 +105,8 @@ class _ChunkReader:
             m = self.maps.get(key)
             if m is None:
                 m = self.maps[key] = self._map(field, c)
+                if len(self.maps) > self.max_maps:
+                    self.maps.popitem(last=False)
             return m
         if key in self.lru:
             self.lru.move_to_end(key)
@@ -145,6 +148,22 @@ class _ChunkReader:
             return np.ascontiguousarray(arr[lo:lo + self.store.attrs.chunk_images])
         except Exception as e:  # zarr/numcodecs raise assorted decode errors
             raise self.store.chunk_error(fname, c, f"cannot be decoded ({type(e).__name__}: {e})") from None
+
+
+def _allow_open_files(wanted: int, spare: int = 256) -> int:
+    """How many chunk maps this process may keep open. Each np.memmap holds a file descriptor
+    (Python's mmap dups it), and a full GQA store has thousands of chunks, so raise the soft limit
+    towards the hard one; past that, the oldest maps are closed and reopened when needed."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted + spare:
+        target = wanted + spare if hard == resource.RLIM_INFINITY else min(hard, wanted + spare)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return wanted if soft == resource.RLIM_INFINITY else max(16, min(wanted, soft - spare))
 
 
 def _segments(chunks: np.ndarray):

@@ -8,10 +8,10 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from butd.data import BatchDataset, GQADataModule
+from butd.data import BatchDataset, GQADataModule, ThreadedLoader, make_loader
 from butd.questions import QuestionArrays
 from butd.sampler import ShardedBatchSampler
-from butd.store import FeatureStore
+from butd.store import FeatureStore, StoreError
 from test_store import write_store
 
 NUM_Q = 150
@@ -71,10 +71,23 @@ def test_batches_align_with_store_and_survive_being_held(store):
 def test_zero_and_two_workers_give_the_same_batches(store):
     path, qs = store
     dataset = BatchDataset(qs, FeatureStore(path))
-    zero, two = as_numpy(loader(dataset, 0, epoch=3)), as_numpy(loader(dataset, 2, epoch=3))
+    zero, two = make_loader(dataset, 32, shuffle=True, seed=4), make_loader(dataset, 32, shuffle=True, seed=4,
+                                                                           num_workers=2)
+    assert isinstance(zero, ThreadedLoader)
+    zero.sampler.set_epoch(3), two.sampler.set_epoch(3)
+    zero, two = list(zero), as_numpy(two)  # the threaded batches all held at once: no buffer reuse
+    check_aligned(zero, path, qs)
     assert len(zero) == len(two)
-    for a, b in zip(zero, two):
+    for a, b in zip(as_numpy(zero), two):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_threaded_loader_raises_the_gather_error(tmp_path):
+    path = tmp_path / "s.zarr"
+    qs = questions_for(write_store(path))
+    os.remove(os.path.join(path, "features", "c", "3", "0", "0"))
+    with pytest.raises(StoreError, match=r"c/3/0/0: chunk 3 .* is missing"):
+        list(make_loader(BatchDataset(qs, FeatureStore(path)), 32))
 
 
 @pytest.mark.parametrize("cache", ["pinned", pytest.param("gpu", marks=[

@@ -154,3 +154,12 @@ def test_corrupt_chunk_names_file_and_images(tmp_path, damage, compressor):
 def test_row_past_store(store_path):
     with pytest.raises(IndexError, match=r"row 37 .*37 images"):
         FeatureStore(store_path).gather([1, 37])
+
+
+def test_few_file_descriptors_evict_old_maps(store_path, monkeypatch):
+    import butd.store as store_module
+    monkeypatch.setattr(store_module, "_allow_open_files", lambda wanted, spare=256: 2)
+    store = FeatureStore(store_path)
+    for _ in range(2):  # every chunk, twice: maps are closed and reopened on the way
+        np.testing.assert_array_equal(store.gather(ROWS)[0].numpy(), direct(store_path, ROWS)[0])
+    assert len(store._reader.maps) == 2
