@@ -13,9 +13,11 @@ Compares, in one run, over the same question rows and worker counts 0..cores:
 Reported per run: samples/s, GB/s (of the bytes that method reads), time to first batch (worker
 start included), and peak memory of the process tree, sampled from ``/proc/<pid>/smaps_rollup``:
 RSS counts every store page a process has touched through its memory maps, although those pages
-are the kernel's page cache, shared by all workers and evictable; USS (private memory) is what
-each process really holds. Without ``--store`` the loader also runs on a second store a quarter
-the size: its USS is the same, i.e. memory does not grow with the store. The run prints a table,
+are the kernel's page cache, shared by all workers and evictable. PSS here is anonymous plus
+shared-memory PSS summed over the tree: the memory the processes really allocated (batches in
+flight, buffers, interpreters), each shared page counted once, page cache left out; reported as the
+peak and as what the run added to the main process's own before it (the benchmark holds arrays). Without ``--store`` the loader also runs on a second store a quarter
+the size: its PSS is the same, i.e. memory does not grow with the store. The run prints a table,
 writes ``loader_speed.png`` and ``loader_speed.json`` under ``--out``, and ends with one JSON line.
 The store files are freshly written, so all methods read from a warm page cache.
 """
@@ -71,6 +73,7 @@ def generate_store(path: str, num_images: int, boxes: int, dim: int, dtype: str,
     ids = group.create_array(schema.IMAGE_IDS, shape=(num_images,), chunks=(chunk_images,), dtype=str)
     ids[:] = np.array([f"bench{i}" for i in range(num_images)])
     group.attrs.update(attrs.to_json())
+    os.sync()  # finish writeback now, not while the runs read
 
 
 def write_spec_hdf5(store: FeatureStore, rows: int, path: str) -> None:
@@ -121,39 +124,41 @@ class SpecStyleDataset(Dataset):
 # -- measuring ------------------------------------------------------------------------------------
 
 def _rollup(pid: int) -> tuple[int, int]:
-    """(RSS, USS) in bytes of one process, from smaps_rollup."""
+    """(RSS, anonymous + shared-memory PSS) in bytes of one process, from smaps_rollup. PSS splits
+    each shared page among the processes mapping it, so summing it over the tree counts a page
+    once; leaving out Pss_File leaves out the store's page-cache pages."""
     fields = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
             parts = line.split()
             if len(parts) == 3 and parts[2] == "kB":
                 fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
-    return fields.get("Rss", 0), fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    return fields.get("Rss", 0), fields.get("Pss_Anon", 0) + fields.get("Pss_Shmem", 0)
 
 
 class PeakMemory:
-    """Peak RSS and USS of this process and its children, sampled in a thread."""
+    """Peak RSS and PSS of this process and its children, sampled in a thread."""
 
     def __init__(self, interval: float = 0.05):
         import psutil
         self.me, self.interval = psutil.Process(), interval
 
     def __enter__(self):
-        self.rss = self.uss = 0
+        self.rss = self.pss = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         return self
 
     def _sample(self):
-        rss = uss = 0
+        rss = pss = 0
         for p in [self.me] + self.me.children(recursive=True):
             try:
                 r, u = _rollup(p.pid)
             except OSError:  # a worker that just exited
                 continue
-            rss, uss = rss + r, uss + u
-        self.rss, self.uss = max(self.rss, rss), max(self.uss, uss)
+            rss, pss = rss + r, pss + u
+        self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
 
     def _run(self):
         while not self.stop.wait(self.interval):
@@ -167,6 +172,8 @@ class PeakMemory:
 
 def time_batches(batches, seconds: float, count) -> dict:
     """Pull batches for about ``seconds`` after the first; ``count(batch)`` gives its samples."""
+    gc.collect()
+    before = _rollup(os.getpid())[1]
     with PeakMemory() as mem:
         t0 = time.perf_counter()
         it = iter(batches)
@@ -181,7 +188,7 @@ def time_batches(batches, seconds: float, count) -> dict:
         del it, batch
         gc.collect()  # ends this loader's workers inside the measurement
     return {"samples_per_s": samples / elapsed, "first_batch_s": first, "peak_rss_mb": mem.rss / 2**20,
-            "peak_uss_mb": mem.uss / 2**20}
+            "peak_pss_mb": mem.pss / 2**20, "added_pss_mb": (mem.pss - before) / 2**20}
 
 
 def run_loader(store_path: str, questions: QuestionArrays, batch_size: int, workers: int, seconds: float) -> dict:
@@ -264,6 +271,7 @@ def _run(args, workers: list, workdir: str) -> dict:
     t = time.perf_counter()
     h5_path = os.path.join(workdir, "spec36.hdf5")
     write_spec_hdf5(store, rows, h5_path)
+    os.sync()  # finish writeback now, not while the runs read
     print(f"[*] wrote the specification-style float32 HDF5 ({rows} images) in {time.perf_counter() - t:.1f} s",
           flush=True)
 
@@ -289,11 +297,11 @@ def report(results: list, args, rows: int, store: FeatureStore) -> dict:
     print(f"\nstore: {store.path} rows used: {rows}, {store.max_boxes}x{store.feature_dim} {store.attrs.dtype}, "
           f"batch {args.batch_size}\n")
     header = f"{'method':8s} {'store':8s} {'workers':>7s} {'samples/s':>10s} {'GB/s':>6s} {'1st batch s':>11s} " \
-             f"{'peak RSS MB':>11s} {'peak USS MB':>11s}"
+             f"{'peak RSS MB':>11s} {'peak PSS MB':>11s} {'added PSS MB':>12s}"
     print(header + "\n" + "-" * len(header))
     for r in results:
         print(f"{r['method']:8s} {r['store']:8s} {r['workers']:7d} {r['samples_per_s']:10.0f} {r['gb_per_s']:6.2f} "
-              f"{r['first_batch_s']:11.2f} {r['peak_rss_mb']:11.0f} {r['peak_uss_mb']:11.0f}")
+              f"{r['first_batch_s']:11.2f} {r['peak_rss_mb']:11.0f} {r['peak_pss_mb']:11.0f} {r['added_pss_mb']:12.0f}")
 
     def best(method, store_name="store"):
         return max((r for r in results if r["method"] == method and r["store"] == store_name),
@@ -312,7 +320,7 @@ def report(results: list, args, rows: int, store: FeatureStore) -> dict:
         "speedup_vs_spec": round(loader["samples_per_s"] / spec["samples_per_s"], 2),
         "fraction_of_bound": round(loader["samples_per_s"] / bound["samples_per_s"], 3),
         "first_batch_s_max": round(max(r["first_batch_s"] for r in mine), 3),
-        "peak_uss_mb_by_store": {s: round(max(r["peak_uss_mb"] for r in mine if r["store"] == s))
+        "added_pss_mb_by_store": {s: round(max(r["added_pss_mb"] for r in mine if r["store"] == s))
                                  for s in sorted({r["store"] for r in mine})},
         "peak_rss_mb_by_store": {s: round(max(r["peak_rss_mb"] for r in mine if r["store"] == s))
                                  for s in sorted({r["store"] for r in mine})},
@@ -327,13 +335,13 @@ def report(results: list, args, rows: int, store: FeatureStore) -> dict:
         if r["method"] != "bound":
             label = r["method"] + ("" if r["store"] == "store" else f" ({r['store']} store)")
             series.setdefault(label, ([], [], []))
-            for part, v in zip(series[label], (r["workers"], r["samples_per_s"], r["peak_uss_mb"])):
+            for part, v in zip(series[label], (r["workers"], r["samples_per_s"], r["added_pss_mb"])):
                 part.append(v)
     ws = sorted({r["workers"] for r in results})
     speed = {k: (x, y) for k, (x, y, _) in series.items()}
     speed["bound (in-RAM np.take)"] = (ws, [bound["samples_per_s"]] * len(ws))
     line_plot([("throughput", "DataLoader workers", "samples/s", speed),
-               ("private memory (USS) of the process tree", "DataLoader workers", "MB",
+               ("anon+shm PSS the run added", "DataLoader workers", "MB",
                 {k: (x, u) for k, (x, _, u) in series.items()})],
               os.path.join(args.out, "loader_speed.png"), title="loader_speed")
     with open(os.path.join(args.out, "loader_speed.json"), "w") as f:
