@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import gzip
 from dataclasses import dataclass
-from itertools import chain, repeat
-from typing import Iterable, Sequence
+from itertools import chain, islice, repeat
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -116,7 +116,13 @@ def _open_lines(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def read_glove(path: str, word2idx: dict, emb_dim: int) -> tuple[np.ndarray, np.ndarray]:
+def check_glove_dim(path: str, emb_dim: int) -> None:
+    """Fail fast, before any long work, when the file's first vector is not ``emb_dim`` long."""
+    read_glove(path, {}, emb_dim, max_lines=1)
+
+
+def read_glove(path: str, word2idx: dict, emb_dim: int,
+               max_lines: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
     """(weights float32 [len(word2idx), emb_dim], found bool [len(word2idx)]) from a GloVe file.
 
     Rows of words the file lacks stay zero, as in the specification; when a word is listed twice
@@ -129,7 +135,7 @@ def read_glove(path: str, word2idx: dict, emb_dim: int) -> tuple[np.ndarray, np.
     weights = np.zeros((len(word2idx), emb_dim), dtype=np.float32)
     found = np.zeros(len(word2idx), dtype=bool)
     with _open_lines(path) as f:
-        for lineno, line in enumerate(f, 1):
+        for lineno, line in enumerate(islice(f, max_lines), 1):
             word, _, rest = line.partition(b" ")
             index = by_bytes.get(word)
             if index is None and lineno > 1:

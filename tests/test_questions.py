@@ -1,0 +1,343 @@
+"""The question cache: parity with the specification's steps 1, 2 and 4, shard round trips,
+fingerprints, bad inputs, missing images."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import webdataset as wds
+
+from butd import questions as Q
+from butd import schema
+from butd.convert import convert_tsv
+from test_text import REAL_QUESTIONS, Dictionary, spec_glove, spec_pad
+
+SPEC_QUESTION_FILES = ['train_balanced_questions.json', 'val_balanced_questions.json',
+                       'testdev_balanced_questions.json', 'test_balanced_questions.json']
+
+
+@pytest.fixture(scope="module")
+def stores(sample_dir, tmp_path_factory):
+    """The sample's feature stores, made by the real converter."""
+    cache = tmp_path_factory.mktemp("cache")
+    for store, tsv in schema.TSV_FOR_STORE.items():
+        convert_tsv(str(sample_dir / "GQA-Features" / tsv), schema.store_path(str(cache), store),
+                    workers=1, progress=False)
+    return cache
+
+
+@pytest.fixture
+def inputs(sample_dir, stores, tmp_path):
+    """A private copy of the sample's questions and GloVe file (tests edit them) and the stores."""
+    shutil.copytree(sample_dir / "GQA-Questions", tmp_path / "q")
+    shutil.copytree(sample_dir / "GloVe", tmp_path / "g")
+    return Q.Inputs(str(tmp_path / "q"), str(tmp_path / "g" / "glove.6B.300d.txt"), str(stores))
+
+
+def build(inputs, out, **kw):
+    return Q.build(inputs.questions, inputs.glove, str(out), inputs.cache, emb_dim=inputs.emb_dim,
+                   drop_missing=inputs.drop_missing, workers=kw.pop("workers", 1), progress=False, **kw)
+
+
+def shuffled_copy(src, dst, seed=0):
+    """The question files with their entries in a seeded random order and some ids shortened, so
+    that file order, numeric order and the specification's string order (sorted ids) all differ."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(dst)
+    for name in SPEC_QUESTION_FILES:
+        with open(os.path.join(src, name)) as f:
+            items = list(json.load(f).items())
+        items = [(k[-3:] if i % 5 == 0 else k, v) for i, (k, v) in enumerate(items)]
+        with open(os.path.join(dst, name), "w") as f:
+            json.dump(dict(items[i] for i in rng.permutation(len(items))), f)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def built(sample_dir, stores, tmp_path_factory):
+    root = tmp_path_factory.mktemp("built")
+    inputs = Q.Inputs(shuffled_copy(str(sample_dir / "GQA-Questions"), str(root / "q")),
+                      str(sample_dir / "GloVe" / "glove.6B.300d.txt"), str(stores))
+    return inputs, root / "questions", build(inputs, root / "questions", workers=2)
+
+
+def edit_questions(inputs, split, edit):
+    path = inputs.question_file(split)
+    with open(path) as f:
+        questions = json.load(f)
+    edit(questions)
+    with open(path, "w") as f:
+        json.dump(questions, f)
+    return path
+
+
+# ---- Parity with the specification ----
+
+def spec_pipeline(gqa_q, glove, img2idx):
+    """The specification's gqa_create_dictionary_glove, gqa_create_answers, load_dataset and
+    tokenize, verbatim in substance (json.load of every file, sorted entries)."""
+    dictionary = Dictionary()
+    for qfile in SPEC_QUESTION_FILES:
+        with open(os.path.join(gqa_q, qfile), 'r') as f:
+            examples = json.load(f)
+        for ex_key in examples:
+            dictionary.tokenize(examples[ex_key]['question'], add_word=True)
+    with open(glove, 'r') as f:
+        weights = spec_glove(f.readlines(), dictionary)
+    ans2label, label2ans = {}, []
+    for qfile in SPEC_QUESTION_FILES[:3]:
+        with open(os.path.join(gqa_q, qfile), 'r') as f:
+            examples = json.load(f)
+        for ex_key in examples:
+            ex = examples[ex_key]
+            if not ex['answer'].lower() in ans2label:
+                ans2label[ex['answer'].lower()] = len(ans2label)
+                label2ans.append(ex['answer'])
+    splits = {}
+    for mode in Q.SPLITS:
+        with open(os.path.join(gqa_q, '%s_balanced_questions.json' % mode), 'r') as f:
+            examples = json.load(f)
+        entries = [(k, examples[k]) for k in sorted(examples)]
+        splits[mode] = {
+            "question_ids": [k for k, _ in entries],
+            "image_rows": [img2idx[mode][ex['imageId']] for _, ex in entries],
+            "labels": [ans2label[ex['answer'].lower()] if 'answer' in ex else -1 for _, ex in entries],
+            "tokens": spec_pad(dictionary, [ex['question'] for _, ex in entries]),
+            "structural": [ex.get('types', {}).get('structural', '') for _, ex in entries],
+        }
+    return dictionary, weights, ans2label, label2ans, splits
+
+
+def test_cache_equals_spec(built):
+    inputs, out, summary = built
+    img2idx = {s: {i: r for r, i in enumerate(schema.read_image_ids(schema.store_path(inputs.cache, s)).tolist())}
+               for s in Q.SPLITS}
+    dictionary, weights, ans2label, label2ans, splits = spec_pipeline(inputs.questions, inputs.glove, img2idx)
+    vocab = Q.load_vocab(str(out))
+    assert vocab.idx2word == dictionary.idx2word and vocab.padding_idx == dictionary.padding_idx
+    assert Q.load_answers(str(out)) == (ans2label, label2ans)
+    np.testing.assert_array_equal(Q.load_glove(str(out)), weights)
+    for split, spec in splits.items():
+        arrays = Q.load_split(str(out), split, inputs)
+        assert arrays.question_ids.tolist() == spec["question_ids"]
+        np.testing.assert_array_equal(arrays.tokens, spec["tokens"])
+        assert arrays.tokens.dtype == arrays.labels.dtype == arrays.image_rows.dtype == np.int64
+        assert arrays.image_rows.tolist() == spec["image_rows"]
+        assert arrays.labels.tolist() == spec["labels"]
+        assert arrays.structural.tolist() == spec["structural"]
+        assert len(arrays) == summary["questions"][split]
+    assert (Q.load_split(str(out), "test").labels == -1).all()
+    assert 0 < summary["glove_coverage"]["vocabulary"] < 1 and 0 < summary["glove_coverage"]["tokens"] < 1
+
+
+def test_answers_keep_first_spelling_and_lowercase_keys():
+    class Raw:
+        def __init__(self, answers):
+            self.answers = answers
+    ans2label, label2ans = Q.build_answers([Raw(["Yes", "no", "yes"]), Raw(["NO", "Red"])])
+    assert ans2label == {"yes": 0, "no": 1, "red": 2} and label2ans == ["Yes", "no", "Red"]
+
+
+# ---- Shards ----
+
+def test_shards_read_back_with_plain_webdataset(built):
+    inputs, out, summary = built
+    for split in Q.SPLITS:
+        arrays = Q.load_split(str(out), split)
+        paths = sorted(str(p) for p in out.glob(f"{split}-*.tar"))
+        assert len(paths) == summary["shards"][split]
+        samples = list(wds.WebDataset(paths, shardshuffle=False))
+        assert [s["__key__"] for s in samples] == arrays.question_ids.tolist()
+        for i, s in enumerate(samples):
+            got = json.loads(s["json"])
+            assert got == {"question_id": arrays.question_ids[i], "image_id": arrays.image_ids[i],
+                           "image_row": int(arrays.image_rows[i]), "tokens": arrays.tokens[i].tolist(),
+                           "label": None if split == "test" else int(arrays.labels[i]),
+                           "structural": arrays.structural[i], "semantic": arrays.semantic[i]}
+
+
+def test_stream_split_divides_shards_across_nodes_and_workers(inputs, tmp_path, monkeypatch):
+    monkeypatch.setattr(Q, "SHARD_SAMPLES", 10)
+    out = tmp_path / "out"
+    build(inputs, out, workers=2)
+    expected = Q.load_split(str(out), "train")
+    assert len(Q.shard_paths(str(out), "train")) == -(-len(expected) // 10)
+    seen = []
+    for rank in range(2):
+        for worker in range(2):
+            for k, v in {"RANK": rank, "WORLD_SIZE": 2, "WORKER": worker, "NUM_WORKERS": 2}.items():
+                monkeypatch.setenv(k, str(v))
+            part = list(Q.stream_split(str(out), "train"))
+            assert part and all(s["tokens"].dtype == np.int64 for s in part)
+            seen += part
+    assert sorted(s["question_id"] for s in seen) == expected.question_ids.tolist()   # a partition
+    by_id = {s["question_id"]: s for s in seen}
+    for i in (0, len(expected) - 1):
+        s = by_id[expected.question_ids[i]]
+        np.testing.assert_array_equal(s["tokens"], expected.tokens[i])
+        assert (s["label"], s["image_row"]) == (expected.labels[i], expected.image_rows[i])
+
+
+# ---- Fingerprint ----
+
+def test_second_build_is_noop_and_changed_inputs_rebuild(inputs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert build(inputs, out)["skipped"] is False
+    manifest_mtime = os.stat(out / Q.MANIFEST).st_mtime_ns
+    again = Q.build(inputs.questions, inputs.glove, str(out), inputs.cache, progress=True, workers=1)
+    assert again["skipped"] is True and "up to date" in capsys.readouterr().out
+    assert os.stat(out / Q.MANIFEST).st_mtime_ns == manifest_mtime
+    edit_questions(inputs, "val", lambda qs: qs[next(iter(qs))].update(question="Is the zebra purple?"))
+    assert build(inputs, out)["skipped"] is False
+    assert "zebra" in Q.load_vocab(str(out), inputs).idx2word
+    assert build(inputs, out, force=True)["skipped"] is False
+    assert not os.path.exists(str(out) + ".partial") and not os.path.exists(str(out) + ".old")
+
+
+def test_reading_a_cache_built_from_other_inputs_is_an_error(inputs, tmp_path):
+    out = tmp_path / "out"
+    build(inputs, out)
+    with open(inputs.glove, "a") as f:
+        f.write("newword " + " ".join(["0.5"] * 300) + "\n")
+    for load in (lambda: Q.load_split(str(out), "train", inputs), lambda: Q.load_glove(str(out), inputs),
+                 lambda: Q.load_vocab(str(out), inputs), lambda: Q.load_answers(str(out), inputs)):
+        with pytest.raises(Q.StaleCacheError, match=r"changed: glove\.(mtime_ns|size)"):
+            load()
+    other = Q.Inputs(inputs.questions, inputs.glove, inputs.cache, emb_dim=inputs.emb_dim, max_length=20)
+    with pytest.raises(Q.StaleCacheError, match="settings.max_length"):
+        Q.load_split(str(out), "train", other)
+    Q.load_split(str(out), "train")   # without inputs to check against, the cache is still readable
+
+
+def test_feature_store_fingerprint_is_an_input(inputs, sample_dir, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(inputs.cache, cache)
+    mine = Q.Inputs(inputs.questions, inputs.glove, str(cache))
+    out = tmp_path / "out"
+    build(mine, out)
+    convert_tsv(str(sample_dir / "GQA-Features" / "gqa_testdev_obj36.tsv"), schema.store_path(str(cache), "testdev"),
+                dtype="float32", overwrite=True, workers=1, progress=False)
+    with pytest.raises(Q.StaleCacheError, match=r"stores\.testdev\.fingerprint"):
+        Q.load_split(str(out), "testdev", mine)
+    assert build(mine, out)["skipped"] is False
+
+
+def test_load_without_cache_names_file_and_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json.*questions_to_shards\.py"):
+        Q.load_split(str(tmp_path / "nothing"), "train")
+
+
+# ---- Bad inputs: a clear error naming file and question; nothing half-written marked complete ----
+
+def _drop(key):
+    return lambda qs: qs[next(iter(qs))].pop(key)
+
+
+BAD_INPUTS = {
+    "missing file": ("test", None, FileNotFoundError, r"test_balanced_questions\.json"),
+    "malformed json": ("val", "truncate", Q.QuestionFileError, r"val_balanced_questions\.json, line 1 column \d+: malformed"),
+    "no question": ("train", _drop("question"), Q.QuestionFileError, r"train_balanced_questions\.json: question \d+: missing 'question'"),
+    "no imageId": ("testdev", _drop("imageId"), Q.QuestionFileError, r"testdev_balanced_questions\.json: question \d+: missing 'imageId'"),
+    "no answer": ("val", _drop("answer"), Q.QuestionFileError, r"question \d+: missing 'answer'"),
+    "answer outside vocabulary": ("test", lambda qs: qs[next(iter(qs))].update(answer="hovercraft"),
+                                  Q.QuestionFileError, r"test_balanced_questions\.json: question \d+: answer 'hovercraft' is not in the answer vocabulary"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_a_clear_error_and_leaves_the_old_cache(inputs, tmp_path, case):
+    split, edit, error, message = BAD_INPUTS[case]
+    out = tmp_path / "out"
+    build(inputs, out)
+    before = Q.read_manifest(str(out))["fingerprint"]
+    path = inputs.question_file(split)
+    if edit is None:
+        os.remove(path)
+    elif edit == "truncate":
+        with open(path, "r+") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    else:
+        edit_questions(inputs, split, edit)
+    with pytest.raises(error, match=message):
+        build(inputs, out)
+    assert Q.read_manifest(str(out))["fingerprint"] == before      # the previous cache, untouched
+    assert not os.path.exists(str(out) + ".partial")
+    fresh = tmp_path / "fresh"
+    with pytest.raises(error):
+        build(inputs, fresh)
+    assert not fresh.exists() and not os.path.exists(str(fresh) + ".partial")
+
+
+def test_question_on_an_image_without_features(inputs, tmp_path, capsys):
+    def add(qs):
+        qs["99999991"] = {**qs[next(iter(qs))], "imageId": "no-such-image"}
+        qs["99999992"] = {**qs[next(iter(qs))], "imageId": "nor-this-one"}
+    edit_questions(inputs, "train", add)
+    with pytest.raises(Q.QuestionFileError, match=r"2 train question\(s\) .* e\.g\. 99999991 \(image no-such-image\)"
+                                                  r".*--drop-missing"):
+        build(inputs, tmp_path / "out")
+    dropping = Q.Inputs(inputs.questions, inputs.glove, inputs.cache, drop_missing=True)
+    summary = Q.build(dropping.questions, dropping.glove, str(tmp_path / "out"), dropping.cache,
+                      drop_missing=True, workers=1, progress=True)
+    assert summary["dropped"] == {"train": 2, "val": 0, "testdev": 0, "test": 0}
+    assert "train: dropped 2 question(s)" in capsys.readouterr().out
+    ids = Q.load_split(str(tmp_path / "out"), "train", dropping).question_ids
+    assert "99999991" not in ids and len(ids) == summary["questions"]["train"]
+
+
+# ---- The streaming JSON reader ----
+
+TRICKY = ('  {"1": {"question": "a }, \\"2\\": {", "imageId": "x", "answer": "Yes", "types": {}},\n'
+          '"2\\u00e9" :{"question":"b?","imageId":"y","answer":"no","n":[1.5e3, null, true]}\r\n,"3":'
+          '{"question": "\\u00c9t\\u00e9\\ns", "imageId": "z", "answer": "no", '
+          '"types": {"structural": "query", "semantic": "rel"}}}  \n')
+
+
+@pytest.mark.parametrize("block", [1, 7, 1 << 20])
+def test_streaming_reader_equals_json_load(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(Q, "_BLOCK", block)
+    path = tmp_path / "t.json"
+    path.write_text(TRICKY)
+    for source in (str(path), REAL_QUESTIONS):
+        with open(source) as f:
+            expected = json.load(f)
+        raw = Q.read_question_file(source, answers_required=True)
+        assert raw.question_ids == list(expected)
+        assert raw.questions == [e["question"] for e in expected.values()]
+        assert raw.image_ids == [e["imageId"] for e in expected.values()]
+        assert raw.answers == [e["answer"] for e in expected.values()]
+        assert raw.structural == [e.get("types", {}).get("structural", "") for e in expected.values()]
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[1, 2]', "expected '{'"),
+    ('{"1": {"question": "a", "imageId": "x"}} extra', "unexpected text"),
+    ('{"1": {"question": "a", "imageId": "x"},\n "2": {"question": "b", "imageId": }}', r"line 2 column \d+"),
+    ('{"1": {"question": "a", "imageId": "x"}, "1": {"question": "b", "imageId": "x"}}', "listed twice"),
+    ('{"1": ["not", "an", "object"]}', "question 1: expected an object"),
+])
+def test_streaming_reader_errors(tmp_path, monkeypatch, text, message):
+    monkeypatch.setattr(Q, "_BLOCK", 5)
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(Q.QuestionFileError, match=message):
+        Q.read_question_file(str(path), answers_required=False)
+
+
+def test_glove_of_the_wrong_dimension_fails_before_any_work(inputs, tmp_path):
+    from butd.text import GloveFormatError
+    with pytest.raises(GloveFormatError, match=r"glove\.6B\.300d\.txt, line 1: 300 values .* expected 50"):
+        Q.build(inputs.questions, inputs.glove, str(tmp_path / "out"), inputs.cache, emb_dim=50, progress=False)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_cli_builds_then_reports_up_to_date(inputs, tmp_path, capsys):
+    import runpy
+    cli = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "converters", "questions_to_shards.py"))
+    argv = ["--questions", inputs.questions, "--glove", inputs.glove, "--cache", inputs.cache,
+            "--out", str(tmp_path / "out"), "--workers", "1"]
+    assert cli["main"](argv)["skipped"] is False
+    assert cli["main"](argv)["skipped"] is True
+    assert "up to date" in capsys.readouterr().out
+    assert len(Q.load_split(str(tmp_path / "out"), "val", inputs)) > 0
