@@ -1,0 +1,205 @@
+"""TSV -> store conversion speed: butd's converter against the specification's converter.
+
+    python benchmarks/convert_speed.py                  # 400 MB generated TSV, workers 1..all cores
+    python benchmarks/convert_speed.py --size_mb 2048   # the peak-memory check on a 2 GB TSV
+
+Both convert the same generated obj36 TSV (``butd.sample``, 36 boxes x 2048-d features), each in
+its own subprocess so that peak memory (RSS of the process and all its children, polled) is its
+own. The baseline does what the specification's step 3 does: ``readlines`` to count rows, one
+process, csv.DictReader, base64, float32 HDF5 via h5py. The converter runs with float16 features
+for every worker count from 1 to all cores. Prints a table, writes ``convert_speed.json`` and
+``convert_speed.png`` to ``--results`` (default benchmarks/results/), and ends with one JSON line.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def baseline_convert(tsv_path: str, h5_path: str) -> int:
+    """The specification's ``gqa_create_image_features`` for one file (its per-split loop body)."""
+    import base64
+    import csv
+
+    import h5py
+    csv.field_size_limit(sys.maxsize)
+    fieldnames = ["img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
+                  "num_boxes", "boxes", "features"]
+    num_fixed_boxes, feature_length = 36, 2048
+    indices = {}
+    with h5py.File(h5_path, "w") as h:
+        with open(tsv_path, "r") as f:
+            n = len(f.readlines())
+        img_features = h.create_dataset("image_features", (n, num_fixed_boxes, feature_length), "f")
+        img_bb = h.create_dataset("image_bb", (n, num_fixed_boxes, 4), "f")
+        spatial = h.create_dataset("spatial_features", (n, num_fixed_boxes, 6), "f")
+        counter = 0
+        with open(tsv_path, "r") as tsv:
+            reader = csv.DictReader(tsv, delimiter="\t", fieldnames=fieldnames)
+            for item in reader:
+                item["num_boxes"] = int(item["num_boxes"])
+                image_w = float(item["img_w"])
+                image_h = float(item["img_h"])
+                bb = np.frombuffer(base64.b64decode(item["boxes"]), dtype=np.float32).reshape((item["num_boxes"], -1))
+                box_width = bb[:, 2] - bb[:, 0]
+                box_height = bb[:, 3] - bb[:, 1]
+                scaled_width = (box_width / image_w)[..., np.newaxis]
+                scaled_height = (box_height / image_h)[..., np.newaxis]
+                scaled_x = (bb[:, 0] / image_w)[..., np.newaxis]
+                scaled_y = (bb[:, 1] / image_h)[..., np.newaxis]
+                spatial_features = np.concatenate((scaled_x, scaled_y, scaled_x + scaled_width,
+                                                   scaled_y + scaled_height, scaled_width, scaled_height), axis=1)
+                indices[item["img_id"]] = counter
+                img_bb[counter, :, :] = bb
+                img_features[counter, :, :] = np.frombuffer(base64.b64decode(item["features"]),
+                                                            dtype=np.float32).reshape((item["num_boxes"], -1))
+                spatial[counter, :, :] = spatial_features
+                counter += 1
+    return counter
+
+
+def make_tsv(path: str, size_mb: float, seed: int) -> int:
+    """A generated obj36 TSV of about ``size_mb`` MB (re-used if one of that size is there)."""
+    from butd.sample import SceneModel, format_row, write_tsv
+    rng = np.random.default_rng(seed)
+    model = SceneModel(rng, 2048)
+    row_bytes = len(format_row(model.image(rng, "0")))
+    rows = math.ceil(size_mb * 1e6 / row_bytes)
+    meta = path + ".json"
+    if os.path.exists(path) and os.path.exists(meta):
+        with open(meta) as f:
+            if json.load(f) == {"rows": rows, "seed": seed}:
+                return rows
+    write_tsv(path, (model.image(rng, str(2300000 + i)) for i in range(rows)))
+    with open(meta, "w") as f:
+        json.dump({"rows": rows, "seed": seed}, f)
+    return rows
+
+
+def measure(cmd: list) -> dict:
+    """Run ``cmd``; its wall time, and its peak RSS summed over the process tree (polled every 20 ms)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    seconds = time.perf_counter() - t0
+    out = proc.stdout.read()
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{out}")
+    return {"seconds": seconds, "peak_rss_mb": peak / 2**20}
+
+
+def dir_bytes(path: str) -> int:
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def run_one(args) -> None:
+    """Subprocess entry: one conversion."""
+    if args.run == "baseline":
+        baseline_convert(args.tsv, args.out)
+    else:
+        from butd.convert import convert_tsv
+        convert_tsv(args.tsv, args.out, workers=args.workers, dtype=args.dtype, overwrite=True, progress=False)
+
+
+def plot(results: list, baseline: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    workers = [r["workers"] for r in results]
+    ax.plot(workers, [r["mb_s"] for r in results], "o-", label="butd converter (float16 zarr)")
+    ax.axhline(baseline["mb_s"], color="gray", ls="--", label="specification (float32 HDF5)")
+    ax.set_xlabel("worker processes")
+    ax.set_ylabel("MB/s of TSV")
+    ax.set_xticks(workers)
+    ax.set_ylim(bottom=0)
+    ax.set_title("TSV -> store conversion speed")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size_mb", type=float, default=400, help="size of the generated TSV")
+    p.add_argument("--max_workers", type=int, default=os.cpu_count())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work", default="/tmp/butd_convert_bench", help="where the TSV and outputs go")
+    p.add_argument("--results", default=os.path.join(HERE, "results"))
+    p.add_argument("--run", choices=("baseline", "convert"), help=argparse.SUPPRESS)
+    p.add_argument("--tsv", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float16", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.run:
+        return run_one(args)
+
+    os.makedirs(args.work, exist_ok=True)
+    os.makedirs(args.results, exist_ok=True)
+    tsv = os.path.join(args.work, f"bench_{args.size_mb:g}mb.tsv")
+    print(f"[*] generating {args.size_mb:g} MB TSV at {tsv} ...", flush=True)
+    rows = make_tsv(tsv, args.size_mb, args.seed)
+    size = os.path.getsize(tsv)
+    with open(tsv, "rb") as f:   # same start for everyone: the file in the page cache
+        while f.read(64 << 20):
+            pass
+    me = [sys.executable, os.path.abspath(__file__), "--tsv", tsv]
+
+    h5 = os.path.join(args.work, "baseline.hdf5")
+    baseline = measure(me + ["--run", "baseline", "--out", h5])
+    baseline.update(mb_s=size / 1e6 / baseline["seconds"], out_bytes=dir_bytes(h5))
+    os.remove(h5)
+    results = []
+    for w in range(1, args.max_workers + 1):
+        store = os.path.join(args.work, f"store_w{w}.zarr")
+        r = measure(me + ["--run", "convert", "--out", store, "--workers", str(w)])
+        r.update(workers=w, mb_s=size / 1e6 / r["seconds"], out_bytes=dir_bytes(store))
+        r["speedup"] = r["mb_s"] / baseline["mb_s"]
+        results.append(r)
+        shutil.rmtree(store)
+
+    print(f"\nTSV: {rows} rows, {size / 1e6:.1f} MB; {os.cpu_count()} cores")
+    print(f"{'converter':<32}{'workers':>8}{'seconds':>9}{'MB/s':>8}{'x base':>8}{'peak MB':>9}{'out MB':>9}")
+    print(f"{'spec (DictReader, f32 HDF5)':<32}{1:>8}{baseline['seconds']:>9.2f}{baseline['mb_s']:>8.1f}"
+          f"{1.0:>8.2f}{baseline['peak_rss_mb']:>9.0f}{baseline['out_bytes'] / 1e6:>9.1f}")
+    for r in results:
+        print(f"{'butd (f16 zarr)':<32}{r['workers']:>8}{r['seconds']:>9.2f}{r['mb_s']:>8.1f}"
+              f"{r['speedup']:>8.2f}{r['peak_rss_mb']:>9.0f}{r['out_bytes'] / 1e6:>9.1f}")
+    best = results[-1]
+    summary = {
+        "tsv_mb": round(size / 1e6, 1), "rows": rows, "cores": os.cpu_count(),
+        "baseline_mb_s": round(baseline["mb_s"], 1), "baseline_peak_rss_mb": round(baseline["peak_rss_mb"]),
+        "converter_mb_s": {r["workers"]: round(r["mb_s"], 1) for r in results},
+        "speedup": {r["workers"]: round(r["speedup"], 2) for r in results},
+        "converter_peak_rss_mb": {r["workers"]: round(r["peak_rss_mb"]) for r in results},
+        "store_vs_hdf5_bytes": round(best["out_bytes"] / baseline["out_bytes"], 4),
+    }
+    plot(results, baseline, os.path.join(args.results, "convert_speed.png"))
+    with open(os.path.join(args.results, "convert_speed.json"), "w") as f:
+        json.dump({"summary": summary, "baseline": baseline, "runs": results}, f, indent=1)
+    print(f"[*] wrote {os.path.join(args.results, 'convert_speed.png')} and convert_speed.json")
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

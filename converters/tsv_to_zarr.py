@@ -1,0 +1,66 @@
+"""Convert bottom-up-attention features TSVs into chunked Zarr v3 feature stores.
+
+    python converters/tsv_to_zarr.py
+        converts the specification's two files, data/GQA-Features/vg_gqa_obj36.tsv and
+        gqa_testdev_obj36.tsv, into data/GQA-Cache/trainval.zarr and testdev.zarr
+    python converters/tsv_to_zarr.py IN.tsv --out OUT.zarr [--workers N] [--dtype float16|float32]
+        [--compressor none|zstd|blosc] [--chunk_images 32] [--layout auto|obj36|anderson]
+        [--on-bad-row error|skip] [--overwrite]
+        converts one file
+
+Runs on all cores by default. An interrupted conversion (Ctrl-C, kill -9) resumes when the same
+command runs again; --overwrite starts over. With --on-bad-row skip, bad rows are left out and
+listed in OUT.zarr.bad_rows.json. The library code is butd.convert.
+"""
+import argparse
+import sys
+
+from butd import schema
+from butd.convert import BAD_ROW_MODES, DEFAULT_CHUNK_IMAGES, convert_defaults, convert_tsv
+from butd.tsv import TSVFormatError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("tsv", nargs="?", help="one TSV to convert (default: the specification's two files)")
+    p.add_argument("--out", help="the store to write (required with a TSV)")
+    p.add_argument("--features", default="data/GQA-Features", help="input directory when no TSV is given")
+    p.add_argument("--cache", default="data/GQA-Cache", help="output directory when no TSV is given")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--dtype", choices=schema.FEATURE_DTYPES, default="float16", help="feature dtype")
+    p.add_argument("--compressor", choices=schema.COMPRESSORS, default="none",
+                   help="none keeps chunks memory-mappable (default)")
+    p.add_argument("--chunk_images", type=int, default=DEFAULT_CHUNK_IMAGES, help="images per chunk")
+    p.add_argument("--layout", choices=("auto",) + schema.LAYOUTS, default="auto")
+    p.add_argument("--on-bad-row", "--on_bad_row", dest="on_bad_row", choices=BAD_ROW_MODES, default="error")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing store and start over")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    if args.tsv and not args.out:
+        p.error("--out is required when a TSV is given")
+    if args.out and not args.tsv:
+        p.error("--out needs a TSV to convert")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    options = dict(layout=None if args.layout == "auto" else args.layout, dtype=args.dtype,
+                   compressor=args.compressor, chunk_images=args.chunk_images, workers=args.workers,
+                   on_bad_row=args.on_bad_row, overwrite=args.overwrite, progress=not args.quiet)
+    try:
+        if args.tsv:
+            convert_tsv(args.tsv, args.out, **options)
+        else:
+            convert_defaults(args.features, args.cache, **options)
+    except (TSVFormatError, OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
