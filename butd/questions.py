@@ -419,6 +419,10 @@ def build(questions_dir: str, glove_path: str, out_dir: str, cache_dir: str, emb
     if old and not force:
         say(f"[*] question cache {out_dir} is stale (changed: {', '.join(_changes(old['inputs'], description))}); rebuilding")
 
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(os.path.join(out_dir, MANIFEST)):
+        # The build replaces out_dir whole: never do that to a directory that is not a question cache.
+        raise FileExistsError(f"{out_dir}: exists and is not a question cache (no {MANIFEST}); "
+                              "choose another --out or empty it")
     start = time.perf_counter()
     partial = out_dir.rstrip("/\\") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)

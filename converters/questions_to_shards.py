@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
         summary = build(args.questions, args.glove, args.out or os.path.join(args.cache, "questions"),
                         args.cache, emb_dim=args.emb_dim, max_length=args.max_length,
                         drop_missing=args.drop_missing, force=args.force, workers=args.workers)
-    except (FileNotFoundError, QuestionFileError, GloveFormatError, StaleCacheError) as e:
+    except (FileNotFoundError, FileExistsError, QuestionFileError, GloveFormatError, StaleCacheError) as e:
         sys.exit(f"[!] {e}")
     print(json.dumps(summary))
     return summary

@@ -341,3 +341,12 @@ def test_cli_builds_then_reports_up_to_date(inputs, tmp_path, capsys):
     assert cli["main"](argv)["skipped"] is True
     assert "up to date" in capsys.readouterr().out
     assert len(Q.load_split(str(tmp_path / "out"), "val", inputs)) > 0
+
+
+def test_never_replaces_a_directory_that_is_not_a_question_cache(inputs, tmp_path):
+    precious = tmp_path / "data"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a question cache"):
+        build(inputs, precious)
+    assert (precious / "keep.txt").read_text() == "mine"
