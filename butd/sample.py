@@ -104,6 +104,8 @@ class SceneModel:
         k = int(rng.integers(objects_per_image[0], objects_per_image[1] + 1))
         shown = rng.choice(len(OBJECTS), size=k, replace=False)
         scene = {OBJECTS[o]: COLOURS[int(rng.integers(len(COLOURS)))] for o in shown}
+        if rng.random() < 0.5:   # half the images repeat a colour, so colour comparisons are balanced
+            scene[OBJECTS[shown[1]]] = scene[OBJECTS[shown[0]]]
         # Background boxes carry only noise; each object fills 1-3 boxes.
         feats = np.abs(rng.normal(0.0, 0.3, (num_boxes, self.feature_dim))).astype(np.float32)
         feats[rng.random(feats.shape) < 0.4] = 0.0
@@ -147,13 +149,17 @@ def _question(rng, scene: dict) -> tuple:
         pair = (colour, other) if rng.random() < 0.5 else (other, colour)
         return f"Is the {obj}, {pair[0]} or {pair[1]}?", colour, f"The {obj} is {colour}.", \
             "choose", "attr", "chooseAttr"
-    if kind == 3:   # logical / obj: both present
-        second = OBJECTS[rng.integers(len(OBJECTS))]
-        yes = second in scene and second != obj
+    if kind == 3:   # logical / obj: both present, balanced yes/no
+        others = [o for o in present if o != obj]
+        yes = bool(others) and (rng.random() < 0.5 or not absent)
+        second = others[rng.integers(len(others))] if yes else absent[rng.integers(len(absent))]
         return f"Are there both a {obj} and a {second} in this picture?", "yes" if yes else "no", \
             "Yes." if yes else "No.", "logical", "obj", "and"
+    # compare / attr: ask about a same-coloured pair half the time when the scene has one
     others = [o for o in present if o != obj] or [obj]
-    second = others[rng.integers(len(others))]
+    alike = [o for o in others if scene[o] == colour]
+    pool = alike if alike and rng.random() < 0.5 else others
+    second = pool[rng.integers(len(pool))]
     same = scene[second] == colour
     return f"Do the {obj} and the {second} have the same color?", "yes" if same else "no", \
         "Yes." if same else "No.", "compare", "attr", "sameColor"
