@@ -152,11 +152,12 @@ class ThreadedLoader:
     process. The gather is ``np.take`` (and ``index_select``), which release the GIL, so it
     overlaps the training step without the inter-process hand-over of worker batches, and the
     pooled / pinned buffers are reused safely (a queued batch still holds its buffers). Exposes
-    ``sampler`` and ``len`` so Lightning sets the epoch and counts batches as for a DataLoader."""
+    ``sampler``, ``batch_sampler``, ``dataset`` and ``len`` so that Lightning inspects it, sets the
+    epoch and counts batches as for a DataLoader."""
 
     def __init__(self, loader: DataLoader, depth: int = 2):
         self.loader, self.depth = loader, depth
-        self.sampler, self.dataset = loader.sampler, loader.dataset
+        self.sampler, self.batch_sampler, self.dataset = loader.sampler, loader.batch_sampler, loader.dataset
 
     def __len__(self) -> int:
         return len(self.loader)
