@@ -73,7 +73,7 @@ def test_fit_writes_the_specs_metrics_file_and_learns(tmp_path):
     assert len(events["val_acc"]) == 4
     assert events["val_acc_step"] == sorted(events["val_acc_step"])
     assert events["train_epoch_loss"][-1] < events["train_epoch_loss"][0]
-    assert events["val_acc"][-1] > 0.4                 # 4 balanced-ish answers: chance is ~0.25
+    assert events["val_acc"][-1] > 0.8                 # 4 answers: chance is ~0.25
 
 
 def test_logger_resume_keeps_earlier_values(tmp_path):

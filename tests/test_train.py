@@ -1,0 +1,133 @@
+"""train.py end to end on a generated GQA-shaped sample: converters run when the caches are missing,
+a fast_dev_run, a training that must beat the majority answer by a wide margin (features, questions
+and answers aligned from the TSVs to the loss), --resume, the metrics file, a 2-process DDP run."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import train  # noqa: E402  (train.py lives at the repository root)
+from butd import questions  # noqa: E402
+
+from butd.sample import generate  # noqa: E402
+
+EMB = 32
+# Small, fast settings; one loader worker (see the report on num_workers=0).
+FAST = ["--hidden", "128", "--bsz", "32", "--emb_dim", str(EMB), "--accelerator", "cpu",
+        "--num_workers", "1", "--log_every", "5"]
+SPEC_KEYS = ("train_loss", "train_acc", "train_epoch_loss", "train_epoch_acc", "val_loss", "val_acc")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # The test machine's cores are shared: one intra-op thread is faster than two contending.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_sample")
+    paths = generate(str(root), seed=3, train_images=300, val_images=4, test_images=4, testdev_images=40,
+                     questions_per_image=10, feature_dim=64, emb_dim=EMB)
+    return root, ["--data", str(root), "--glove", paths["glove"]]
+
+
+def metrics_of(trainer) -> dict:
+    with open(trainer.logger.path) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def trained(sample, one_thread, tmp_path_factory):
+    """One 8-epoch run (the caches get built on the way); later tests read and resume it."""
+    root, data = sample
+    ckpt = tmp_path_factory.mktemp("ckpt")
+    trainer, checkpoints = train.main(["--run_name", "learn", *data, "--checkpoint", str(ckpt), *FAST,
+                                       "--epochs", "8", "--lr", "0.005", "--answer_dropout", "0.2"])
+    return root, data, ckpt, trainer, checkpoints
+
+
+def test_defaults_are_the_specs():
+    a = train.parse_args(["--run_name", "x"])
+    assert (a.bsz, a.epochs, a.hidden, a.emb_dim, a.rnn, a.rnn_layers, a.opt, a.gradient_clip, a.seed) == \
+        (256, 15, 1024, 300, "GRU", 1, "adamax", 0.25, 7)
+    assert (a.weight_norm, a.bidirectional, a.attention_dropout, a.answer_dropout) == (True, False, 0.2, 0.5)
+    assert (a.gqa_questions, a.gqa_cache) == (os.path.join("data/", "GQA-Questions"), os.path.join("data/", "GQA-Cache"))
+    assert a.glove == os.path.join("data/", "GloVe", "glove.6B.300d.txt") and a.checkpoint == "checkpoints/"
+    a = train.parse_args(["--run_name", "x", "--gpus", "2", "--no-weight_norm"])
+    assert (a.accelerator, a.devices, a.weight_norm) == ("gpu", 2, False)
+    assert train.make_run_name(a).startswith("x-butd-x7+")
+
+
+def test_missing_input_names_the_file_and_the_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"vg_gqa_obj36\.tsv.*converters/tsv_to_zarr\.py"):
+        train.main(["--run_name", "x", "--data", str(tmp_path), "--accelerator", "cpu"])
+
+
+def test_training_beats_the_majority_answer_and_writes_the_run(trained):
+    root, _, ckpt, trainer, checkpoints = trained
+    labels = questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "testdev").labels
+    majority = np.bincount(labels[labels >= 0]).max() / (labels >= 0).sum()
+    events = metrics_of(trainer)
+    assert events["status"] == "success"
+    for key in SPEC_KEYS:
+        assert len(events[key]) == len(events[key + "_step"]) > 0, key
+    assert len(events["val_acc"]) == 8
+    assert events["hyperparams"]["run_name"] == "learn" and events["hyperparams"]["ntoken"] > 0
+    assert max(events["val_acc"]) > majority + 0.2, (majority, events["val_acc"])
+
+    run_dir = os.path.dirname(checkpoints.best_model_path)
+    names = sorted(os.listdir(run_dir))
+    assert len([n for n in names if n.startswith("butd-epoch=")]) == 3 and "last.ckpt" in names
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    assert config["run"] == os.path.basename(run_dir) == trainer.logger.name
+    assert config["cache_dir"] == os.path.abspath(os.path.join(root, "GQA-Cache"))
+    assert config["data"]["v_dim"] == 64 and config["args"]["hidden"] == 128
+
+
+def test_fast_dev_run(trained):
+    _, data, ckpt, *_ = trained
+    trainer, _ = train.main(["--run_name", "dev", *data, "--checkpoint", str(ckpt), *FAST, "--fast_dev_run"])
+    assert trainer.state.finished and trainer.global_step == 1
+
+
+def test_resume_continues_at_the_next_epoch(trained):
+    _, data, ckpt, first, checkpoints = trained
+    last = os.path.join(os.path.dirname(checkpoints.best_model_path), "last.ckpt")
+    before = metrics_of(first)
+    trainer, _ = train.main(["--run_name", "learn", *data, "--checkpoint", str(ckpt), *FAST,
+                             "--epochs", "9", "--resume", last])
+    assert trainer.logger.name == first.logger.name          # the same run, the same files
+    events = metrics_of(trainer)
+    assert events["val_acc"][:8] == before["val_acc"] and len(events["val_acc"]) == 9
+    assert events["val_acc_step"][8] > before["val_acc_step"][7]
+    assert trainer.current_epoch == 9 and trainer.global_step == first.global_step * 9 // 8
+
+
+def test_ddp_two_processes_on_cpu(trained, tmp_path):
+    root, data, *_ = trained
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "train.py", "--run_name", "ddp", *data, "--checkpoint", str(tmp_path), *FAST,
+           "--devices", "2", "--strategy", "ddp", "--epochs", "1"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [name] = os.listdir(tmp_path / "metrics")
+    with open(tmp_path / "metrics" / name) as f:
+        events = json.load(f)
+    assert events["status"] == "success" and len(events["val_acc"]) == 1
+    # Each rank trains on its own half of the questions: half the steps of one process.
+    n = len(questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "train"))
+    [steps] = events["train_epoch_acc_step"]
+    assert abs(steps - n / (2 * 32)) <= 1, (steps, n)
+    [run] = os.listdir(tmp_path / "runs")
+    assert any(n.startswith("butd-epoch=00") for n in os.listdir(tmp_path / "runs" / run))
