@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -86,7 +87,9 @@ def make_tsv(path: str, size_mb: float, seed: int) -> int:
 
 
 def measure(cmd: list) -> dict:
-    """Run ``cmd``; its wall time, and its peak RSS summed over the process tree (polled every 20 ms)."""
+    """Run ``cmd``; its wall time, CPU time (all its processes), and peak RSS summed over the
+    process tree (polled every 20 ms)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     root, peak = psutil.Process(proc.pid), 0
@@ -98,10 +101,12 @@ def measure(cmd: list) -> dict:
             pass
         time.sleep(0.02)
     seconds = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     out = proc.stdout.read()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{out}")
-    return {"seconds": seconds, "peak_rss_mb": peak / 2**20}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak / 2**20}
 
 
 def dir_bytes(path: str) -> int:
@@ -179,11 +184,11 @@ def main() -> None:
         shutil.rmtree(store)
 
     print(f"\nTSV: {rows} rows, {size / 1e6:.1f} MB; {os.cpu_count()} cores")
-    print(f"{'converter':<32}{'workers':>8}{'seconds':>9}{'MB/s':>8}{'x base':>8}{'peak MB':>9}{'out MB':>9}")
-    print(f"{'spec (DictReader, f32 HDF5)':<32}{1:>8}{baseline['seconds']:>9.2f}{baseline['mb_s']:>8.1f}"
-          f"{1.0:>8.2f}{baseline['peak_rss_mb']:>9.0f}{baseline['out_bytes'] / 1e6:>9.1f}")
-    for r in results:
-        print(f"{'butd (f16 zarr)':<32}{r['workers']:>8}{r['seconds']:>9.2f}{r['mb_s']:>8.1f}"
+    print(f"{'converter':<30}{'workers':>8}{'seconds':>9}{'cpu s':>7}{'MB/s':>8}{'x base':>8}"
+          f"{'peak MB':>9}{'out MB':>9}")
+    for name, r in [("spec (DictReader, f32 HDF5)", dict(baseline, workers=1, speedup=1.0))] + \
+            [("butd (f16 zarr)", r) for r in results]:
+        print(f"{name:<30}{r['workers']:>8}{r['seconds']:>9.2f}{r['cpu_seconds']:>7.2f}{r['mb_s']:>8.1f}"
               f"{r['speedup']:>8.2f}{r['peak_rss_mb']:>9.0f}{r['out_bytes'] / 1e6:>9.1f}")
     best = results[-1]
     summary = {

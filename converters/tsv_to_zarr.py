@@ -51,13 +51,16 @@ def main(argv=None) -> int:
                    on_bad_row=args.on_bad_row, overwrite=args.overwrite, progress=not args.quiet)
     try:
         if args.tsv:
-            convert_tsv(args.tsv, args.out, **options)
+            print(convert_tsv(args.tsv, args.out, **options))
         else:
-            convert_defaults(args.features, args.cache, **options)
+            for summary in convert_defaults(args.features, args.cache, **options).values():
+                print(summary)
     except (TSVFormatError, OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print("\ninterrupted: the chunks already written are kept; run the same command again to resume",
+              file=sys.stderr)
         return 130
     return 0
 

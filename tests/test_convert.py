@@ -1,0 +1,313 @@
+"""TSV -> Zarr conversion: round trips against the spec's formulas, identical stores for any worker
+count, resuming after an interruption or kill -9, and bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+import butd.convert as convert
+from butd import schema
+from butd.convert import convert_defaults, convert_tsv
+from butd.sample import SceneModel, write_tsv
+from butd.tsv import TSVFormatError
+from test_tsv import REAL_TSV, spec_rows, spec_spatials
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLI = os.path.join(ROOT, "converters", "tsv_to_zarr.py")
+
+
+def make_rows(n=40, boxes=(36, 36), feature_dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    model = SceneModel(rng, feature_dim)
+    return [model.image(rng, f"{2300000 + i}", int(rng.integers(boxes[0], boxes[1] + 1))) for i in range(n)]
+
+
+def make_tsv(path, layout="obj36", **kw):
+    rows = make_rows(**kw)
+    write_tsv(str(path), rows, layout)
+    return rows
+
+
+def read_store(path):
+    group = zarr.open_group(str(path), mode="r")
+    out = {name: np.asarray(arr[:]) for name, arr in group.arrays()}
+    out[schema.IMAGE_IDS] = np.asarray(out[schema.IMAGE_IDS].tolist(), dtype=str)
+    return out, dict(group.attrs)
+
+
+def store_files(path):
+    """Every file of a store, relative path -> bytes."""
+    files = {}
+    for d, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(d, name)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, path)] = f.read()
+    return files
+
+
+def check_against_rows(path, rows, layout, dtype):
+    """Every array equals the rows, spatials are the spec's bits, padding is zero."""
+    arrays, attrs = read_store(path)
+    n, k = len(rows), max(r.num_boxes for r in rows)
+    assert attrs["complete"] is True and attrs["num_images"] == n and attrs["max_boxes"] == k
+    assert attrs["layout"] == layout and attrs["dtype"] == dtype
+    assert list(arrays[schema.IMAGE_IDS]) == [r.image_id for r in rows]
+    assert arrays["features"].dtype == np.dtype(dtype) and arrays["features"].shape == (n, k, 32)
+    for i, r in enumerate(rows):
+        b = r.num_boxes
+        assert arrays["num_boxes"][i] == b and arrays["img_h"][i] == r.img_h and arrays["img_w"][i] == r.img_w
+        np.testing.assert_array_equal(arrays["features"][i, :b], r.features.astype(dtype))
+        np.testing.assert_array_equal(arrays["boxes"][i, :b], r.boxes)
+        assert arrays["spatials"][i, :b].tobytes() == spec_spatials(r.boxes, str(r.img_w), str(r.img_h)).tobytes()
+        for name in ("features", "boxes", "spatials"):
+            assert not arrays[name][i, b:].any()
+        if layout == "obj36":
+            for name in ("objects_id", "objects_conf", "attrs_id", "attrs_conf"):
+                np.testing.assert_array_equal(arrays[name][i, :b], getattr(r, name))
+        else:
+            assert "objects_id" not in arrays
+    if dtype == "float16":   # within float16 rounding of the float32 values
+        for i, r in enumerate(rows):
+            np.testing.assert_allclose(arrays["features"][i, :r.num_boxes], r.features, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("layout, boxes, dtype", [
+    ("obj36", (36, 36), "float16"), ("obj36", (10, 100), "float32"),
+    ("anderson", (10, 100), "float16"), ("anderson", (36, 36), "float32")])
+def test_round_trip(tmp_path, layout, boxes, dtype):
+    rows = make_tsv(tmp_path / "f.tsv", layout, boxes=boxes)
+    summary = convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr"), dtype=dtype, chunk_images=8,
+                          workers=1, progress=False)
+    assert summary.rows == 40 and summary.bytes_in == os.path.getsize(tmp_path / "f.tsv")
+    check_against_rows(tmp_path / "s.zarr", rows, layout, dtype)
+    assert not os.path.exists(tmp_path / "s.zarr" / convert.PROGRESS_DIR)
+    np.testing.assert_array_equal(schema.read_image_ids(str(tmp_path / "s.zarr")), [r.image_id for r in rows])
+
+
+def test_one_and_two_workers_give_identical_stores(tmp_path):
+    make_tsv(tmp_path / "f.tsv", boxes=(10, 100), n=45)
+    for w in (1, 2):
+        convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / f"w{w}.zarr"), chunk_images=4, workers=w, progress=False)
+    assert store_files(tmp_path / "w1.zarr") == store_files(tmp_path / "w2.zarr")
+
+
+def test_raw_chunks_are_what_zarr_writes(tmp_path):
+    """Uncompressed chunks are written directly; they must be the bytes zarr itself writes."""
+    make_tsv(tmp_path / "f.tsv", n=21)
+    convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr"), chunk_images=8, workers=1, progress=False)
+    convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "z.zarr"), chunk_images=8, workers=1, progress=False,
+                compressor="zstd")
+    raw, _ = read_store(tmp_path / "s.zarr")
+    compressed, _ = read_store(tmp_path / "z.zarr")
+    attrs = schema.read_attrs(str(tmp_path / "s.zarr"))
+    for f in schema.fields_for("obj36"):
+        np.testing.assert_array_equal(raw[f.name], compressed[f.name])
+        ref = zarr.create_array(str(tmp_path / "ref" / f.name), shape=f.shape(attrs),
+                                chunks=(8,) + f.shape(attrs)[1:], dtype=f.numpy_dtype(attrs), compressors=None,
+                                fill_value=0)
+        ref[:] = raw[f.name]
+        for chunk in range(attrs.num_chunks):
+            with open(schema.chunk_file(str(tmp_path / "s.zarr"), f, chunk), "rb") as a, \
+                    open(schema.chunk_file(str(tmp_path / "ref"), f, chunk), "rb") as b:
+                assert a.read() == b.read(), (f.name, chunk)
+
+
+def test_real_rows(tmp_path):
+    convert_tsv(REAL_TSV, str(tmp_path / "real.zarr"), chunk_images=4, workers=1, progress=False, dtype="float32")
+    arrays, attrs = read_store(tmp_path / "real.zarr")
+    assert attrs["feature_dim"] == 2048 and attrs["num_images"] == 10
+    for i, item in enumerate(spec_rows(REAL_TSV)):
+        assert arrays[schema.IMAGE_IDS][i] == item["img_id"]
+        np.testing.assert_array_equal(arrays["features"][i], item["features"])
+        np.testing.assert_array_equal(arrays["boxes"][i], item["boxes"])
+        for k in ("objects_id", "objects_conf", "attrs_id", "attrs_conf"):
+            np.testing.assert_array_equal(arrays[k][i], item[k])
+        assert arrays["spatials"][i].tobytes() == spec_spatials(item["boxes"], item["img_w"], item["img_h"]).tobytes()
+
+
+def test_interrupted_run_resumes_to_the_same_store(tmp_path, monkeypatch):
+    make_tsv(tmp_path / "f.tsv", n=40)
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    convert_tsv(tsv, str(tmp_path / "ref.zarr"), chunk_images=4, workers=1, progress=False)
+    write_chunk, calls = convert._write_chunk, []
+
+    def interrupted_after_3(*args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(args[2])
+        write_chunk(*args)
+    monkeypatch.setattr(convert, "_write_chunk", interrupted_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        convert_tsv(tsv, out, chunk_images=4, workers=1, progress=False)
+    assert schema.read_attrs(out).complete is False
+    with pytest.raises(ValueError, match="incomplete"):
+        schema.read_image_ids(out)
+    monkeypatch.setattr(convert, "_write_chunk", write_chunk)
+    summary = convert_tsv(tsv, out, chunk_images=4, workers=2, progress=False)
+    assert (summary.chunks_resumed, summary.chunks_converted) == (3, 7)
+    assert store_files(out) == store_files(tmp_path / "ref.zarr")
+    again = convert_tsv(tsv, out, chunk_images=4, workers=2, progress=False)
+    assert again.already_complete
+
+
+KILLED_RUN = """
+import sys, time
+import butd.convert as c
+write = c._write_chunk
+def slow(*a):
+    write(*a)
+    time.sleep(0.05)
+c._write_chunk = slow
+c.convert_tsv(sys.argv[1], sys.argv[2], chunk_images=2, workers=1, progress=False)
+"""
+
+
+def test_kill9_then_same_command_resumes(tmp_path):
+    make_tsv(tmp_path / "f.tsv", n=60)
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    convert_tsv(tsv, str(tmp_path / "ref.zarr"), chunk_images=2, workers=1, progress=False)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, tsv, out], start_new_session=True)
+    progress_dir = os.path.join(out, convert.PROGRESS_DIR)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(progress_dir) and len(os.listdir(progress_dir)) >= 6:
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert schema.read_attrs(out).complete is False
+    done = len(convert._done_chunks(out))
+    assert 0 < done < 30
+    result = subprocess.run([sys.executable, CLI, tsv, "--out", out, "--chunk_images", "2", "--workers", "2",
+                             "--quiet"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"resumed: {done} chunks" in result.stdout
+    assert store_files(out) == store_files(tmp_path / "ref.zarr")
+
+
+def _write_lines(path, lines):
+    with open(path, "w", newline="") as f:
+        f.writelines(lines)
+
+
+def _good_lines(n=8):
+    from butd.sample import format_row
+    return [format_row(r) for r in make_rows(n=n)]
+
+
+def _break(lines, what, index=3):
+    """Break ``lines[index]`` as ``what`` says (a duplicate repeats line 2's id); returns its image id."""
+    fields = lines[index].rstrip("\n").split("\t")
+    if what == "truncated":
+        lines[index] = lines[index][: len(lines[index]) // 2] + "\n"
+    elif what == "base64":
+        fields[9] = fields[9][:50] + "!" + fields[9][51:]
+    elif what == "fields":
+        fields.append("extra")
+    elif what == "length":
+        fields[7] = "30"
+    elif what == "duplicate":
+        fields[0] = lines[1].split("\t")[0]
+    if what != "truncated":
+        lines[index] = "\t".join(fields) + "\n"
+    return fields[0]
+
+
+@pytest.mark.parametrize("what, reason", [
+    ("truncated", "line truncated"), ("base64", "bad base64"), ("fields", "11 tab-separated fields"),
+    ("length", "num_boxes (30)"), ("duplicate", "duplicate image id: first seen on line 2")])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bad_input_errors(tmp_path, what, reason, workers):
+    lines = _good_lines()
+    image_id = _break(lines, what)
+    _write_lines(tmp_path / "f.tsv", lines)
+    out = tmp_path / "s.zarr"
+    with pytest.raises(TSVFormatError) as e:
+        convert_tsv(str(tmp_path / "f.tsv"), str(out), chunk_images=2, workers=workers, progress=False)
+    assert str(e.value).startswith(f"{tmp_path / 'f.tsv'}:4: image id '{image_id}': ")
+    assert reason in str(e.value)
+    assert not os.path.exists(out) or schema.read_attrs(str(out)).complete is False
+
+
+def test_missing_or_unreadable_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.tsv: features TSV not found"):
+        convert_tsv(str(tmp_path / "nothere.tsv"), str(tmp_path / "s.zarr"), progress=False)
+    result = subprocess.run([sys.executable, CLI, str(tmp_path / "nothere.tsv"), "--out", str(tmp_path / "s.zarr")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "nothere.tsv: features TSV not found" in result.stderr
+    assert not os.path.exists(tmp_path / "s.zarr")
+    _write_lines(tmp_path / "empty.tsv", [])
+    with pytest.raises(ValueError, match="no valid rows"):
+        convert_tsv(str(tmp_path / "empty.tsv"), str(tmp_path / "s.zarr"), progress=False)
+
+
+def test_skip_bad_rows_writes_a_report(tmp_path):
+    good = make_rows(n=12)
+    lines = _good_lines(12)
+    broken = {index + 1: _break(lines, what, index) for index, what in ((3, "base64"), (5, "length"), (8, "duplicate"))}
+    lines.insert(6, "\n")   # a blank line is not a row (and shifts later line numbers)
+    _write_lines(tmp_path / "f.tsv", lines)
+    stores = []
+    for w in (1, 2):
+        out = str(tmp_path / f"w{w}.zarr")
+        summary = convert_tsv(str(tmp_path / "f.tsv"), out, chunk_images=4, workers=w, on_bad_row="skip",
+                              progress=False)
+        assert summary.rows == 9 and summary.skipped == 3
+        with open(out + ".bad_rows.json") as f:
+            report = json.load(f)
+        assert [(r["line"], r["image_id"]) for r in report["rows"]] == [(4, broken[4]), (6, broken[6]), (10, broken[9])]
+        assert "bad base64" in report["rows"][0]["reason"] and "first seen on line 2" in report["rows"][2]["reason"]
+        stores.append(store_files(out))
+    assert stores[0] == stores[1]
+    kept = [r for i, r in enumerate(good) if i not in (3, 5, 8)]
+    check_against_rows(tmp_path / "w1.zarr", kept, "obj36", "float16")
+
+
+def test_changed_input_needs_overwrite(tmp_path):
+    make_tsv(tmp_path / "f.tsv", n=10)
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    convert_tsv(tsv, out, workers=1, progress=False)
+    with pytest.raises(ValueError, match="--overwrite"):
+        convert_tsv(tsv, out, workers=1, progress=False, dtype="float32")
+    rows = make_tsv(tmp_path / "f.tsv", n=12, seed=5)
+    with pytest.raises(ValueError, match="--overwrite"):
+        convert_tsv(tsv, out, workers=1, progress=False)
+    convert_tsv(tsv, out, workers=1, progress=False, overwrite=True)
+    check_against_rows(out, rows, "obj36", "float16")
+    (tmp_path / "notastore").mkdir()
+    (tmp_path / "notastore" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a zarr store"):
+        convert_tsv(tsv, str(tmp_path / "notastore"), workers=1, progress=False, overwrite=True)
+    assert (tmp_path / "notastore" / "keep.txt").exists()
+
+
+def test_defaults_convert_both_files(sample_dir, tmp_path):
+    summaries = convert_defaults(str(sample_dir / "GQA-Features"), str(tmp_path / "cache"), workers=1, progress=False)
+    assert set(summaries) == {"trainval", "testdev"}
+    trainval = schema.read_image_ids(schema.store_path(str(tmp_path / "cache"), "train"))
+    testdev = schema.read_image_ids(schema.store_path(str(tmp_path / "cache"), "testdev"))
+    assert len(trainval) == 36 and len(testdev) == 8 and all(i.startswith("n") for i in testdev)
+
+
+def test_fast_float16_cast_gives_the_same_store(tmp_path, monkeypatch):
+    """Large files cast features with torch instead of NumPy: the bytes must not change."""
+    rows = make_rows(n=20, boxes=(10, 40))
+    rows[0].features[0, :6] = [1e-8, 3e-5, 65519.0, 70000.0, -2.5e-7, np.inf]   # subnormal, overflow
+    write_tsv(str(tmp_path / "f.tsv"), rows)
+    convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "numpy.zarr"), chunk_images=8, workers=1, progress=False)
+    monkeypatch.setattr(convert, "FAST_CAST_MIN_VALUES", 0)
+    convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "torch.zarr"), chunk_images=8, workers=1, progress=False)
+    assert store_files(tmp_path / "numpy.zarr") == store_files(tmp_path / "torch.zarr")
+    stored = read_store(tmp_path / "torch.zarr")[0]["features"]
+    with np.errstate(over="ignore"):
+        assert stored[0, 0, :6].tobytes() == rows[0].features[0, :6].astype(np.float16).tobytes()
+        for i, r in enumerate(rows):
+            np.testing.assert_array_equal(stored[i, :r.num_boxes], r.features.astype(np.float16))
