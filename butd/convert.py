@@ -23,6 +23,7 @@ chunk's rows at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -227,40 +228,64 @@ def _arrays(out_path: str, names) -> dict:
     return _ARRAYS[out_path]
 
 
-# Features are decoded into a float32 staging block and cast to float16 once per chunk. NumPy's
-# float32 -> float16 cast is a scalar loop (0.3-0.7 ms per real 36x2048 row: more than all the other
-# work on a row); torch's is vectorised and 10-20x faster, with bit-identical results for every
-# non-NaN value, but importing torch costs ~1 s per worker. So a file with at least this many feature
-# values is cast with torch. The choice depends only on the file, never on the worker count.
+# NumPy's float32 -> float16 cast is a scalar loop (0.3-0.7 ms per real 36x2048 row: more than all
+# the other work on a row); torch's is vectorised and 10-20x faster, with bit-identical results for
+# every non-NaN value, but importing torch costs ~1 s per worker. So a file with at least this many
+# feature values is cast with torch. The choice depends only on the file, never on the worker count.
+# Rows are cast one by one, while the decoded row is still in cache.
 FAST_CAST_MIN_VALUES = 1 << 28   # ~3,600 rows of 36 x 2048: about 1.4 GB of TSV
-FEATURES32 = "features:float32"
+STAGE = "features:float32"       # one row, writable, for torch to read
+
+
+def _fast_cast(attrs: StoreAttrs) -> bool:
+    return attrs.dtype == "float16" and \
+        attrs.num_images * attrs.max_boxes * attrs.feature_dim >= FAST_CAST_MIN_VALUES
+
+
+@contextlib.contextmanager
+def _torch_threads(attrs: StoreAttrs, workers: int):
+    """Row-sized casts run many times slower on torch's thread pool (20x seen on 2 cores), and
+    workers already use every core: one torch thread while converting in this process, then the
+    caller's setting back."""
+    if workers > 1 or not _fast_cast(attrs):
+        yield
+        return
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _buffers(attrs: StoreAttrs) -> dict:
-    """One chunk's worth of every field (little-endian, plus the float32 staging block for features
-    when the store holds float16), re-used from chunk to chunk."""
+    """One chunk's worth of every field (little-endian), re-used from chunk to chunk."""
     key = (attrs.fingerprint, attrs.max_boxes, attrs.feature_dim)
     if key not in _BUFFERS:
         _BUFFERS.clear()
         bufs = {f.name: np.zeros((attrs.chunk_images,) + f.shape(attrs)[1:], f.numpy_dtype(attrs).newbyteorder("<"))
                 for f in fields_for(attrs.layout)}
-        bufs[FEATURES32] = bufs["features"] if attrs.dtype == "float32" else \
-            np.zeros(bufs["features"].shape, np.float32)
+        if _fast_cast(attrs):
+            import torch
+            if multiprocessing.parent_process() is not None:
+                torch.set_num_threads(1)   # see _torch_threads
+            bufs[STAGE] = np.zeros((attrs.max_boxes, attrs.feature_dim), np.float32)
         _BUFFERS[key] = bufs
     return _BUFFERS[key]
 
 
-def _cast_features(bufs: dict, attrs: StoreAttrs) -> None:
-    if bufs["features"] is bufs[FEATURES32]:
-        return
-    if attrs.num_images * attrs.max_boxes * attrs.feature_dim < FAST_CAST_MIN_VALUES:
+def _put_features(bufs: dict, i: int, features: np.ndarray) -> None:
+    """Row ``i``'s features, cast to the store's dtype (``features`` is float32 [num_boxes, dim])."""
+    n = len(features)
+    if STAGE in bufs:
+        import torch
+        bufs[STAGE][:n] = features
+        torch.from_numpy(bufs["features"][i, :n]).copy_(torch.from_numpy(bufs[STAGE][:n]))
+    else:
         with np.errstate(over="ignore"):   # beyond float16's range is inf, as IEEE (and torch) say
-            bufs["features"][...] = bufs[FEATURES32]
-        return
-    import torch
-    if multiprocessing.parent_process() is not None:
-        torch.set_num_threads(1)   # one worker process per core already
-    torch.from_numpy(bufs["features"]).copy_(torch.from_numpy(bufs[FEATURES32]))
+            bufs["features"][i, :n] = features
+    bufs["features"][i, n:] = 0
 
 
 def _write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows: int) -> None:
@@ -293,7 +318,7 @@ def _write_json_atomic(path: str, obj) -> None:
 
 def _fill_chunk(tsv_path: str, attrs: StoreAttrs, offsets, lengths, lines, bufs: dict) -> list:
     """Decode the rows into ``bufs`` (padding zeroed); returns their image ids."""
-    # features are staged as float32; spatials are computed from the boxes below
+    # spatials are computed from the boxes below
     fields = [f for f in fields_for(attrs.layout) if f.name not in ("spatials", "features")]
     ids = []
     fd = os.open(tsv_path, os.O_RDONLY)
@@ -302,8 +327,7 @@ def _fill_chunk(tsv_path: str, attrs: StoreAttrs, offsets, lengths, lines, bufs:
             line = os.pread(fd, int(length), int(offset))
             row = decode_row(line, attrs.layout, tsv_path, int(line_no), attrs.feature_dim)
             ids.append(row.image_id)
-            bufs[FEATURES32][i, :row.num_boxes] = row.features
-            bufs[FEATURES32][i, row.num_boxes:] = 0
+            _put_features(bufs, i, row.features)
             for f in fields:
                 if f.per_image:
                     bufs[f.name][i, :row.num_boxes] = getattr(row, f.name)
@@ -315,9 +339,8 @@ def _fill_chunk(tsv_path: str, attrs: StoreAttrs, offsets, lengths, lines, bufs:
     n = len(ids)
     # Padded boxes are zero, so their spatials are zero too (0 / w).
     bufs["spatials"][:n] = spatial_features(bufs["boxes"][:n], bufs["img_w"][:n], bufs["img_h"][:n])
-    for buf in bufs.values():
-        buf[n:] = 0
-    _cast_features(bufs, attrs)
+    for f in fields_for(attrs.layout):
+        bufs[f.name][n:] = 0
     return ids
 
 
@@ -573,7 +596,8 @@ def convert_tsv(tsv_path: str, out_path: str, *, layout: Optional[str] = None, d
         tasks = [(tsv_path, out_path, attrs.to_json(), c, plan.offsets[s], plan.lengths[s], plan.lines[s])
                  for c, s in zip(todo, chunk_rows)]
         total = int(sum(plan.lengths[s].sum() for s in chunk_rows))
-        _run_chunks(runner, tasks, total, progress, os.path.basename(out_path))
+        with _torch_threads(attrs, workers):
+            _run_chunks(runner, tasks, total, progress, os.path.basename(out_path))
         runner.close()
     except BaseException:
         runner.close(terminate=True)
