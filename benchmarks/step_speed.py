@@ -1,0 +1,260 @@
+"""Training-step throughput: the model's ceiling against the real loader feeding it.
+
+    python benchmarks/step_speed.py                                  # CPU: small sizes, a few seconds
+    python benchmarks/step_speed.py --device cuda --precision bf16,fp32 --batch_sizes 64,128,256,512 \\
+        --images 4000 --num_workers 2,4,8 --feature_cache none,pinned,gpu
+
+For each precision and batch size it times the real training step (``LitVQA.training_step``: the
+BUTD forward, cross-entropy, metric updates; then backward, clipping at 0.25 and Adamax, as the
+Trainer does them; nanoGPT's bench.py style, without the Trainer around it):
+  (a) ``resident``: one batch already on the device, repeated: the model's ceiling;
+  (b) ``loader``: batches from the real ``GQADataModule`` train loader over a generated store
+      (sample TSVs -> converter -> question shards), moved to the device as Lightning does, for
+      each ``--num_workers`` x ``--feature_cache`` setting;
+and reports steps/s, samples/s and loader efficiency = (b) / (a). The model is sized as on real
+GQA (``--ntoken``, ``--num_answers``; the sample's own vocabulary is small). Timing: warm-up steps
+first, then ``torch.cuda.synchronize()`` around the timed steps. Prints a table, writes
+``step_speed.png`` and ``step_speed.json`` under ``--out``, and ends with one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from butd import questions  # noqa: E402
+from butd.convert import convert_defaults  # noqa: E402
+from butd.data import GQADataModule  # noqa: E402
+from butd.lit import LitVQA  # noqa: E402
+from butd.plots import line_plot  # noqa: E402
+from butd.sample import generate  # noqa: E402
+
+# Full size on a GPU, small on a CPU (where the run is a smoke test of the code path).
+SIZES = {"cuda": dict(v_dim=2048, hidden=1024, emb_dim=300, images=4000, batch_sizes="64,128,256,512",
+                      precision="bf16,fp32", steps=50, warmup=10, num_workers="2,4,8"),
+         "cpu": dict(v_dim=64, hidden=128, emb_dim=50, images=200, batch_sizes="32,64",
+                     precision="fp32", steps=8, warmup=2, num_workers="0,1")}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch_sizes", help="comma list")
+    p.add_argument("--precision", help="comma list of bf16, fp32")
+    p.add_argument("--num_workers", help="comma list of loader worker counts")
+    p.add_argument("--feature_cache", default="none", help="comma list of none, pinned, gpu")
+    p.add_argument("--images", type=int, help="images in the generated store")
+    p.add_argument("--questions_per_image", type=int, default=10)
+    p.add_argument("--boxes", type=int, default=36)
+    p.add_argument("--v_dim", type=int)
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--emb_dim", type=int)
+    p.add_argument("--ntoken", type=int, default=3000, help="model vocabulary (GQA: ~3000)")
+    p.add_argument("--num_answers", type=int, default=1843, help="model answers (GQA: 1843)")
+    p.add_argument("--model", default="butd", choices=["butd", "film"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--steps", type=int, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, help="untimed steps first")
+    p.add_argument("--store_dir", help="reuse/keep the generated sample and caches here (default: a temp dir)")
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+    for key, value in SIZES["cuda" if args.device.startswith("cuda") else "cpu"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def build_caches(root: str, args) -> str:
+    """Sample TSVs and questions -> feature stores and question shards (the real converters)."""
+    cache = os.path.join(root, "GQA-Cache")
+    if os.path.exists(os.path.join(cache, "questions", "manifest.json")):
+        return cache
+    start = time.perf_counter()
+    paths = generate(root, seed=0, train_images=args.images, val_images=2, test_images=2, testdev_images=8,
+                     questions_per_image=args.questions_per_image, feature_dim=args.v_dim,
+                     num_boxes=args.boxes, emb_dim=args.emb_dim)
+    print(f"[*] generated {args.images} images x {args.boxes} boxes x {args.v_dim} in "
+          f"{time.perf_counter() - start:.1f} s", flush=True)
+    convert_defaults(paths["features"], cache, progress=False)
+    questions.build(paths["questions"], paths["glove"], os.path.join(cache, "questions"), cache,
+                    emb_dim=args.emb_dim, progress=False)
+    print(f"[*] caches ready in {time.perf_counter() - start:.1f} s total", flush=True)
+    return cache
+
+
+def make_step(lit: LitVQA, device: torch.device, precision: str):
+    """One training step as the Trainer runs it (autocast, training_step, backward, clip, step)."""
+    optimiser = lit.configure_optimizers()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    def step(batch, i):
+        with autocast:
+            loss = lit.training_step(batch, i)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lit.parameters(), 0.25)
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+    return step
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(step, batches, warmup: int, steps: int, device) -> dict:
+    """Steps/s over ``steps`` batches after ``warmup`` (batches: an iterator of host or device batches)."""
+    for i in range(warmup):
+        step(to_device(next(batches), device), i)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(to_device(next(batches), device), i)
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {"steps_per_s": steps / seconds, "seconds": seconds}
+
+
+def endless(loader):
+    """Batches across epoch boundaries, setting the sampler's epoch as Lightning does."""
+    for epoch in itertools.count():
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+        yield from loader
+
+
+def build_lit(args, dm, device) -> LitVQA:
+    torch.manual_seed(0)
+    lit = LitVQA(model=args.model, ntoken=max(args.ntoken, dm.ntoken), num_answers=max(args.num_answers, dm.num_answers),
+                 v_dim=dm.v_dim, emb_dim=args.emb_dim, hidden=args.hidden).to(device).train()
+    if args.compile:
+        lit.model.compile()
+    return lit
+
+
+def measure_one(args, cache: str, device, precision: str, bsz: int) -> list:
+    results = []
+    dm = GQADataModule(cache, batch_size=bsz, num_workers=0, seed=0)
+    dm.setup("fit")
+    lit = build_lit(args, dm, device)
+    step = make_step(lit, device, precision)
+    one = to_device(next(iter(dm.dataloader_for("train", shuffle=True))), device)
+    base = timed(step, itertools.repeat(one), args.warmup, args.steps, device)
+    resident = {"precision": precision, "batch_size": bsz, "mode": "resident", "num_workers": None,
+                "feature_cache": None, **base, "samples_per_s": base["steps_per_s"] * bsz, "efficiency": 1.0}
+    results.append(resident)
+    report_row(resident)
+    for cache_mode, workers in itertools.product(args.feature_cache.split(","), map(int, args.num_workers.split(","))):
+        if cache_mode != "none" and workers != int(args.num_workers.split(",")[0]):
+            continue            # resident caches gather in the main process: workers do not apply
+        dm = GQADataModule(cache, batch_size=bsz, num_workers=workers, feature_cache=cache_mode, seed=0)
+        dm.setup("fit")
+        start = time.perf_counter()
+        loader_run = timed(step, endless(dm.train_dataloader()), args.warmup, args.steps, device)
+        row = {"precision": precision, "batch_size": bsz, "mode": "loader", "num_workers": workers,
+               "feature_cache": cache_mode, **loader_run, "samples_per_s": loader_run["steps_per_s"] * bsz,
+               "efficiency": loader_run["steps_per_s"] / base["steps_per_s"],
+               "wall_with_startup_s": time.perf_counter() - start}
+        results.append(row)
+        report_row(row)
+        del dm
+    # The ceiling again, after the loader runs (clocks, caches, noise): efficiency is against the mean.
+    again = timed(step, itertools.repeat(one), args.warmup, args.steps, device)
+    print(f"{'':>5} {'':>5} {'resident':>9} {'(again)':>22} {again['steps_per_s']:>9.2f}", flush=True)
+    ceiling = (base["steps_per_s"] + again["steps_per_s"]) / 2
+    resident.update(steps_per_s=ceiling, samples_per_s=ceiling * bsz, first_steps_per_s=base["steps_per_s"],
+                    again_steps_per_s=again["steps_per_s"])
+    for row in results[1:]:
+        row["efficiency"] = row["steps_per_s"] / ceiling
+    return results
+
+
+def measure(args, cache: str, device) -> list:
+    results = []
+    for precision, bsz in itertools.product(args.precision.split(","), map(int, args.batch_sizes.split(","))):
+        try:
+            results += measure_one(args, cache, device, precision, bsz)
+        except Exception as e:          # e.g. out of memory at the largest batch: report, go on
+            print(f"[!] {precision} bsz {bsz} failed: {type(e).__name__}: {e}", flush=True)
+            results.append({"precision": precision, "batch_size": bsz, "mode": "error", "error": repr(e)})
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return results
+
+
+def report_row(r: dict) -> None:
+    loader = "-" if r["mode"] == "resident" else f"w={r['num_workers']} cache={r['feature_cache']}"
+    print(f"{r['precision']:>5} {r['batch_size']:>5} {r['mode']:>9} {loader:>22} {r['steps_per_s']:>9.2f} "
+          f"{r['samples_per_s']:>11.0f} {100 * r['efficiency']:>7.1f}%", flush=True)
+
+
+def summarise(results: list, args, device) -> dict:
+    best = {}
+    for r in results:
+        if r["mode"] == "loader":
+            key = f"{r['precision']}/{r['batch_size']}"
+            if key not in best or r["efficiency"] > best[key]["efficiency"]:
+                best[key] = r
+    summary = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "model": args.model, "v_dim": args.v_dim, "hidden": args.hidden, "boxes": args.boxes,
+               "images": args.images, "compile": args.compile,
+               "best_loader": {k: {"efficiency": round(v["efficiency"], 4), "samples_per_s": round(v["samples_per_s"]),
+                                   "num_workers": v["num_workers"], "feature_cache": v["feature_cache"]}
+                               for k, v in best.items()},
+               "resident_samples_per_s": {f"{r['precision']}/{r['batch_size']}": round(r["samples_per_s"])
+                                          for r in results if r["mode"] == "resident"},
+               "torch": torch.__version__}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "step_speed.json"), "w") as f:
+        json.dump({"summary": summary, "runs": results}, f, indent=1)
+    series = {}
+    for r in results:
+        if r["mode"] == "error":
+            continue
+        label = f"{r['precision']} " + ("resident" if r["mode"] == "resident"
+                                        else f"loader w={r['num_workers']} {r['feature_cache']}")
+        xs, ys = series.setdefault(label, ([], []))
+        xs.append(r["batch_size"])
+        ys.append(r["samples_per_s"])
+    line_plot([("training throughput", "batch size", "samples/s", series)],
+              os.path.join(args.out, "step_speed.png"), title=f"step_speed on {summary['device']}")
+    return summary
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")      # as train.py
+        torch.backends.cudnn.benchmark = True           # as train.py's Trainer(benchmark=True)
+    # training_step's self.log() has no Trainer to log to here; that is expected.
+    warnings.filterwarnings("ignore", message=".*self.log.*")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.store_dir or tmp
+        cache = build_caches(root, args)
+        print(f"[*] {args.model} v_dim={args.v_dim} hidden={args.hidden} boxes={args.boxes} "
+              f"on {device}; {args.steps} timed steps after {args.warmup} warm-up", flush=True)
+        print(f"{'prec':>5} {'bsz':>5} {'mode':>9} {'loader':>22} {'steps/s':>9} {'samples/s':>11} {'eff':>8}")
+        results = measure(args, cache, device)
+    summary = summarise(results, args, device)
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
