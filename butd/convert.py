@@ -360,22 +360,25 @@ def _convert_chunk(task: tuple) -> tuple:
 # Running tasks: in this process for one worker, else in a pool of worker processes
 
 
-def _ignore_sigint() -> None:
+def _init_worker(import_torch: bool) -> None:
     # Ctrl-C is handled by the parent, which stops the pool; workers just die quietly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if import_torch:   # now, while the parent scans, rather than at the first chunk
+        import torch
+        torch.set_num_threads(1)
 
 
 class _Runner:
     """``runner(fn, tasks, ordered)`` yields ``(index, result)`` for each task."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, import_torch: bool = False):
         self.workers = workers
         self.pool = None
         if workers > 1:
             # spawn, not fork: the caller may hold zarr's event loop, which does not survive a fork.
             # Workers start (import) in the background while this process scans the file.
             ctx = multiprocessing.get_context("spawn")
-            self.pool = ctx.Pool(workers, initializer=_ignore_sigint)
+            self.pool = ctx.Pool(workers, initializer=_init_worker, initargs=(import_torch,))
 
     def __call__(self, fn, tasks, ordered=False, local=False):
         if self.pool is None or local:
@@ -385,12 +388,11 @@ class _Runner:
         else:
             yield from self.pool.imap_unordered(_indexed, [(fn, i, t) for i, t in enumerate(tasks)])
 
-    def close(self, terminate: bool = False) -> None:
+    def close(self) -> None:
+        # Every result is in (or no longer wanted) when this is called, so the workers are stopped
+        # rather than left to exit on their own, which takes a while once torch is loaded.
         if self.pool is not None:
-            if terminate:
-                self.pool.terminate()
-            else:
-                self.pool.close()
+            self.pool.terminate()
             self.pool.join()
 
 
@@ -578,7 +580,8 @@ def convert_tsv(tsv_path: str, out_path: str, *, layout: Optional[str] = None, d
         attrs = None
 
     workers = max(1, int(workers or os.cpu_count() or 1))
-    runner = _Runner(workers)
+    # A float32 value is 5.33 base64 characters: a file this big may need torch for the cast.
+    runner = _Runner(workers, import_torch=dtype == "float16" and source["size"] >= FAST_CAST_MIN_VALUES * 16 / 3)
     try:
         if attrs is None:
             plan = _scan(tsv_path, source["size"], layout, feature_dim, skip, runner, progress)
@@ -598,10 +601,8 @@ def convert_tsv(tsv_path: str, out_path: str, *, layout: Optional[str] = None, d
         total = int(sum(plan.lengths[s].sum() for s in chunk_rows))
         with _torch_threads(attrs, workers):
             _run_chunks(runner, tasks, total, progress, os.path.basename(out_path))
+    finally:
         runner.close()
-    except BaseException:
-        runner.close(terminate=True)
-        raise
     _verify(out_path, attrs, plan)
     _mark_complete(out_path)
     skipped = 0
