@@ -89,6 +89,7 @@ def make_tsv(path: str, size_mb: float, seed: int) -> int:
 def measure(cmd: list) -> dict:
     """Run ``cmd``; its wall time, CPU time (all its processes), and peak RSS summed over the
     process tree (polled every 20 ms)."""
+    os.sync()   # start each run with nothing of the previous one's output still being written back
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
