@@ -111,8 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def make_run_name(args) -> str:
-    """The specification's run name: <run_name>-<model>-x<seed>+<month>-<day>-[<hour>:<minute>]; a
-    resumed run keeps the name saved with it."""
+    """The specification's run name: <run_name>-<model>-x<seed>+<month>-<day>-[<hour>:<minute>]
+    (-2, -3, ... if taken); a resumed run keeps the name saved with it."""
     if args.resume:
         config = os.path.join(os.path.dirname(os.path.abspath(args.resume)), RUN_CONFIG)
         if not os.path.exists(config):
@@ -120,7 +120,14 @@ def make_run_name(args) -> str:
                                     "resume from a checkpoint inside its run directory")
         with open(config) as f:
             return json.load(f)["run"]
-    return f"{args.run_name}-{args.model}-x{args.seed}+{datetime.now().strftime('%m-%d-[%H:%M]')}"
+    name = base = f"{args.run_name}-{args.model}-x{args.seed}+{datetime.now().strftime('%m-%d-[%H:%M]')}"
+    # Two runs started in the same minute would share checkpoints and metrics: number the later one.
+    # (Only rank zero writes, so another rank choosing another suffix changes nothing.)
+    n = 1
+    while os.path.exists(os.path.join(args.checkpoint, "runs", name)):
+        n += 1
+        name = f"{base}-{n}"
+    return name
 
 
 def is_launcher_child() -> bool:

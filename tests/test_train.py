@@ -18,9 +18,9 @@ from butd import questions  # noqa: E402
 from butd.sample import generate  # noqa: E402
 
 EMB = 32
-# Small, fast settings; one loader worker (see the report on num_workers=0).
+# Small, fast settings.
 FAST = ["--hidden", "128", "--bsz", "32", "--emb_dim", str(EMB), "--accelerator", "cpu",
-        "--num_workers", "1", "--log_every", "5"]
+        "--num_workers", "0", "--log_every", "5"]
 SPEC_KEYS = ("train_loss", "train_acc", "train_epoch_loss", "train_epoch_acc", "val_loss", "val_acc")
 
 
@@ -66,6 +66,16 @@ def test_defaults_are_the_specs():
     a = train.parse_args(["--run_name", "x", "--gpus", "2", "--no-weight_norm"])
     assert (a.accelerator, a.devices, a.weight_norm) == ("gpu", 2, False)
     assert train.make_run_name(a).startswith("x-butd-x7+")
+
+
+def test_a_second_run_in_the_same_minute_gets_its_own_name(tmp_path):
+    a = train.parse_args(["--run_name", "x", "--checkpoint", str(tmp_path)])
+    first = train.make_run_name(a)
+    os.makedirs(tmp_path / "runs" / first)
+    second = train.make_run_name(a)
+    assert second != first
+    if second.startswith(first):          # unless the minute turned in between
+        assert second == first + "-2"
 
 
 def test_missing_input_names_the_file_and_the_command(tmp_path):
