@@ -3,18 +3,19 @@
     from butd.convert import convert_tsv
     convert_tsv("data/GQA-Features/vg_gqa_obj36.tsv", "data/GQA-Cache/trainval.zarr", workers=2)
 
-(``converters/tsv_to_zarr.py`` is the command line.) Two passes over the file, both split across
-``workers`` processes:
+(``converters/tsv_to_zarr.py`` is the command line.) Two passes over the file:
 
-1. *scan*: newline-aligned byte ranges are read line by line; each row's structure is checked from
-   its field lengths (with ``on_bad_row="skip"`` fully decoded, so that every bad row is known before
-   row numbers are fixed), giving the plan: each row's byte offset, length, line number, image id
-   and box count. Duplicate ids are found here. The plan is saved inside the store, so a resumed
-   run does not scan again.
-2. *convert*: each task is one store chunk (``chunk_images`` consecutive rows): its rows are read,
-   decoded, padded to the largest box count, cast, and written as whole chunks. A small JSON marker
-   per chunk is written atomically after the chunk's data, so an interrupted run (Ctrl-C,
-   kill -9) resumes with the same command, converting only the chunks without a marker.
+1. *scan*: newline-aligned byte ranges are read line by line and each row's structure is checked
+   from its field lengths, at memory speed, in this process while the worker processes start.
+   With ``on_bad_row="skip"`` rows are fully decoded instead, spread over the workers, so that
+   every bad row is known before row numbers are fixed. The result is the plan: each row's byte
+   offset, length, line number, image id and box count. Duplicate ids are found here. The plan is
+   saved inside the store, so a resumed run does not scan again.
+2. *convert*, over ``workers`` processes: each task is one store chunk (``chunk_images``
+   consecutive rows): its rows are read, decoded, padded to the largest box count, cast, and
+   written as whole chunks. A small JSON marker per chunk is written atomically after the chunk's
+   data, so an interrupted run (Ctrl-C, kill -9) resumes with the same command, converting only
+   the chunks without a marker.
 
 Row order is file order and every chunk is written by exactly one task, so the store is
 byte-identical whatever the number of workers. The store is marked ``complete`` only after every
