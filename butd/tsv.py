@@ -136,7 +136,9 @@ def parse_head(fields: list, layout: str, path: str, line_no: int,
         raise TSVFormatError(path, line_no, image_id, reason)
 
     if len(fields) != len(columns):
-        hint = " (line truncated?)" if len(fields) < len(columns) else ""
+        other = LAYOUT_FOR_FIELD_COUNT.get(len(fields))
+        hint = f" (that is the {other} layout: wrong --layout?)" if other else \
+            " (line truncated?)" if len(fields) < len(columns) else ""
         fail(f"{len(fields)} tab-separated fields, expected {len(columns)} for the {layout} layout "
              f"({', '.join(columns)}){hint}")
     if not image_id:
