@@ -55,7 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                      "(default <data>/GQA-Cache)")
     g.add_argument("--glove", default=None, help="GloVe 300-d vectors (default <data>/GloVe/glove.6B.300d.txt)")
     g.add_argument("--dataset", default="gqa", choices=["gqa"], help="only GQA is built here")
-    g.add_argument("--num_workers", type=int, default=2, help="loader worker processes per rank")
+    g.add_argument("--num_workers", type=int, default=0,
+                   help="0: batches gathered by a background thread of each rank (fastest measured); "
+                        "N: N loader worker processes per rank")
     g.add_argument("--feature_cache", default="none", choices=["none", "pinned", "gpu"],
                    help="keep the whole feature store resident in pinned host memory or on the GPU")
 
@@ -143,39 +145,46 @@ def _require(path: str, what: str, makes: str, command: str) -> None:
 
 
 def ensure_caches(args) -> None:
-    """Make the feature stores and question shards under --gqa_cache when they are missing or
-    incomplete, from the raw inputs, as the specification does before training. Conversion resumes
-    where an interrupted one stopped; the question cache rebuilds itself when its inputs changed."""
+    """Make, resume or check the feature stores and the question cache under --gqa_cache, as the
+    specification prepares its caches before training. Where the raw inputs are present, each cache
+    is brought up to date by its converter (a no-op when it already matches them; an interrupted
+    conversion resumes; a store made from another TSV is an error, never silently reused). Where
+    they are absent, complete caches are used as they are (e.g. on nodes that see only the caches).
+    In the extra processes of a multi-process launch nothing is built: the caches must be ready."""
+    from pytorch_lightning.utilities import rank_zero_info
+
     from butd import questions, schema
     from butd.convert import convert_tsv
 
     cache, qdir = args.gqa_cache, os.path.join(args.gqa_cache, "questions")
-    converted = False
+    child = is_launcher_child()
     for store, tsv_name in schema.TSV_FOR_STORE.items():
-        path = schema.store_path(cache, store)
-        if os.path.exists(path) and schema.read_attrs(path).complete:
+        path, tsv = schema.store_path(cache, store), os.path.join(args.gqa_features, tsv_name)
+        complete = os.path.exists(path) and schema.read_attrs(path).complete
+        if child or (complete and not os.path.exists(tsv)):
+            if not complete:
+                raise FileNotFoundError(f"{path}: feature store missing or incomplete; in a multi-process "
+                                        "launch make the caches first with `python converters/tsv_to_zarr.py`")
             continue
-        if is_launcher_child():
-            raise FileNotFoundError(f"{path}: feature store missing or incomplete; in a multi-process launch "
-                                    "make the caches first with `python converters/tsv_to_zarr.py`")
-        tsv = os.path.join(args.gqa_features, tsv_name)
         _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {tsv} --out {path}")
-        convert_tsv(tsv, path)
-        converted = True
+        summary = convert_tsv(tsv, path)
+        rank_zero_info(f"[*] {summary}")
+
+    inputs = questions.Inputs(args.gqa_questions, args.glove, cache, args.emb_dim)
+    command = (f"python converters/questions_to_shards.py --questions {args.gqa_questions} "
+               f"--glove {args.glove} --cache {cache} --out {qdir}")
+    if os.path.exists(args.gqa_questions) and os.path.exists(args.glove):
+        if child:
+            questions.check_inputs(qdir, inputs)     # the first process has built it
+        else:
+            questions.build(args.gqa_questions, args.glove, qdir, cache, emb_dim=args.emb_dim)
+        return
     try:
         questions.read_manifest(qdir)
-        if not converted:
-            return
-    except (FileNotFoundError, ValueError, questions.StaleCacheError):
-        pass
-    if is_launcher_child():
-        raise FileNotFoundError(f"{qdir}: question cache missing; in a multi-process launch make it first "
-                                "with `python converters/questions_to_shards.py`")
-    command = (f"python converters/questions_to_shards.py --questions {args.gqa_questions} "
-               f"--glove {args.glove} --out {qdir}")
-    _require(args.gqa_questions, "GQA questions directory", qdir, command)
-    _require(args.glove, "GloVe file", qdir, command)
-    questions.build(args.gqa_questions, args.glove, qdir, cache, emb_dim=args.emb_dim)
+    except FileNotFoundError:
+        _require(args.gqa_questions, "GQA questions directory", qdir, command)
+        _require(args.glove, "GloVe file", qdir, command)
+    rank_zero_info(f"[*] raw questions or GloVe not found: using the question cache {qdir} unchecked")
 
 
 def save_config(args, run: str, run_dir: str, dm) -> None:

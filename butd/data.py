@@ -218,9 +218,11 @@ def make_loader(dataset: BatchDataset, batch_size: int, shuffle: bool = False, s
 class GQADataModule(pl.LightningDataModule):
     """Train on ``train_split`` questions (shuffled), validate on ``val_split`` (in order), as the
     specification does (train / testdev). ``cache_dir`` holds ``trainval.zarr``, ``testdev.zarr``
-    and ``questions/`` (override with ``questions_dir``)."""
+    and ``questions/`` (override with ``questions_dir``). ``num_workers=0`` (the default) gathers
+    batches in a background thread of this process, which measured faster than worker processes
+    (benchmarks/loader_speed.py): the gather releases the GIL and needs no inter-process hand-over."""
 
-    def __init__(self, cache_dir, batch_size: int = 256, num_workers: int = 2, feature_cache: str = "none",
+    def __init__(self, cache_dir, batch_size: int = 256, num_workers: int = 0, feature_cache: str = "none",
                  seed: int = 7, train_split: str = "train", val_split: str = "testdev",
                  pin_memory: bool = True, questions_dir=None, prefetch_factor: int = 2):
         super().__init__()

@@ -141,3 +141,29 @@ def test_ddp_two_processes_on_cpu(trained, tmp_path):
     assert abs(steps - n / (2 * 32)) <= 1, (steps, n)
     [run] = os.listdir(tmp_path / "runs")
     assert any(n.startswith("butd-epoch=00") for n in os.listdir(tmp_path / "runs" / run))
+
+
+def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp_path, monkeypatch):
+    paths = generate(str(tmp_path), seed=5, train_images=8, val_images=2, test_images=2, testdev_images=2,
+                     questions_per_image=3, feature_dim=16, emb_dim=EMB)
+    args = train.parse_args(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"],
+                             "--emb_dim", str(EMB)])
+    qdir = os.path.join(args.gqa_cache, "questions")
+    train.ensure_caches(args)
+    built = questions.read_manifest(qdir)["fingerprint"]
+    train.ensure_caches(args)                                     # up to date: nothing rebuilt
+    assert questions.read_manifest(qdir)["fingerprint"] == built
+
+    qfile = os.path.join(args.gqa_questions, "train_balanced_questions.json")
+    with open(qfile) as f:
+        data = json.load(f)
+    next(iter(data.values()))["question"] = "Is there a zebra in the picture?"
+    with open(qfile, "w") as f:
+        json.dump(data, f)
+    monkeypatch.setenv("LOCAL_RANK", "1")                         # an extra DDP process never builds
+    with pytest.raises(questions.StaleCacheError, match="train"):
+        train.ensure_caches(args)
+    monkeypatch.delenv("LOCAL_RANK")
+    train.ensure_caches(args)                                     # the first process rebuilds
+    assert questions.read_manifest(qdir)["fingerprint"] != built
+    assert "zebra" in questions.load_vocab(qdir).word2idx
