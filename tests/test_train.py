@@ -1,6 +1,6 @@
 """train.py end to end on a generated GQA-shaped sample: converters run when the caches are missing,
 a fast_dev_run, a training that must beat the majority answer by a wide margin (features, questions
-and answers aligned from the TSVs to the loss), --resume, the metrics file, a 2-process DDP run."""
+and answers aligned from the TSVs to the loss), --resume, the metrics file, a 2-process DDP run, and evaluate.py on the trained run."""
 import json
 import os
 import subprocess
@@ -167,3 +167,36 @@ def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp
     train.ensure_caches(args)                                     # the first process rebuilds
     assert questions.read_manifest(qdir)["fingerprint"] != built
     assert "zebra" in questions.load_vocab(qdir).word2idx
+
+
+def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):
+    import evaluate
+    root, _, _, _, checkpoints = trained
+    qdir = os.path.join(root, "GQA-Cache", "questions")
+    out = str(tmp_path / "testdev.json")
+    scores = evaluate.main(["--checkpoint", checkpoints.best_model_path, "--out", out])
+    testdev = questions.load_split(qdir, "testdev")
+    with open(out) as f:
+        preds = json.load(f)
+    assert sorted(p["questionId"] for p in preds) == sorted(testdev.question_ids.tolist())
+    _, label2ans = questions.load_answers(qdir)
+    assert {p["prediction"] for p in preds} <= set(label2ans)
+    # the scores recomputed from the written predictions
+    answer = {q: label2ans[label] for q, label in zip(testdev.question_ids, testdev.labels)}
+    correct = np.mean([answer[p["questionId"]] == p["prediction"] for p in preds])
+    assert scores["overall"] == {"accuracy": pytest.approx(correct), "count": len(testdev)}
+    assert scores["overall"]["accuracy"] > scores["majority_baseline"] + 0.2
+    with open(str(tmp_path / "testdev-scores.json")) as f:
+        assert json.load(f)["structural"]["query"]["count"] == int((testdev.structural == "query").sum())
+
+
+def test_evaluate_on_a_split_without_answers(trained, tmp_path, capsys):
+    import evaluate
+    root, _, _, _, checkpoints = trained
+    out = str(tmp_path / "test.json")
+    scores = evaluate.main(["--checkpoint", checkpoints.best_model_path, "--split", "test", "--out", out])
+    assert scores["overall"] == {"accuracy": None, "count": 0}
+    assert "no accuracy can be computed" in capsys.readouterr().out
+    test = questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "test")
+    with open(out) as f:
+        assert [p["questionId"] for p in json.load(f)] == test.question_ids.tolist()
