@@ -1,6 +1,7 @@
 """train.py end to end on a generated GQA-shaped sample: converters run when the caches are missing,
 a fast_dev_run, a training that must beat the majority answer by a wide margin (features, questions
-and answers aligned from the TSVs to the loss), --resume, the metrics file, a 2-process DDP run, and evaluate.py on the trained run."""
+and answers aligned from the TSVs to the loss), --resume, the metrics file, a 2-process DDP run,
+and evaluate.py on the trained run."""
 import json
 import os
 import subprocess
