@@ -61,10 +61,19 @@ class StaleCacheError(RuntimeError):
 # Reading question files: streamed, one question at a time, so that a 1 GB file is never a
 # multi-GB tree of Python dicts (json.load) in memory.
 
-_KEY = re.compile(r'[ \t\n\r]*"((?:[^"\\]|\\.)*)"[ \t\n\r]*:')
-_SEPARATOR = re.compile(r"[ \t\n\r]*([,}])")
-_OPEN = re.compile(r"[ \t\n\r]*\{")
-_END = re.compile(r"[ \t\n\r]*")
+_WS = r"[ \t\n\r]*"
+_STRING = r'"((?:[^"\\]|\\.)*)"'
+# What comes before a question's value: the opening '{' and the first key, or ',' and the next
+# key; or the closing '}' (group 1). One regex call per question; the key is group 2.
+_FIRST = re.compile(_WS + r"\{" + _WS + r"(?:(\})|" + _STRING + _WS + ":" + _WS + ")")
+_NEXT = re.compile(_WS + r"(?:(\})|," + _WS + _STRING + _WS + ":" + _WS + ")")
+# Text that is a prefix of a match of the pattern above: a failed match of it may succeed once
+# more text is read. Any other failure is malformed JSON, found without reading further.
+_KEY_PREFIX = r'(?:"(?:[^"\\]|\\.)*\\?(?:"' + _WS + r")?)?"
+_FIRST_PREFIX = re.compile(_WS + r"(?:\{" + _WS + _KEY_PREFIX + ")?")
+_NEXT_PREFIX = re.compile(_WS + r"(?:," + _WS + _KEY_PREFIX + ")?")
+_OPEN = re.compile(_WS + r"\{")
+_END = re.compile(_WS)
 _BLOCK = 1 << 23
 
 
@@ -74,10 +83,12 @@ class _ObjectStream:
     def __init__(self, f, path: str):
         self.f, self.path = f, path
         self.buf, self.pos, self.eof, self.lines_before = "", 0, False, 0
-        self.decoder = json.JSONDecoder()
+        self.scan = json.JSONDecoder().scan_once
 
     def _more(self) -> None:
-        chunk = self.f.read(_BLOCK)
+        # At least as much again as is left unread in the buffer: a value longer than a block
+        # costs a linear number of copies, not a quadratic one.
+        chunk = self.f.read(max(_BLOCK, len(self.buf) - self.pos))
         self.lines_before += self.buf.count("\n", 0, self.pos)
         self.buf, self.pos, self.eof = self.buf[self.pos:] + chunk, 0, not chunk
 
@@ -87,48 +98,54 @@ class _ObjectStream:
         column = pos - self.buf.rfind("\n", 0, pos)
         return QuestionFileError(f"{self.path}, line {line} column {column}: malformed JSON: {what}")
 
-    def match(self, pattern: re.Pattern):
-        """Match at the cursor; a match that touches the buffer's end is retried with more text."""
+    def match(self, pattern: re.Pattern, prefix: re.Pattern):
+        """Match at the cursor, reading more text while the failure may be the buffer's end."""
         while True:
             m = pattern.match(self.buf, self.pos)
-            if m and (m.end() < len(self.buf) or self.eof):
+            if m is not None:
                 self.pos = m.end()
                 return m
-            if self.eof:
+            if self.eof or not prefix.fullmatch(self.buf, self.pos):
                 return None
             self._more()
 
     def value(self):
         while True:
-            self.pos = _END.match(self.buf, self.pos).end()
             try:
-                obj, end = self.decoder.raw_decode(self.buf, self.pos)
+                obj, end = self.scan(self.buf, self.pos)
+                # A value that ends with the buffer may go on (a number cut in two).
                 if end < len(self.buf) or self.eof:
                     self.pos = end
                     return obj
+            except StopIteration as e:
+                if self.eof:
+                    raise self.error("Expecting value", e.value) from None
             except json.JSONDecodeError as e:
                 if self.eof:
                     raise self.error(e.msg, e.pos) from None
             self._more()
+            self.pos = _END.match(self.buf, self.pos).end()
 
     def items(self):
-        if not self.match(_OPEN):
-            raise self.error("expected '{' (a question file is one object keyed by question id)")
-        if self.match(re.compile(r"[ \t\n\r]*\}")):
-            return
-        while True:
-            key = self.match(_KEY)
-            if key is None:
-                raise self.error("expected a question id string")
-            key = key.group(1)
+        m = self.match(_FIRST, _FIRST_PREFIX)
+        if m is None:
+            if not _OPEN.match(self.buf, self.pos):
+                raise self.error("expected '{' (a question file is one object keyed by question id)")
+            raise self.error("expected a question id string or '}'", _OPEN.match(self.buf, self.pos).end())
+        while m.group(1) is None:
+            key = m.group(2)
             yield (json.loads(f'"{key}"') if "\\" in key else key), self.value()
-            sep = self.match(_SEPARATOR)
-            if sep is None:
-                raise self.error("expected ',' or '}'")
-            if sep.group(1) == "}":
-                break
-        if self.match(_END).end() != len(self.buf):
-            raise self.error("unexpected text after the closing '}'")
+            m = self.match(_NEXT, _NEXT_PREFIX)
+            if m is None:
+                raise self.error("expected ',' and a question id string, or '}'")
+        while True:
+            end = _END.match(self.buf, self.pos).end()
+            if end < len(self.buf):
+                raise self.error("unexpected text after the closing '}'", end)
+            if self.eof:
+                return
+            self.pos = end
+            self._more()
 
 
 @dataclass
