@@ -521,7 +521,8 @@ def _build_into(out: str, inputs: Inputs, description: dict, workers: int, say, 
     phase("shards", "[*] writing shards and indexes")
     _SHARD_SOURCE.clear()
     _SHARD_SOURCE.update(arrays)
-    mtime = time.time()
+    # A whole second: a float mtime makes tarfile add a PAX header of its own to every member.
+    mtime = int(time.time())
     tasks = [t for s in SPLITS for t in _shard_tasks(out, s, len(arrays[s]), mtime)]
     try:
         _write_shards(tasks, workers, progress)

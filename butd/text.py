@@ -12,6 +12,8 @@ are parsed.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import gzip
 from dataclasses import dataclass
 from itertools import chain, islice, repeat
@@ -27,6 +29,20 @@ def normalize(sentence: str) -> str:
     return sentence.lower().replace(",", "").replace(".", "").replace("?", "").replace("'s", " 's")
 
 
+@contextlib.contextmanager
+def paused_gc():
+    """No garbage collection inside: building millions of lists or dicts that all stay alive
+    makes the cyclic collector traverse them again and again (10x the cost of the work itself),
+    and none of them can be part of a cycle."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def split_batch(sentences: Sequence[str]) -> tuple[list, np.ndarray]:
     """Words of every sentence, concatenated, and the word count of each sentence.
 
@@ -39,12 +55,13 @@ def split_batch(sentences: Sequence[str]) -> tuple[list, np.ndarray]:
     if not sentences:
         return [], np.zeros(0, dtype=np.int64)
     text = "\n".join(sentences)
-    if text.count("\n") == len(sentences) - 1:
-        lists = [line.split() for line in normalize(text).split("\n")]
-    else:
-        lists = [normalize(s).split() for s in sentences]
-    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
-    return list(chain.from_iterable(lists)), lengths
+    with paused_gc():
+        if text.count("\n") == len(sentences) - 1:
+            lists = [line.split() for line in normalize(text).split("\n")]
+        else:
+            lists = [normalize(s).split() for s in sentences]
+        lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+        return list(chain.from_iterable(lists)), lengths
 
 
 def pad_front(ids: np.ndarray, lengths: np.ndarray, max_length: int, pad: int) -> np.ndarray:
@@ -53,14 +70,17 @@ def pad_front(ids: np.ndarray, lengths: np.ndarray, max_length: int, pad: int) -
     ``ids`` holds all sentences' ids back to back, ``lengths`` each sentence's count.
     """
     lengths = np.asarray(lengths, dtype=np.int64)
-    n = len(lengths)
-    out = np.full((n, max_length), pad, dtype=np.int64)
+    ids = np.asarray(ids)
     kept = np.minimum(lengths, max_length)
-    # For every kept word: its sentence, its position in the sentence, its source and its column.
-    row = np.repeat(np.arange(n), kept)
-    position = np.arange(int(kept.sum())) - np.repeat(np.cumsum(kept) - kept, kept)
-    source = np.repeat(np.cumsum(lengths) - lengths, kept) + position
-    out[row, np.repeat(max_length - kept, kept) + position] = np.asarray(ids)[source]
+    if len(kept) and kept.sum() < len(ids):
+        # Some sentence is longer than max_length: keep the first max_length ids of each.
+        position = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        ids = ids[position < max_length]
+    # Row by row, the cells right of each sentence's padding take its ids in order, exactly the
+    # order in which a boolean mask assigns them.
+    words = np.arange(max_length) >= (max_length - kept)[:, None]
+    out = np.full((len(lengths), max_length), pad, dtype=np.int64)
+    out[words] = ids
     return out
 
 
