@@ -364,13 +364,17 @@ def _save_index(path: str, arrays: QuestionArrays, ntoken: int) -> None:
                       "tokens": arrays.tokens.astype(small), "labels": arrays.labels.astype(small)})
 
 
-def sample_json(arrays: QuestionArrays, i: int) -> dict:
-    """What the shard's ``.json`` member of question ``i`` holds (its key is the question id)."""
-    label = int(arrays.labels[i])
-    return {"question_id": str(arrays.question_ids[i]), "image_id": str(arrays.image_ids[i]),
-            "image_row": int(arrays.image_rows[i]), "tokens": arrays.tokens[i].tolist(),
-            "label": label if label >= 0 else None,
-            "structural": str(arrays.structural[i]), "semantic": str(arrays.semantic[i])}
+def sample_dicts(arrays: QuestionArrays):
+    """What the shards' ``.json`` members hold, question by question (each keyed by its id).
+
+    Whole columns become Python lists at once (``tolist``): a tenth of the cost of converting
+    numpy scalars one question at a time."""
+    labels = [label if label >= 0 else None for label in arrays.labels.tolist()]
+    for qid, image, row, tokens, label, structural, semantic in zip(
+            arrays.question_ids.tolist(), arrays.image_ids.tolist(), arrays.image_rows.tolist(),
+            arrays.tokens.tolist(), labels, arrays.structural.tolist(), arrays.semantic.tolist()):
+        yield {"question_id": qid, "image_id": image, "image_row": row, "tokens": tokens,
+               "label": label, "structural": structural, "semantic": semantic}
 
 
 # Set before the shard writers fork, so that they inherit the arrays instead of receiving copies.
@@ -380,11 +384,10 @@ _SHARD_SOURCE: dict = {}
 def _write_shard(task) -> str:
     import webdataset as wds
     split, start, stop, path, mtime = task
-    arrays = _SHARD_SOURCE[split]
+    dumps = json.JSONEncoder().encode
     with wds.TarWriter(path, encoder=False, mtime=mtime) as writer:
-        for i in range(start, stop):
-            writer.write({"__key__": str(arrays.question_ids[i]),
-                          "json": json.dumps(sample_json(arrays, i)).encode()})
+        for sample in sample_dicts(_SHARD_SOURCE[split].take(slice(start, stop))):
+            writer.write({"__key__": sample["question_id"], "json": dumps(sample).encode()})
     return path
 
 
