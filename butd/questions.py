@@ -357,11 +357,16 @@ def _split_arrays(raw, split, tokens, ans2label, row_of, drop_missing) -> tuple[
 # ----------------------------------------------------------------------------------------------
 # Writing.
 
+def _index_dtype(ntoken: int):
+    # Tokens and labels in the narrowest integer type that holds them: half the bytes to read
+    # (and, while building, to fill and sort).
+    return np.int32 if ntoken < 2 ** 31 else np.int64
+
+
 def _save_index(path: str, arrays: QuestionArrays, ntoken: int) -> None:
-    # Tokens and labels in the narrowest integer type that holds them: half the bytes to read.
-    small = np.int32 if ntoken < 2 ** 31 else np.int64
+    small = _index_dtype(ntoken)
     np.savez(path, **{**{f.name: getattr(arrays, f.name) for f in dataclasses.fields(arrays)},
-                      "tokens": arrays.tokens.astype(small), "labels": arrays.labels.astype(small)})
+                      "tokens": arrays.tokens.astype(small, copy=False), "labels": arrays.labels.astype(small)})
 
 
 def sample_dicts(arrays: QuestionArrays):
@@ -507,7 +512,7 @@ def _build_into(out: str, inputs: Inputs, description: dict, workers: int, say, 
     vocab = Vocabulary(list(dict.fromkeys(words)))
     ids = vocab.lookup(words)
     del words
-    tokens = pad_front(ids, lengths, inputs.max_length, vocab.padding_idx)
+    tokens = pad_front(ids, lengths, inputs.max_length, vocab.padding_idx, _index_dtype(vocab.ntoken))
     bounds = np.cumsum([0] + [len(raws[s]) for s in SPLITS])
     rows_by_store, arrays, dropped = {}, {}, {}
     for k, split in enumerate(SPLITS):

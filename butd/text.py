@@ -64,8 +64,9 @@ def split_batch(sentences: Sequence[str]) -> tuple[list, np.ndarray]:
         return list(chain.from_iterable(lists)), lengths
 
 
-def pad_front(ids: np.ndarray, lengths: np.ndarray, max_length: int, pad: int) -> np.ndarray:
-    """[N, max_length] int64: each sentence's first ``max_length`` ids, front-padded with ``pad``.
+def pad_front(ids: np.ndarray, lengths: np.ndarray, max_length: int, pad: int,
+              dtype=np.int64) -> np.ndarray:
+    """[N, max_length] ``dtype``: each sentence's first ``max_length`` ids, front-padded with ``pad``.
 
     ``ids`` holds all sentences' ids back to back, ``lengths`` each sentence's count.
     """
@@ -79,7 +80,7 @@ def pad_front(ids: np.ndarray, lengths: np.ndarray, max_length: int, pad: int) -
     # Row by row, the cells right of each sentence's padding take its ids in order, exactly the
     # order in which a boolean mask assigns them.
     words = np.arange(max_length) >= (max_length - kept)[:, None]
-    out = np.full((len(lengths), max_length), pad, dtype=np.int64)
+    out = np.full((len(lengths), max_length), pad, dtype=dtype)
     out[words] = ids
     return out
 
