@@ -31,6 +31,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -38,9 +39,9 @@ from typing import Optional
 import numpy as np
 
 from butd import schema
-from butd.schema import IMAGE_IDS, StoreAttrs, fields_for
-from butd.tsv import TSVFormatError, check_layout, decode_row, detect_layout, parse_head, \
-    spatial_features, split_fields
+from butd.schema import IMAGE_IDS, TSV_COLUMNS, StoreAttrs, fields_for
+from butd.tsv import COLUMN_INDEX, TSVFormatError, UnreadField, b64_length, check_layout, decode_row, \
+    detect_layout, parse_head, spatial_features, split_fields, split_head
 
 DEFAULT_CHUNK_IMAGES = 32
 BAD_ROW_MODES = ("error", "skip")
@@ -123,21 +124,32 @@ def _probe(path: str, layout: Optional[str], skip: bool) -> tuple:
 
 def _scan_range(task: tuple) -> dict:
     """Rows of the lines that start in byte range [start, end). Line numbers are local (1 = the
-    first line starting in the range); the caller makes them global."""
+    first line starting in the range); the caller makes them global.
+
+    In error mode a row is checked from its head (the fields before the features, a few KB) and
+    the two bytes where its line must end given ``num_boxes`` and ``feature_dim``: the features
+    (~99% of the bytes) are not read here, the conversion's strict decoding checks them. A line
+    this cannot settle (a bad or blank one) is read whole and checked as before."""
     path, start, end, layout, feature_dim, skip = task
     offsets, lengths, lines, num_boxes, ids, bad = [], [], [], [], [], []
     local = 0
-    with open(path, "rb", buffering=1 << 20) as f:
-        pos = start
-        if start > 0:
-            f.seek(start - 1)
-            pos = start - 1 + len(f.readline())   # the end of the line that runs into this range
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        pos = start if start == 0 else _line_end(fd, start - 1)
         while pos < end:
-            line = f.readline()
-            if not line:
-                break
             local += 1
-            if not line.isspace():
+            fast = None if skip else _row_from_head(fd, pos, size, layout, feature_dim, path, local)
+            if fast is not None:
+                length, image_id, boxes = fast
+            else:
+                line = _read_line(fd, pos)
+                if not line:
+                    break
+                length = len(line)
+                if line.isspace():
+                    pos += length
+                    continue
                 try:
                     if skip:   # decode fully: every bad row must be known before rows are numbered
                         row = decode_row(line, layout, path, local, feature_dim)
@@ -149,15 +161,76 @@ def _scan_range(task: tuple) -> dict:
                     bad.append((e.line, e.image_id, e.reason))
                     if not skip:
                         break
-                else:
-                    offsets.append(pos)
-                    lengths.append(len(line))
-                    lines.append(local)
-                    num_boxes.append(boxes)
-                    ids.append(image_id)
-            pos += len(line)
+                    pos += length
+                    continue
+            offsets.append(pos)
+            lengths.append(length)
+            lines.append(local)
+            num_boxes.append(boxes)
+            ids.append(image_id)
+            pos += length
+    finally:
+        os.close(fd)
     return {"offsets": offsets, "lengths": lengths, "lines": lines, "num_boxes": num_boxes,
-            "ids": ids, "bad": bad, "line_count": local, "bytes": pos - start}
+            "ids": ids, "bad": bad, "line_count": local, "bytes": min(pos, size) - start}
+
+
+HEAD_BYTES = 64 << 10   # holds every field before the features (~2 KB at 36 boxes, ~6 KB at 100)
+READ_BYTES = 1 << 20
+
+
+def _row_from_head(fd: int, pos: int, size: int, layout: str, feature_dim: int, path: str,
+                   line_no: int) -> Optional[tuple]:
+    """(line length, image id, num_boxes) of a good row at ``pos``, read from its head and its
+    predicted end; None where that does not show a good row."""
+    head = os.pread(fd, HEAD_BYTES, pos)
+    split = split_head(head, len(TSV_COLUMNS[layout]) - 1)
+    if split is None:
+        return None
+    fields, features_at = split
+    try:
+        boxes = int(bytes(fields[COLUMN_INDEX[layout]["num_boxes"]]))
+    except ValueError:
+        return None
+    if boxes <= 0:
+        return None
+    chars = b64_length(boxes * feature_dim * 4)
+    features_end = pos + features_at + chars
+    tail = os.pread(fd, 4, features_end - 2)
+    if tail[2:3] == b"\n":
+        ending = 1
+    elif tail[2:4] == b"\r\n":
+        ending = 2
+    elif len(tail) == 2 and features_end == size:   # the last line, without a line ending
+        ending = 0
+    else:
+        return None
+    try:
+        row = parse_head(fields + [UnreadField(chars, tail[:2])], layout, path, line_no, feature_dim)
+    except TSVFormatError:
+        return None
+    return features_end + ending - pos, row.image_id, row.num_boxes
+
+
+def _read_line(fd: int, pos: int) -> bytes:
+    """The line at ``pos`` with its ending (b"" at the end of the file)."""
+    parts = []
+    while True:
+        block = os.pread(fd, READ_BYTES, pos)
+        newline = block.find(b"\n")
+        if newline >= 0:
+            parts.append(block[:newline + 1])
+            break
+        parts.append(block)
+        if len(block) < READ_BYTES:
+            break
+        pos += len(block)
+    return b"".join(parts)
+
+
+def _line_end(fd: int, pos: int) -> int:
+    """The offset just after the line ending at or after ``pos`` (the file's size if none)."""
+    return pos + len(_read_line(fd, pos))
 
 
 def _merge_scans(path: str, scans: list, skip: bool) -> Plan:
@@ -195,16 +268,15 @@ def _merge_scans(path: str, scans: list, skip: bool) -> Plan:
 
 
 def _scan(path: str, size: int, layout: str, feature_dim: int, skip: bool, runner, progress) -> Plan:
-    # Checking lengths runs at memory speed, so in error mode this process scans alone while the
-    # workers start; only skip mode's full decoding is worth spreading over the workers.
-    parallel = skip and runner.workers > 1
+    # Over the workers when there are some: checking rows from their heads is cheap but skip
+    # mode's full decoding is not.
     n_ranges = max(1, min(math.ceil(size / 4096),
-                          max(runner.workers if parallel else 1, math.ceil(size / SCAN_RANGE_BYTES))))
+                          max(runner.workers, math.ceil(size / SCAN_RANGE_BYTES))))
     bounds = [size * i // n_ranges for i in range(n_ranges + 1)]
     tasks = [(path, bounds[i], bounds[i + 1], layout, feature_dim, skip) for i in range(n_ranges)]
     scans = [None] * n_ranges
     with _bar(progress, size, f"scan {os.path.basename(path)}") as bar:
-        for i, scan in runner(_scan_range, tasks, ordered=True, local=not parallel):
+        for i, scan in runner(_scan_range, tasks, ordered=True):
             scans[i] = scan
             bar.update(scan["bytes"])
     return _merge_scans(path, scans, skip)
@@ -376,9 +448,12 @@ class _Runner:
         self.workers = workers
         self.pool = None
         if workers > 1:
-            # spawn, not fork: the caller may hold zarr's event loop, which does not survive a fork.
-            # Workers start (import) in the background while this process scans the file.
-            ctx = multiprocessing.get_context("spawn")
+            # fork when this process has no other thread (zarr's event loop thread does not survive
+            # a fork; workers never use zarr's for uncompressed stores and import it afresh
+            # otherwise): workers are ready at once instead of each importing everything again.
+            # A process with threads (a caller that used zarr, say) spawns workers instead.
+            method = "fork" if threading.active_count() == 1 else "spawn"
+            ctx = multiprocessing.get_context(method)
             self.pool = ctx.Pool(workers, initializer=_ignore_sigint)
 
     def __call__(self, fn, tasks, ordered=False, local=False):

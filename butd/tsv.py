@@ -102,12 +102,44 @@ def _image_id(fields: list) -> Optional[str]:
     return bytes(fields[0]).decode("utf-8", "replace") if fields and len(fields[0]) else None
 
 
-def _b64_len(field: bytes) -> Optional[int]:
+@dataclass(frozen=True)
+class UnreadField:
+    """A field known only by its length and its last two bytes: all that ``parse_head`` needs of a
+    base64 field, so a scan can check a row without reading its ~400 KB of features."""
+    length: int
+    last2: bytes
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def _b64_len(field) -> Optional[int]:
     """Bytes a base64 field decodes to, from its length and padding; None if that length is invalid."""
     n = len(field)
     if n % 4:
         return None
-    return n // 4 * 3 - (bytes(field[-2:]).count(b"=") if n else 0)
+    tail = field.last2 if isinstance(field, UnreadField) else bytes(field[-2:])
+    return n // 4 * 3 - (tail.count(b"=") if n else 0)
+
+
+def b64_length(nbytes: int) -> int:
+    """Characters of padded base64 for ``nbytes`` bytes."""
+    return -(-nbytes // 3) * 4
+
+
+def split_head(head: bytes, count: int) -> Optional[tuple]:
+    """The first ``count`` fields of the line that starts ``head`` (memoryviews into it) and the
+    offset where the next field starts; None if the line (or ``head``) ends first."""
+    view, fields, start = memoryview(head), [], 0
+    for _ in range(count):
+        tab = head.find(b"\t", start)
+        if tab < 0:
+            return None
+        fields.append(view[start:tab])
+        start = tab + 1
+    if head.find(b"\n", 0, start) >= 0:
+        return None
+    return fields, start
 
 
 def _int(field, name: str, fail) -> int:
