@@ -25,12 +25,14 @@ chunk's rows at a time.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import math
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -657,6 +659,10 @@ def convert_tsv(tsv_path: str, out_path: str, *, layout: Optional[str] = None, d
 
     workers = max(1, int(workers or os.cpu_count() or 1))
     runner = _Runner(workers)
+    if attrs is None and "zarr" not in sys.modules:
+        # zarr takes ~0.1 s to import, needed once the scan is done: import it meanwhile (after
+        # the fork above, so that no worker inherits a half-imported zarr).
+        threading.Thread(target=importlib.import_module, args=("zarr",), daemon=True).start()
     try:
         if attrs is None:
             plan = _scan(tsv_path, source["size"], layout, feature_dim, skip, runner, progress)
