@@ -24,10 +24,12 @@ chunk's rows at a time.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib
 import json
 import math
+import mmap
 import multiprocessing
 import os
 import shutil
@@ -347,10 +349,18 @@ def _buffers(attrs: StoreAttrs) -> dict:
     key = (attrs.fingerprint, attrs.max_boxes, attrs.feature_dim)
     if key not in _BUFFERS:
         _BUFFERS.clear()
-        _BUFFERS[key] = {f.name: np.zeros((attrs.chunk_images,) + f.shape(attrs)[1:],
-                                          f.numpy_dtype(attrs).newbyteorder("<"))
+        _BUFFERS[key] = {f.name: _aligned_zeros((attrs.chunk_images,) + f.shape(attrs)[1:],
+                                                f.numpy_dtype(attrs).newbyteorder("<"))
                          for f in fields_for(attrs.layout)}
     return _BUFFERS[key]
+
+
+def _aligned_zeros(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """Zeros in page-aligned memory (anonymous mmap), so that chunks can be written with O_DIRECT."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
 
 
 _SCRATCH: dict = {}
@@ -374,13 +384,45 @@ def _write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows:
         for f in fields_for(attrs.layout):
             path = schema.chunk_file(out_path, f, chunk)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as out:
-                out.write(bufs[f.name])
+            _write_file(path, bufs[f.name])
         return
     arrays = _arrays(out_path, [f.name for f in fields_for(attrs.layout)])
     start = chunk * attrs.chunk_images
     for f in fields_for(attrs.layout):
         arrays[f.name][start:start + rows] = bufs[f.name][:rows]
+
+
+DIRECT_ALIGN = 4096
+_DIRECT = {"ok": hasattr(os, "O_DIRECT")}
+
+
+def _write_file(path: str, data: np.ndarray) -> None:
+    """Write ``data`` as the file ``path``: with O_DIRECT where the file system takes it and
+    ``data`` is block-aligned (the features chunks). A buffered write puts every byte in fresh
+    page-cache pages, and first-touching fresh memory is what buffered writes of a big store cost
+    on our VMs (~2 ms per MB, several times the rest of the conversion); O_DIRECT hands the
+    (re-used) chunk buffer to the disk instead and leaves the page cache to the TSV."""
+    if _DIRECT["ok"] and data.nbytes % DIRECT_ALIGN == 0 and data.ctypes.data % DIRECT_ALIGN == 0:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o666)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            _DIRECT["ok"] = False   # not on this file system (tmpfs, say)
+        else:
+            try:
+                view, done = memoryview(data).cast("B"), 0
+                while done < len(view):
+                    done += os.write(fd, view[done:])
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                _DIRECT["ok"] = False
+            finally:
+                os.close(fd)
+    with open(path, "wb") as out:
+        out.write(data)
 
 
 def _marker_path(out_path: str, chunk: int) -> str:
