@@ -98,25 +98,56 @@ def test_one_and_two_workers_give_identical_stores(tmp_path):
     assert store_files(tmp_path / "w1.zarr") == store_files(tmp_path / "w2.zarr")
 
 
-def test_raw_chunks_are_what_zarr_writes(tmp_path):
+@pytest.mark.parametrize("chunk_images", [8, 32])   # 32: features chunks are 4 KB-aligned, so O_DIRECT
+def test_raw_chunks_are_what_zarr_writes(tmp_path, chunk_images):
     """Uncompressed chunks are written directly; they must be the bytes zarr itself writes."""
-    make_tsv(tmp_path / "f.tsv", n=21)
-    convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr"), chunk_images=8, workers=1, progress=False)
-    convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "z.zarr"), chunk_images=8, workers=1, progress=False,
-                compressor="zstd")
+    make_tsv(tmp_path / "f.tsv", n=41)
+    convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr"), chunk_images=chunk_images, workers=1,
+                progress=False)
+    convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "z.zarr"), chunk_images=chunk_images, workers=1,
+                progress=False, compressor="zstd")
     raw, _ = read_store(tmp_path / "s.zarr")
     compressed, _ = read_store(tmp_path / "z.zarr")
     attrs = schema.read_attrs(str(tmp_path / "s.zarr"))
     for f in schema.fields_for("obj36"):
         np.testing.assert_array_equal(raw[f.name], compressed[f.name])
         ref = zarr.create_array(str(tmp_path / "ref" / f.name), shape=f.shape(attrs),
-                                chunks=(8,) + f.shape(attrs)[1:], dtype=f.numpy_dtype(attrs), compressors=None,
+                                chunks=(chunk_images,) + f.shape(attrs)[1:], dtype=f.numpy_dtype(attrs),
+                                compressors=None,
                                 fill_value=0)
         ref[:] = raw[f.name]
         for chunk in range(attrs.num_chunks):
             with open(schema.chunk_file(str(tmp_path / "s.zarr"), f, chunk), "rb") as a, \
                     open(schema.chunk_file(str(tmp_path / "ref"), f, chunk), "rb") as b:
                 assert a.read() == b.read(), (f.name, chunk)
+
+
+def test_direct_and_buffered_writes_give_the_same_store(tmp_path, monkeypatch):
+    make_tsv(tmp_path / "f.tsv", n=41)
+    for name, direct in (("d.zarr", True), ("b.zarr", False)):
+        monkeypatch.setitem(convert._DIRECT, "ok", direct)
+        convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / name), chunk_images=32, workers=1, progress=False)
+    assert store_files(tmp_path / "d.zarr") == store_files(tmp_path / "b.zarr")
+
+
+def test_line_endings_blank_lines_and_no_final_newline(tmp_path):
+    """The scan predicts where each line ends; CRLF, blank lines and a last line without its
+    newline must give the same store as plain lines."""
+    lines = _good_lines(9)
+    _write_lines(tmp_path / "plain.tsv", lines)
+    odd = [line.replace("\n", "\r\n") if i % 2 else line for i, line in enumerate(lines)]
+    odd.insert(4, "\n")
+    odd.insert(7, "  \r\n")
+    odd[-1] = odd[-1].rstrip("\r\n")
+    _write_lines(tmp_path / "odd.tsv", odd)
+    for w in (1, 2):
+        for name in ("plain", "odd"):
+            convert_tsv(str(tmp_path / f"{name}.tsv"), str(tmp_path / f"{name}{w}.zarr"), chunk_images=2,
+                        workers=w, progress=False)
+        plain, _ = read_store(tmp_path / f"plain{w}.zarr")
+        odd_store, _ = read_store(tmp_path / f"odd{w}.zarr")
+        for name in plain:
+            np.testing.assert_array_equal(plain[name], odd_store[name])
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -310,6 +341,8 @@ def test_float16_cast_is_numpys_for_every_non_nan_value():
     assert got.view(np.uint16).tobytes() == expected.view(np.uint16).tobytes()
     nan = convert.float32_to_float16(np.array([np.nan, -np.nan], np.float32), np.empty(2, np.float16))
     assert np.isnan(nan).all()
+    mixed = convert.float32_to_float16(np.array([1.5, np.nan, -2.0, np.inf], np.float32), np.empty(4, np.float16))
+    assert mixed[0] == 1.5 and np.isnan(mixed[1]) and mixed[2] == -2.0 and mixed[3] == np.inf
     rows = make_rows(n=3, feature_dim=32)
     scratch = {}
     for r in rows:   # re-used scratch, smaller rows after larger ones
