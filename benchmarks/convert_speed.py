@@ -1,6 +1,6 @@
 """TSV -> store conversion speed: butd's converter against the specification's converter.
 
-    python benchmarks/convert_speed.py                  # 400 MB generated TSV, workers 1..all cores
+    python benchmarks/convert_speed.py                  # 1 GB generated TSV, workers 1..all cores
     python benchmarks/convert_speed.py --size_mb 2048   # the peak-memory check on a 2 GB TSV
 
 Both convert the same generated obj36 TSV (``butd.sample``, 36 boxes x 2048-d features), each in
@@ -21,9 +21,9 @@ import sys
 import time
 
 import numpy as np
-import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SETTLE_S = 3.0
 
 
 def baseline_convert(tsv_path: str, h5_path: str) -> int:
@@ -89,7 +89,11 @@ def make_tsv(path: str, size_mb: float, seed: int) -> int:
 def measure(cmd: list) -> dict:
     """Run ``cmd``; its wall time, CPU time (all its processes), and peak RSS summed over the
     process tree (polled every 20 ms)."""
+    import psutil   # here, not at the top: the measured subprocesses do not need it
     os.sync()   # start each run with nothing of the previous one's output still being written back
+    # ... and with the memory the previous run freed already handed back: these VMs report freed
+    # pages to the host a couple of seconds later, which would otherwise land in this run's time.
+    time.sleep(SETTLE_S)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -146,7 +150,9 @@ def plot(results: list, baseline: dict, path: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size_mb", type=float, default=400, help="size of the generated TSV")
+    # 1 GB rather than the issue's minimum of 400 MB: at 400 MB the converter's fixed costs
+    # (interpreter, imports incl. zarr, store creation; ~0.3 s) are half of its run time.
+    p.add_argument("--size_mb", type=float, default=1024, help="size of the generated TSV")
     p.add_argument("--max_workers", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="/tmp/butd_convert_bench", help="where the TSV and outputs go")
