@@ -5,17 +5,21 @@
 
 (``converters/tsv_to_zarr.py`` is the command line.) Two passes over the file:
 
-1. *scan*: newline-aligned byte ranges are read line by line and each row's structure is checked
-   from its field lengths, at memory speed, in this process while the worker processes start.
-   With ``on_bad_row="skip"`` rows are fully decoded instead, spread over the workers, so that
-   every bad row is known before row numbers are fixed. The result is the plan: each row's byte
-   offset, length, line number, image id and box count. Duplicate ids are found here. The plan is
-   saved inside the store, so a resumed run does not scan again.
+1. *scan*, over the workers: newline-aligned byte ranges are walked row by row, each row's
+   structure checked from its head (the fields before the features) and the two bytes where its
+   line must end given its box count: the features, ~99% of the file, are not read (the convert
+   pass decodes them strictly). A line that this does not settle is read whole and checked from
+   its field lengths. With ``on_bad_row="skip"`` rows are fully decoded instead, so that every
+   bad row is known before row numbers are fixed. The result is the plan: each row's byte offset,
+   length, line number, image id and box count. Duplicate ids are found here. The plan is saved
+   inside the store, so a resumed run does not scan again.
 2. *convert*, over ``workers`` processes: each task is one store chunk (``chunk_images``
    consecutive rows): its rows are read, decoded, padded to the largest box count, cast, and
-   written as whole chunks. A small JSON marker per chunk is written atomically after the chunk's
-   data, so an interrupted run (Ctrl-C, kill -9) resumes with the same command, converting only
-   the chunks without a marker.
+   written as whole chunks (features with O_DIRECT where possible). A small JSON marker per chunk
+   is written atomically after the chunk's data, so an interrupted run (Ctrl-C, kill -9) resumes
+   with the same command, converting only the chunks without a marker.
+
+Workers are forked (ready at once) when this process has no other threads, else spawned.
 
 Row order is file order and every chunk is written by exactly one task, so the store is
 byte-identical whatever the number of workers. The store is marked ``complete`` only after every
