@@ -383,15 +383,45 @@ def _write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows:
     bytes zarr itself would write (bytes codec, little-endian; the last chunk full-size with zero
     padding), which skips zarr's per-call overhead; compressed ones go through zarr."""
     if attrs.compressor == "none":
-        for f in fields_for(attrs.layout):
+        # The big features chunk (a few ms waiting on the disk with O_DIRECT) is written by a
+        # thread while this one creates the small fields' directories and files.
+        background = None
+        for f in sorted(fields_for(attrs.layout), key=lambda f: f.name != "features"):
             path = schema.chunk_file(out_path, f, chunk)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            _write_file(path, bufs[f.name])
+            if f.name == "features":
+                background = _Background(_write_file, path, bufs[f.name])
+            else:
+                _write_file(path, bufs[f.name])
+        if background is not None:
+            background.result()
         return
     arrays = _arrays(out_path, [f.name for f in fields_for(attrs.layout)])
     start = chunk * attrs.chunk_images
     for f in fields_for(attrs.layout):
         arrays[f.name][start:start + rows] = bufs[f.name][:rows]
+
+
+class _Background(threading.Thread):
+    """``fn(*args)`` in a thread of its own; ``result()`` waits and re-raises its exception. (A
+    thread per call, not a pool: no thread outlives the call, so a later conversion in this
+    process may still fork.)"""
+
+    def __init__(self, fn, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.error = fn, args, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.fn(*self.args)
+        except BaseException as e:   # handed to result()
+            self.error = e
+
+    def result(self) -> None:
+        self.join()
+        if self.error is not None:
+            raise self.error
 
 
 DIRECT_ALIGN = 4096
