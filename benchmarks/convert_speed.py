@@ -130,22 +130,12 @@ def run_one(args) -> None:
 
 
 def plot(results: list, baseline: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from butd.plots import line_plot
     workers = [r["workers"] for r in results]
-    ax.plot(workers, [r["mb_s"] for r in results], "o-", label="butd converter (float16 zarr)")
-    ax.axhline(baseline["mb_s"], color="gray", ls="--", label="specification (float32 HDF5)")
-    ax.set_xlabel("worker processes")
-    ax.set_ylabel("MB/s of TSV")
-    ax.set_xticks(workers)
-    ax.set_ylim(bottom=0)
-    ax.set_title("TSV -> store conversion speed")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    line_plot([("TSV -> store conversion speed", "worker processes", "MB/s of TSV", {
+        "butd converter (float16 zarr)": (workers, [r["mb_s"] for r in results]),
+        "specification (float32 HDF5, 1 process)": (workers, [baseline["mb_s"]] * len(workers)),
+    })], path)
 
 
 def main() -> None:
