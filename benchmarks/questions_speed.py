@@ -29,6 +29,7 @@ import numpy as np
 from butd import questions as Q
 from butd import schema
 from butd.convert import convert_tsv
+from butd.reference import Dictionary, pad_tokens
 from butd.sample import ImageRow, write_tsv
 
 NOUNS = ("man woman shirt table chair car tree building sky window door person girl boy dog cat horse "
@@ -143,46 +144,6 @@ def make_data(root: str, train_questions: int, images: int, seed: int = 0) -> di
     return {"questions": qdir, "glove": glove, "cache": cache}
 
 
-class Dictionary(object):
-    """The specification's Dictionary, verbatim (the baseline)."""
-    def __init__(self, word2idx=None, idx2word=None):
-        if word2idx is None:
-            word2idx = {}
-        if idx2word is None:
-            idx2word = []
-        self.word2idx, self.idx2word = word2idx, idx2word
-
-    @property
-    def ntoken(self):
-        return len(self.word2idx)
-
-    @property
-    def padding_idx(self):
-        return len(self.word2idx)
-
-    def tokenize(self, sentence, add_word):
-        sentence = sentence.lower().replace(',', '').replace('.', '').replace('?', '').replace('\'s', ' \'s')
-        words, tokens = sentence.split(), []
-
-        if add_word:
-            for w in words:
-                tokens.append(self.add_word(w))
-        else:
-            for w in words:
-                tokens.append(self.word2idx.get(w, self.padding_idx))
-
-        return tokens
-
-    def add_word(self, word):
-        if word not in self.word2idx:
-            self.idx2word.append(word)
-            self.word2idx[word] = len(self.idx2word) - 1
-        return self.word2idx[word]
-
-    def __len__(self):
-        return len(self.idx2word)
-
-
 def spec_load(path: str, dictionary: Dictionary, ans2label: dict, img2idx: dict, max_length: int = 40):
     """The specification's load_dataset + create_entry + GQAFeatureDataset.tokenize."""
     with open(path, 'r') as f:
@@ -194,13 +155,7 @@ def spec_load(path: str, dictionary: Dictionary, ans2label: dict, img2idx: dict,
                         'image': img2idx[example['imageId']], 'question': example['question'],
                         'answer': ans2label[example['answer'].lower()]})
     for entry in entries:
-        tokens = dictionary.tokenize(entry['question'], False)
-        tokens = tokens[:max_length]
-        if len(tokens) < max_length:
-            padding = [dictionary.padding_idx] * (max_length - len(tokens))
-            tokens = padding + tokens
-        assert len(tokens) == max_length, "Tokenized & Padded Question != Max Length!"
-        entry['q_token'] = tokens
+        entry['q_token'] = pad_tokens(dictionary, entry['question'], max_length)
     return entries
 
 

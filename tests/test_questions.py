@@ -11,7 +11,8 @@ import webdataset as wds
 from butd import questions as Q
 from butd import schema
 from butd.convert import convert_tsv
-from test_text import REAL_QUESTIONS, Dictionary, spec_glove, spec_pad
+from butd.reference import Dictionary, pad_questions
+from test_text import REAL_QUESTIONS, spec_glove
 
 SPEC_QUESTION_FILES = ['train_balanced_questions.json', 'val_balanced_questions.json',
                        'testdev_balanced_questions.json', 'test_balanced_questions.json']
@@ -103,7 +104,7 @@ def spec_pipeline(gqa_q, glove, img2idx):
             "question_ids": [k for k, _ in entries],
             "image_rows": [img2idx[mode][ex['imageId']] for _, ex in entries],
             "labels": [ans2label[ex['answer'].lower()] if 'answer' in ex else -1 for _, ex in entries],
-            "tokens": spec_pad(dictionary, [ex['question'] for _, ex in entries]),
+            "tokens": pad_questions(dictionary, [ex['question'] for _, ex in entries]),
             "structural": [ex.get('types', {}).get('structural', '') for _, ex in entries],
         }
     return dictionary, weights, ans2label, label2ans, splits

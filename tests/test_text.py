@@ -1,4 +1,4 @@
-"""The tokenizer, vocabulary and GloVe reader against the specification's own code (copied below)."""
+"""The tokenizer, vocabulary and GloVe reader against the specification's own code (butd.reference)."""
 import gzip
 import json
 import os
@@ -6,65 +6,13 @@ import os
 import numpy as np
 import pytest
 
+from butd.reference import Dictionary, pad_questions
 from butd.text import GloveFormatError, Vocabulary, read_glove, split_batch
 
-REAL = "/work/shared/fixtures/real"
+# ../shared beside the checkout, as on our machines and in CI
+REAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "fixtures", "real")
 REAL_QUESTIONS = os.path.join(REAL, "xgqa_en_train_5.json")
 REAL_GLOVE = os.path.join(REAL, "glove.6B.300d.sample.txt.gz")
-
-
-# ---- The specification's code, verbatim: the independent reference. ----
-class Dictionary(object):
-    def __init__(self, word2idx=None, idx2word=None):
-        if word2idx is None:
-            word2idx = {}
-        if idx2word is None:
-            idx2word = []
-        self.word2idx, self.idx2word = word2idx, idx2word
-
-    @property
-    def ntoken(self):
-        return len(self.word2idx)
-
-    @property
-    def padding_idx(self):
-        return len(self.word2idx)
-
-    def tokenize(self, sentence, add_word):
-        sentence = sentence.lower().replace(',', '').replace('.', '').replace('?', '').replace('\'s', ' \'s')
-        words, tokens = sentence.split(), []
-
-        if add_word:
-            for w in words:
-                tokens.append(self.add_word(w))
-        else:
-            for w in words:
-                tokens.append(self.word2idx.get(w, self.padding_idx))
-
-        return tokens
-
-    def add_word(self, word):
-        if word not in self.word2idx:
-            self.idx2word.append(word)
-            self.word2idx[word] = len(self.idx2word) - 1
-        return self.word2idx[word]
-
-    def __len__(self):
-        return len(self.idx2word)
-
-
-def spec_pad(dictionary, questions, max_length=40):
-    """GQAFeatureDataset.tokenize's loop, verbatim apart from the entries it walks."""
-    out = []
-    for question in questions:
-        tokens = dictionary.tokenize(question, False)
-        tokens = tokens[:max_length]
-        if len(tokens) < max_length:
-            padding = [dictionary.padding_idx] * (max_length - len(tokens))
-            tokens = padding + tokens
-        assert len(tokens) == max_length, "Tokenized & Padded Question != Max Length!"
-        out.append(tokens)
-    return np.array(out, dtype=np.int64).reshape(len(out), max_length)
 
 
 def spec_glove(glove_lines, dictionary, dim=300):
@@ -112,7 +60,7 @@ def test_vocabulary_and_tokens_equal_spec_on_real_questions():
     ours = Vocabulary.build(questions)
     assert ours.idx2word == spec.idx2word
     assert ours.padding_idx == spec.padding_idx == ours.ntoken
-    np.testing.assert_array_equal(ours.encode(questions), spec_pad(spec, questions))
+    np.testing.assert_array_equal(ours.encode(questions), pad_questions(spec, questions))
     assert [ours.tokenize(q) for q in questions] == [spec.tokenize(q, False) for q in questions]
 
 
@@ -121,7 +69,7 @@ def test_unknown_words_map_to_padding_like_spec():
     spec = spec_dictionary(questions[:40])        # a vocabulary that lacks many words
     ours = Vocabulary.build(questions[:40])
     encoded = ours.encode(questions)
-    np.testing.assert_array_equal(encoded, spec_pad(spec, questions))
+    np.testing.assert_array_equal(encoded, pad_questions(spec, questions))
     assert (encoded[40:] == ours.padding_idx).any()
 
 
@@ -131,7 +79,7 @@ def test_synthetic_sentences_equal_spec(max_length):
     spec = spec_dictionary(sentences[::2])
     ours = Vocabulary.build(sentences[::2])
     assert ours.idx2word == spec.idx2word
-    np.testing.assert_array_equal(ours.encode(sentences, max_length), spec_pad(spec, sentences, max_length))
+    np.testing.assert_array_equal(ours.encode(sentences, max_length), pad_questions(spec, sentences, max_length))
 
 
 def spec_words(sentence):

@@ -1,6 +1,7 @@
 """TSV rows: decoding both layouts, the spec's spatial formula bit for bit, and clear errors."""
 import base64
 import csv
+import os
 import sys
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 from butd.sample import SceneModel, format_row
 from butd.tsv import TSVFormatError, decode_row, detect_layout, spatial_features
 
-REAL_TSV = "/work/shared/fixtures/real/coco_train2014_obj36_10rows.tsv"
+# ../shared beside the checkout, as on our machines and in CI
+REAL_TSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "fixtures",
+                        "real", "coco_train2014_obj36_10rows.tsv")
 FIELDNAMES = ["img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
               "num_boxes", "boxes", "features"]
 
