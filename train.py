@@ -168,7 +168,7 @@ def ensure_caches(args) -> None:
             continue
         _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {tsv} --out {path}")
         summary = convert_tsv(tsv, path)
-        rank_zero_info(f"[*] {summary}")
+        rank_zero_info(str(summary))
 
     inputs = questions.Inputs(args.gqa_questions, args.glove, cache, args.emb_dim)
     command = (f"python converters/questions_to_shards.py --questions {args.gqa_questions} "
