@@ -247,7 +247,10 @@ class GQADataModule(pl.LightningDataModule):
         self.glove = q.load_glove(self.questions_dir)
         self.ntoken = self.vocab.ntoken
         self.num_answers = len(self.label2ans)
-        self.v_dim = self.store(self.train_split).feature_dim
+        # read from the metadata: opening the store here would fix a GPU cache's device before
+        # Lightning has set this rank's (setup runs before fit in train.py)
+        self.v_dim = schema.read_attrs(schema.store_path(self.cache_dir, self.train_split)).feature_dim
+        q.check_stores(self.questions_dir, self.cache_dir)
         self._ready = True
 
     def questions(self, split: str):

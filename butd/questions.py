@@ -244,12 +244,19 @@ class Inputs:
             "format_version": FORMAT_VERSION,
             "questions": {s: _file_stat(self.question_file(s), "question file") for s in SPLITS},
             "glove": _file_stat(self.glove, "GloVe file"),
-            "stores": {name: {"path": os.path.abspath(schema.store_path(self.cache, name)),
-                              "fingerprint": schema.read_attrs(schema.store_path(self.cache, name)).fingerprint}
+            "stores": {name: _store_stat(schema.store_path(self.cache, name))
                        for name in sorted(set(schema.STORE_FOR_SPLIT.values()))},
             "settings": {"emb_dim": self.emb_dim, "max_length": self.max_length,
                          "drop_missing": self.drop_missing},
         }
+
+
+def _store_stat(path: str) -> dict:
+    attrs = schema.read_attrs(path)
+    if not attrs.complete:   # fail before reading any question, not after
+        raise ValueError(f"{path}: feature store is incomplete (conversion interrupted or failed); "
+                         "re-run `python converters/tsv_to_zarr.py` to resume it")
+    return {"path": os.path.abspath(path), "fingerprint": attrs.fingerprint}
 
 
 def _file_stat(path: str, what: str) -> dict:
@@ -296,6 +303,20 @@ def check_inputs(out_dir: str, inputs: Inputs) -> dict:
                               f"{changed}); rebuild it with `{BUILD_COMMAND}`")
     return manifest
 
+
+
+def check_stores(out_dir: str, cache_dir: str) -> None:
+    """Raise ``StaleCacheError`` unless the feature stores in ``cache_dir`` are the ones the question
+    cache in ``out_dir`` was built against: its image rows index those stores, so another store
+    (re-converted, or another cache directory) would pair questions with the wrong images."""
+    for name, built in read_manifest(out_dir)["inputs"]["stores"].items():
+        path = schema.store_path(cache_dir, name)
+        now = schema.read_attrs(path).fingerprint
+        if now != built["fingerprint"]:
+            raise StaleCacheError(
+                f"{out_dir}: question cache was built against the feature store {built['path']} (fingerprint "
+                f"{built['fingerprint'][:12]}), but {path} is another (fingerprint {now[:12]}), so its image "
+                f"rows may point at the wrong images; rebuild it with `{BUILD_COMMAND}`")
 
 # ----------------------------------------------------------------------------------------------
 # The arrays of one split.

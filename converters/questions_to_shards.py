@@ -15,8 +15,8 @@ import json
 import os
 import sys
 
-from butd.questions import QuestionFileError, StaleCacheError, build
-from butd.text import MAX_LENGTH, GloveFormatError
+from butd.questions import StaleCacheError, build
+from butd.text import MAX_LENGTH
 
 
 def main(argv=None) -> dict:
@@ -37,7 +37,8 @@ def main(argv=None) -> dict:
         summary = build(args.questions, args.glove, args.out or os.path.join(args.cache, "questions"),
                         args.cache, emb_dim=args.emb_dim, max_length=args.max_length,
                         drop_missing=args.drop_missing, force=args.force, workers=args.workers)
-    except (FileNotFoundError, FileExistsError, QuestionFileError, GloveFormatError, StaleCacheError) as e:
+    # ValueError covers QuestionFileError, GloveFormatError and an incomplete or foreign feature store
+    except (FileNotFoundError, FileExistsError, ValueError, StaleCacheError) as e:
         sys.exit(f"[!] {e}")
     print(json.dumps(summary))
     return summary

@@ -8,6 +8,7 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
+from butd import schema
 from butd.data import BatchDataset, GQADataModule, ThreadedLoader, make_loader
 from butd.questions import QuestionArrays
 from butd.sampler import ShardedBatchSampler
@@ -192,4 +193,16 @@ def test_missing_inputs_name_the_file_and_command(cache_dir, tmp_path):
         GQADataModule(tmp_path).setup()
     os.symlink(cache_dir / "questions", tmp_path / "questions")
     with pytest.raises(FileNotFoundError, match=r"trainval\.zarr.*tsv_to_zarr\.py"):
+        GQADataModule(tmp_path).setup()
+
+
+def test_questions_built_against_another_store_are_refused(cache_dir, tmp_path):
+    from butd.convert import convert_tsv
+    from butd.questions import StaleCacheError
+    for name in ("questions", "trainval.zarr"):
+        os.symlink(cache_dir / name, tmp_path / name)
+    # the same TSV converted again with other settings: another store, whose rows the shards do not index
+    source = schema.read_attrs(str(cache_dir / "testdev.zarr")).source["path"]
+    convert_tsv(source, str(tmp_path / "testdev.zarr"), chunk_images=4, workers=1, progress=False)
+    with pytest.raises(StaleCacheError, match=r"testdev\.zarr.*questions_to_shards\.py"):
         GQADataModule(tmp_path).setup()
