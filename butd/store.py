@@ -14,7 +14,8 @@ How a batch is read depends on the store and on ``cache``:
   (``chunk_cache`` chunks per process). Random batches touch almost every chunk, so this path is a
   fallback for stores that must stay small on disk, not the fast one.
 - ``cache="pinned"``: the whole of ``features`` and ``spatials`` is copied, chunk by chunk, into one
-  page-locked host tensor (plain memory without CUDA) the first time a batch is gathered; batches
+  page-locked host tensor (plain memory without CUDA) the first time a batch is gathered (PyTorch's
+  pinned allocator rounds the size up to a power of two: budget up to 2x the store); batches
   are then ``index_select`` from RAM. ``cache="gpu"``: the same, resident on ``device`` (default: the
   current CUDA device), and batches are gathered there. Both are built in the process that gathers;
   use them from the main process (``num_workers=0``), which ``butd.data`` does.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 
 import numpy as np
@@ -98,8 +100,14 @@ class _ChunkReader:
         self.arrays: dict = {}
         self.lru: OrderedDict = OrderedDict()
         self.lru_size = chunk_cache
+        # the train and val loaders' threads may share one store (e.g. train/val both in trainval)
+        self.lock = threading.Lock()
 
     def chunk(self, field: schema.Field, c: int) -> np.ndarray:
+        with self.lock:
+            return self._chunk(field, c)
+
+    def _chunk(self, field: schema.Field, c: int) -> np.ndarray:
         key = (field.name, c)
         if self.store.raw[field.name]:
             m = self.maps.get(key)
@@ -191,11 +199,17 @@ class FeatureStore:
         self._pid = None
         self._reader = None
         self._resident = None
+        self._lock = threading.Lock()   # lazy opening, from several loader threads at once
 
     def __getstate__(self):
         state = dict(self.__dict__)
+        state.pop("_lock")
         state.update(_pid=None, _reader=None, _resident=None)  # reopened lazily in the new process
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # -- what the store holds --------------------------------------------------------------
     @property
@@ -209,10 +223,6 @@ class FeatureStore:
     @property
     def max_boxes(self) -> int:
         return self.attrs.max_boxes
-
-    @property
-    def feature_dtype(self) -> torch.dtype:
-        return getattr(torch, self.attrs.dtype)
 
     def batch_shapes(self, n: int) -> dict:
         """Shape and torch dtype of ``gather``'s outputs for ``n`` rows, by field name."""
@@ -235,6 +245,10 @@ class FeatureStore:
 
     # -- reading -------------------------------------------------------------------------------
     def _process_state(self):
+        with self._lock:
+            self._open_in_this_process()
+
+    def _open_in_this_process(self):
         if self._pid != os.getpid():
             if self._resident is not None:
                 raise RuntimeError(f"{self.path}: FeatureStore(cache={self.cache!r}) was filled in another "
