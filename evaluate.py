@@ -25,10 +25,8 @@ import numpy as np
 import torch
 
 from butd import evaluation
+from butd.run_config import load_run_config
 from butd.schema import SPLITS
-
-RUN_CONFIG = "config.json"   # written by train.py beside the checkpoints
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Evaluate a BUTD/FiLM checkpoint on a GQA split.")
@@ -42,26 +40,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_run_config(checkpoint: str) -> dict:
-    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), RUN_CONFIG)
-    if not os.path.exists(checkpoint):
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: the run configuration is missing (train.py writes it beside its "
-                                "checkpoints); evaluate a checkpoint inside its run directory")
-    with open(path) as f:
-        return json.load(f)
-
-
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader, num_questions: int, device: torch.device) -> np.ndarray:
+def predict(lit, loader, num_questions: int, device: torch.device) -> np.ndarray:
     """Predicted answer label for every question of the loader's split, by question position."""
     predicted = np.full(num_questions, -1, dtype=np.int64)
-    for batch in loader:
-        logits = model(batch["features"].to(device, non_blocking=True),
-                       batch["spatials"].to(device, non_blocking=True),
-                       batch["tokens"].to(device, non_blocking=True))
-        predicted[batch["index"].numpy()] = logits.argmax(dim=1).cpu().numpy()
+    for i, batch in enumerate(loader):
+        out = lit.predict_step({k: v.to(device, non_blocking=True) for k, v in batch.items()}, i)
+        predicted[out["index"].cpu().numpy()] = out["prediction"].cpu().numpy()
     missing = np.flatnonzero(predicted < 0)
     if len(missing):
         raise RuntimeError(f"the loader skipped {len(missing)} of {num_questions} questions "
@@ -88,8 +73,7 @@ def main(argv=None) -> dict:
     want_gpu = args.accelerator in ("gpu", "cuda") or (args.accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if want_gpu else "cpu")
 
-    lit = LitVQA.load_from_checkpoint(args.checkpoint, map_location=device)
-    model = lit.model.eval().to(device)
+    lit = LitVQA.load_from_checkpoint(args.checkpoint, map_location=device).eval()
     dm = GQADataModule(cache_dir, batch_size=args.bsz, num_workers=args.num_workers,
                        questions_dir=questions_dir, pin_memory=device.type == "cuda")
     dm.setup("predict")
@@ -99,7 +83,7 @@ def main(argv=None) -> dict:
                          "evaluate with the question cache the model was trained on")
     questions = dm.questions(args.split)
     print(f"[*] evaluating {args.checkpoint} on {args.split}: {len(questions)} questions")
-    predicted = predict(model, dm.dataloader_for(args.split), len(questions), device)
+    predicted = predict(lit, dm.dataloader_for(args.split), len(questions), device)
 
     scores = evaluation.score(predicted, questions.labels, questions.structural, questions.semantic)
     majority, baseline = majority_baseline(dm.questions(dm.train_split).labels, questions.labels)

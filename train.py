@@ -34,12 +34,8 @@ forced the CPU at --gpus 0 (use --accelerator cpu for that).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from datetime import datetime
-
-RUN_CONFIG = "config.json"
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train BUTD/FiLM on GQA.",
@@ -72,7 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--attention_dropout", type=float, default=0.2)
     g.add_argument("--answer_dropout", type=float, default=0.5)
     g.add_argument("--hidden", type=int, default=1024)
-    g.add_argument("--weight_norm", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--weight_norm", action=argparse.BooleanOptionalAction, default=True,
+                   help="weight-normalised linear layers; --no-weight_norm turns them off (the "
+                        "specification's Tap parser made a bare --weight_norm turn them off)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--bsz", type=int, default=256, help="batch size per process")
@@ -80,12 +78,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--max_steps", type=int, default=-1, help="stop after this many steps (-1: epochs decide)")
     g.add_argument("--opt", default="adamax", choices=["adamax", "adam", "adamw"])
     g.add_argument("--lr", type=float, default=None, help="default: the optimiser's own (Adamax: 0.002)")
-    g.add_argument("--weight_decay", type=float, default=0.0)
+    g.add_argument("--weight_decay", type=float, default=None, help="default: the optimiser's own")
     g.add_argument("--gradient_clip", type=float, default=0.25, help="max gradient norm")
     g.add_argument("--seed", type=int, default=7)
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--gpus", type=int, default=0, help="N > 0: train on N GPUs (the seed's flag)")
+    g.add_argument("--gpus", type=int, default=0, help="N > 0: train on N GPUs, -1: on all (the seed's flag)")
     g.add_argument("--accelerator", default="auto", help="cpu, gpu, auto, ...")
     g.add_argument("--devices", default=None, help="devices per node (default: --gpus, or 1)")
     g.add_argument("--num_nodes", type=int, default=1)
@@ -104,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                           ("gqa_cache", "GQA-Cache"), ("glove", os.path.join("GloVe", "glove.6B.300d.txt"))):
         if getattr(args, name) is None:
             setattr(args, name, os.path.join(args.data, default))
-    if args.gpus > 0:
+    if args.gpus != 0:
         args.accelerator = "gpu" if args.accelerator == "auto" else args.accelerator
         args.devices = args.devices or str(args.gpus)
     args.devices = args.devices or "1"
@@ -116,12 +114,8 @@ def make_run_name(args) -> str:
     """The specification's run name: <run_name>-<model>-x<seed>+<month>-<day>-[<hour>:<minute>]
     (-2, -3, ... if taken); a resumed run keeps the name saved with it."""
     if args.resume:
-        config = os.path.join(os.path.dirname(os.path.abspath(args.resume)), RUN_CONFIG)
-        if not os.path.exists(config):
-            raise FileNotFoundError(f"--resume {args.resume}: no {RUN_CONFIG} beside the checkpoint; "
-                                    "resume from a checkpoint inside its run directory")
-        with open(config) as f:
-            return json.load(f)["run"]
+        from butd.run_config import load_run_config
+        return load_run_config(args.resume)["run"]
     name = base = f"{args.run_name}-{args.model}-x{args.seed}+{datetime.now().strftime('%m-%d-[%H:%M]')}"
     # Two runs started in the same minute would share checkpoints and metrics: number the later one.
     # (Only rank zero writes, so another rank choosing another suffix changes nothing.)
@@ -188,13 +182,12 @@ def ensure_caches(args) -> None:
 
 
 def save_config(args, run: str, run_dir: str, dm) -> None:
-    config = {"run": run, "args": vars(args), "created": datetime.now().isoformat(timespec="seconds"),
-              "cache_dir": os.path.abspath(args.gqa_cache), "questions_dir": os.path.abspath(dm.questions_dir),
-              "data": {"ntoken": dm.ntoken, "num_answers": dm.num_answers, "v_dim": dm.v_dim,
-                       "train_split": dm.train_split, "val_split": dm.val_split}}
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, RUN_CONFIG), "w") as f:
-        json.dump(config, f, indent=2)
+    from butd.run_config import save_run_config
+    save_run_config(run_dir, {
+        "run": run, "args": vars(args), "created": datetime.now().isoformat(timespec="seconds"),
+        "cache_dir": os.path.abspath(args.gqa_cache), "questions_dir": os.path.abspath(dm.questions_dir),
+        "data": {"ntoken": dm.ntoken, "num_answers": dm.num_answers, "v_dim": dm.v_dim,
+                 "train_split": dm.train_split, "val_split": dm.val_split}})
 
 
 def main(argv=None):

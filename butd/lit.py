@@ -10,9 +10,10 @@ A batch is the loader's dict: ``features`` [B, K, D] (store dtype), ``spatials``
 loss and accuracy), ``index`` [B] (the question's position in its split, returned by predict_step).
 
 Logged under the specification's names: ``train_loss`` and ``train_acc`` per step, ``train_epoch_loss``
-and ``train_epoch_acc`` per epoch, ``val_loss`` and ``val_acc`` per validation. Epoch figures are exact
+and ``train_epoch_acc`` per epoch, ``val_loss`` and ``val_acc`` per validation. Epoch figures are
 means over the answered questions of all ranks (torchmetrics sums and counts, synchronised at compute),
-not means of per-step means as in the spec. Gradient clipping is the Trainer's (``gradient_clip_val``).
+not means of per-step means as in the spec. Under DDP the sampler pads the split to a multiple of
+the ranks with at most ``ranks - 1`` repeated questions (butd.sampler), which count twice. Gradient clipping is the Trainer's (``gradient_clip_val``).
 """
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ class WeightedMean(Metric):
 
 class LitVQA(pl.LightningModule):
     def __init__(self, model: str = "butd", opt: str = "adamax", lr: float | None = None,
-                 weight_decay: float = 0.0, **model_kwargs):
+                 weight_decay: float | None = None, **model_kwargs):
         """``model_kwargs`` are butd.model.BUTD/FiLM's (ntoken, num_answers, v_dim, hidden, ...).
-        ``lr=None`` keeps the optimiser's own default, as the spec's ``Adamax(params)`` does."""
+        ``lr=None`` and ``weight_decay=None`` keep the optimiser's own defaults, as the spec's
+        ``Adamax(params)`` does."""
         super().__init__()
         if opt not in OPTIMIZERS:
             raise ValueError(f"unknown optimiser {opt!r}; expected one of {sorted(OPTIMIZERS)}")
@@ -92,7 +94,5 @@ class LitVQA(pl.LightningModule):
         return {"index": batch["index"], "logits": logits, "prediction": logits.argmax(dim=1)}
 
     def configure_optimizers(self):
-        kwargs = {"weight_decay": self.hparams.weight_decay}
-        if self.hparams.lr is not None:
-            kwargs["lr"] = self.hparams.lr
+        kwargs = {k: self.hparams[k] for k in ("lr", "weight_decay") if self.hparams[k] is not None}
         return OPTIMIZERS[self.hparams.opt](self.parameters(), **kwargs)

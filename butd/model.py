@@ -113,11 +113,12 @@ class _VQAModel(nn.Module):
         self.v_dim, self.hidden = v_dim, hidden
         self.w_emb = WordEmbedding(ntoken, emb_dim, emb_dropout)
         self.q_enc = QuestionEncoder(emb_dim, hidden, rnn_layers, bidirectional, q_dropout, rnn)
+        # the specification's construction order, so a seeded run draws the same initial weights
+        self.build_fusion(self.q_enc.out_dim, v_dim + SPATIAL_DIM, hidden, attention_dropout, weight_norm)
         self.img_project = MLP([v_dim + SPATIAL_DIM, hidden], weight_norm)
         self.ans_classifier = nn.Sequential(
             linear(hidden, 2 * hidden, weight_norm), nn.ReLU(), nn.Dropout(answer_dropout),
             linear(2 * hidden, num_answers, weight_norm))
-        self.build_fusion(self.q_enc.out_dim, v_dim + SPATIAL_DIM, hidden, attention_dropout, weight_norm)
 
     def build_fusion(self, q_dim, image_dim, hidden, attention_dropout, weight_norm):
         """Add the layers that join question and image (each model its own)."""
