@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test bench clean
 
 install: $(VENV)/.installed
 
@@ -23,9 +23,6 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
-
-test-all: install
-	$(PY) -m pytest -q -m "not gpu"
 
 bench: install
 	$(PY) benchmarks/convert_speed.py

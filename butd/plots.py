@@ -20,8 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 Series = Dict[str, Tuple[Sequence[float], Sequence[float]]]
 
 
-def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out: str, title: str = "",
-              logy: bool = False) -> str:
+def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out: str, title: str = "") -> str:
     """Draw one panel per ``(panel title, x label, y label, {line label: (xs, ys)})`` side by side
     and save the figure as ``out`` (PNG). Returns ``out``."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
@@ -31,8 +30,6 @@ def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out: str, title: s
         ax.set_title(panel_title)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        if logy:
-            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if series:
             ax.legend(fontsize=8)
