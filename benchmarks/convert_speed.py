@@ -144,8 +144,7 @@ def plot(results: list, baseline: dict, path: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # 1 GB rather than the minimum of 400 MB: at 400 MB the converter's fixed costs
-    # (interpreter, imports incl. zarr, store creation; ~0.3 s) are half of its run time.
+    # 2 GB rather than the minimum of 400 MB: see the module docstring.
     p.add_argument("--size_mb", type=float, default=2048, help="size of the generated TSV")
     p.add_argument("--max_workers", type=int, default=os.cpu_count())
     p.add_argument("--seed", type=int, default=0)

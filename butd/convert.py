@@ -298,14 +298,17 @@ _ARRAYS: dict = {}
 _BUFFERS: dict = {}
 
 
-def _arrays(out_path: str, names) -> dict:
-    if out_path not in _ARRAYS:
+def _arrays(out_path: str, fingerprint: str, names) -> dict:
+    # Keyed by the fingerprint too: a store re-made at the same path with other settings (another
+    # dtype, say) must not be written through the old store's array objects.
+    key = (out_path, fingerprint)
+    if key not in _ARRAYS:
         import zarr
         _ARRAYS.clear()
         # write_empty_chunks: every chunk file must exist, since the loader memory-maps them.
-        _ARRAYS[out_path] = {n: zarr.open_array(os.path.join(out_path, n), mode="r+")
-                             .with_config({"write_empty_chunks": True}) for n in names}
-    return _ARRAYS[out_path]
+        _ARRAYS[key] = {n: zarr.open_array(os.path.join(out_path, n), mode="r+")
+                        .with_config({"write_empty_chunks": True}) for n in names}
+    return _ARRAYS[key]
 
 
 def float32_to_float16(src: np.ndarray, out: np.ndarray, scratch: Optional[dict] = None) -> np.ndarray:
@@ -396,7 +399,7 @@ def _write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows:
         if background is not None:
             background.result()
         return
-    arrays = _arrays(out_path, [f.name for f in fields_for(attrs.layout)])
+    arrays = _arrays(out_path, attrs.fingerprint, [f.name for f in fields_for(attrs.layout)])
     start = chunk * attrs.chunk_images
     for f in fields_for(attrs.layout):
         arrays[f.name][start:start + rows] = bufs[f.name][:rows]
@@ -532,8 +535,8 @@ class _Runner:
             ctx = multiprocessing.get_context(method)
             self.pool = ctx.Pool(workers, initializer=_ignore_sigint)
 
-    def __call__(self, fn, tasks, ordered=False, local=False):
-        if self.pool is None or local:
+    def __call__(self, fn, tasks, ordered=False):
+        if self.pool is None:
             yield from enumerate(map(fn, tasks))
         elif ordered:
             yield from enumerate(self.pool.imap(fn, tasks))
@@ -744,6 +747,7 @@ def convert_tsv(tsv_path: str, out_path: str, *, layout: Optional[str] = None, d
                                max_boxes=int(plan.num_boxes.max()), num_images=len(plan.image_ids),
                                chunk_images=int(chunk_images), source=source, fingerprint=fingerprint)
             if skip:
+                os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
                 _write_json_atomic(report, {"source": tsv_path, "skipped": len(plan.bad_rows),
                                             "rows": plan.bad_rows})
             _create_store(out_path, attrs, plan)

@@ -348,3 +348,24 @@ def test_float16_cast_is_numpys_for_every_non_nan_value():
     for r in rows:   # re-used scratch, smaller rows after larger ones
         out = convert.float32_to_float16(r.features[: r.num_boxes - 5], np.empty((r.num_boxes - 5, 32), np.float16), scratch)
         np.testing.assert_array_equal(out, r.features[: r.num_boxes - 5].astype(np.float16))
+
+
+def test_overwrite_with_other_settings_in_one_process(tmp_path):
+    # a compressed store re-made at the same path with another dtype, in the same process (as a
+    # notebook or train.py would): every chunk must be written with the new settings
+    rows = make_tsv(tmp_path / "f.tsv", n=10)
+    out = str(tmp_path / "s.zarr")
+    for dtype in ("float16", "float32"):
+        convert_tsv(str(tmp_path / "f.tsv"), out, dtype=dtype, compressor="zstd", chunk_images=4, workers=1,
+                    overwrite=True, progress=False)
+    check_against_rows(out, rows, "obj36", "float32")
+
+
+def test_skip_report_into_a_directory_not_made_yet(tmp_path):
+    lines = _good_lines(6)
+    _break(lines, "base64", 2)
+    _write_lines(tmp_path / "f.tsv", lines)
+    out = str(tmp_path / "new" / "cache" / "s.zarr")
+    summary = convert_tsv(str(tmp_path / "f.tsv"), out, chunk_images=4, workers=1, on_bad_row="skip",
+                          progress=False)
+    assert summary.rows == 5 and os.path.exists(out + ".bad_rows.json")
