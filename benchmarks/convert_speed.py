@@ -118,12 +118,6 @@ def measure(cmd: list) -> dict:
     return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak / 2**20}
 
 
-def dir_bytes(path: str) -> int:
-    if os.path.isfile(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
-
-
 def run_one(args) -> None:
     """Subprocess entry: one conversion."""
     if args.run == "baseline":
@@ -173,6 +167,7 @@ def main() -> None:
         while f.read(64 << 20):
             pass
     me = [sys.executable, os.path.abspath(__file__), "--tsv", tsv]
+    from butd.convert import dir_bytes   # the parent only counts bytes; conversions run in children
 
     h5 = os.path.join(args.work, "baseline.hdf5")
     baseline = measure(me + ["--run", "baseline", "--out", h5])

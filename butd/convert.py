@@ -648,7 +648,10 @@ def _mark_complete(out_path: str) -> None:
     shutil.rmtree(os.path.join(out_path, PROGRESS_DIR))
 
 
-def _dir_bytes(path: str) -> int:
+def dir_bytes(path: str) -> int:
+    """Bytes of every file under ``path`` (a store), or of ``path`` itself if it is a file."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
@@ -727,7 +730,7 @@ def convert_tsv(tsv_path: str, out_path: str, *, layout: Optional[str] = None, d
     report = bad_rows_report_path(out_path) if skip else None
     if attrs is not None and attrs.complete:
         summary = ConvertSummary(tsv_path, out_path, attrs.num_images, 0, source["size"],
-                                 _dir_bytes(out_path), time.perf_counter() - t0, 0, attrs.num_chunks,
+                                 dir_bytes(out_path), time.perf_counter() - t0, 0, attrs.num_chunks,
                                  already_complete=True, bad_rows_report=report)
         return summary
     if attrs is not None and not os.path.exists(plan_path):
@@ -768,7 +771,7 @@ def convert_tsv(tsv_path: str, out_path: str, *, layout: Optional[str] = None, d
         with open(report) as f:
             skipped = json.load(f)["skipped"]
     summary = ConvertSummary(tsv_path, out_path, attrs.num_images, skipped, source["size"],
-                             _dir_bytes(out_path), time.perf_counter() - t0, len(todo), len(done),
+                             dir_bytes(out_path), time.perf_counter() - t0, len(todo), len(done),
                              bad_rows_report=report)
     return summary
 

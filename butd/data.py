@@ -49,7 +49,8 @@ from butd import schema
 from butd.sampler import ShardedBatchSampler
 from butd.store import FeatureStore
 
-_MAKE_QUESTIONS = "make them with `python converters/questions_to_shards.py`"
+_QUESTIONS_COMMAND = "python converters/questions_to_shards.py"
+_MAKE_QUESTIONS = f"make them with `{_QUESTIONS_COMMAND}`"
 _POOL_SIZE = 8  # > batches queued ahead + held by the consumer
 
 
@@ -108,7 +109,7 @@ class BatchDataset(torch.utils.data.Dataset):
                 f"question {questions.question_ids[i]} (image {questions.image_ids[i]}) points at feature "
                 f"row {self.image_rows[i]}, but {store.path} holds {store.num_images} images "
                 f"({len(bad)} questions are affected): the question shards were built against another "
-                f"store; rebuild them with `python converters/questions_to_shards.py`")
+                f"store; rebuild them with `{_QUESTIONS_COMMAND}`")
         self._buffers = _BatchBuffers(pin_memory)
 
     def __len__(self) -> int:

@@ -252,10 +252,7 @@ class Inputs:
 
 
 def _store_stat(path: str) -> dict:
-    attrs = schema.read_attrs(path)
-    if not attrs.complete:   # fail before reading any question, not after
-        raise ValueError(f"{path}: feature store is incomplete (conversion interrupted or failed); "
-                         "re-run `python converters/tsv_to_zarr.py` to resume it")
+    attrs = schema.read_complete_attrs(path)   # fail before reading any question, not after
     return {"path": os.path.abspath(path), "fingerprint": attrs.fingerprint}
 
 

@@ -141,13 +141,20 @@ def store_path(cache_dir: str, split_or_store: str) -> str:
     return os.path.join(cache_dir, f"{name}.zarr")
 
 
+def read_complete_attrs(path: str, error=ValueError) -> StoreAttrs:
+    """``read_attrs`` of a store that must be complete; raises ``error`` (naming the store and the
+    command that resumes it) where the conversion was interrupted or failed."""
+    attrs = read_attrs(path)
+    if not attrs.complete:
+        raise error(f"{path}: feature store is incomplete (conversion interrupted or failed); "
+                    "re-run `python converters/tsv_to_zarr.py` to resume it")
+    return attrs
+
+
 def read_image_ids(path: str) -> np.ndarray:
     """The image ids of a complete store, in row order (a str array). Raises if the store is missing
     or not marked complete."""
-    attrs = read_attrs(path)
-    if not attrs.complete:
-        raise ValueError(f"{path}: feature store is incomplete (conversion interrupted or failed); "
-                         "re-run `python converters/tsv_to_zarr.py` to resume it")
+    read_complete_attrs(path)
     import zarr  # deferred: importing zarr starts nothing, but keeps schema import light
     # zarr returns numpy's variable-width StringDType, which cannot be cast to "U" directly.
     return np.asarray(zarr.open_array(os.path.join(path, IMAGE_IDS), mode="r")[:].tolist(), dtype=str)

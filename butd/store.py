@@ -66,10 +66,8 @@ def open_attrs(path: str) -> tuple[schema.StoreAttrs, dict]:
     """Validate a store for reading batches: it exists, is marked complete, and ``features`` /
     ``spatials`` have the shape, dtype and chunking the schema promises. Returns the attributes and
     each field's zarr metadata."""
-    attrs = schema.read_attrs(path)  # raises FileNotFoundError naming the store and the command
-    if not attrs.complete:
-        raise StoreError(f"{path}: feature store is incomplete (conversion interrupted or failed); "
-                         "re-run `python converters/tsv_to_zarr.py` to resume it")
+    # FileNotFoundError or StoreError, naming the store and the command that makes or resumes it
+    attrs = schema.read_complete_attrs(path, error=StoreError)
     if attrs.schema_version != schema.SCHEMA_VERSION:
         raise StoreError(f"{path}: store schema version {attrs.schema_version}, this code reads "
                          f"version {schema.SCHEMA_VERSION}; {_REMAKE}")
