@@ -414,9 +414,13 @@ def _write_shard(task) -> str:
     return path
 
 
+def _shard_path(out_dir: str, split: str, k: int) -> str:
+    return os.path.join(out_dir, f"{split}-{k:06d}.tar")
+
+
 def _shard_tasks(out_dir: str, split: str, n: int, mtime: float) -> list:
     return [(split, start, min(start + SHARD_SAMPLES, n),
-             os.path.join(out_dir, f"{split}-{start // SHARD_SAMPLES:06d}.tar"), mtime)
+             _shard_path(out_dir, split, start // SHARD_SAMPLES), mtime)
             for start in range(0, max(n, 1), SHARD_SAMPLES)]
 
 
@@ -618,7 +622,7 @@ def load_glove(questions_dir: str, inputs: Optional[Inputs] = None) -> np.ndarra
 
 def shard_paths(questions_dir: str, split: str) -> list:
     count = read_manifest(questions_dir)["summary"]["shards"][split]
-    return [os.path.join(questions_dir, f"{split}-{k:06d}.tar") for k in range(count)]
+    return [_shard_path(questions_dir, split, k) for k in range(count)]
 
 
 def decode_sample(sample: dict) -> dict:
