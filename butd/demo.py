@@ -4,12 +4,12 @@
     python -m butd.demo --data /tmp/demo --epochs 6
 
 Steps (each is the real tool, run as you would run it on the real data):
- 1. generate a GQA-shaped sample in the real formats           python -m butd.sample --out data
+ 1. generate a GQA-shaped sample in the real formats           python -m butd.synthetic.gqa --out data
  2. convert the feature TSVs into Zarr stores                   python converters/tsv_to_zarr.py
  3. build the vocabulary, GloVe matrix and question shards      python converters/questions_to_shards.py
  4. train BUTD on CPU for a few epochs                          python train.py --run_name demo ...
  5. evaluate the best checkpoint on testdev                     python evaluate.py --checkpoint ...
- 6. plot the training curves                                    python -m butd.plots ...
+ 6. plot the training curves                                    python -m butd.evaluation.plots ...
 and prints where the checkpoint, metrics, predictions and plots are.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main(argv=None) -> None:
     if os.path.exists(os.path.join(paths["features"], "vg_gqa_obj36.tsv")):
         print(f"[*] sample already in {data} (delete it to regenerate)")
     else:
-        _run("1. generate the sample", ["-m", "butd.sample", "--out", data])
+        _run("1. generate the sample", ["-m", "butd.synthetic.gqa", "--out", data])
     _run("2. convert features", ["converters/tsv_to_zarr.py", "--features", paths["features"],
                                  "--cache", paths["cache"]])
     _run("3. build question shards", ["converters/questions_to_shards.py", "--questions", paths["questions"],
@@ -80,14 +80,14 @@ def main(argv=None) -> None:
                                     "--out", predictions])
     metrics = sorted(glob.glob(os.path.join(ckpt_dir, "metrics", "demo-*-metrics.json")), key=os.path.getmtime)
     curves = os.path.join(ckpt_dir, "plots", "training_curves.png")
-    _run("6. plot training curves", ["-m", "butd.plots", metrics[-1], "--out", curves])
+    _run("6. plot training curves", ["-m", "butd.evaluation.plots", metrics[-1], "--out", curves])
 
     scores_file = os.path.splitext(predictions)[0] + "-scores.json"
     with open(scores_file) as f:
         scores = json.load(f)
     print(f"\n[*] demo finished in {time.time() - start:.0f} s")
     print(f"    testdev accuracy   {100 * scores['overall']['accuracy']:.2f}%  "
-          f"(majority-answer baseline {100 * scores['majority_baseline']:.2f}%)")
+          f"(answer-prior baseline, {scores['baseline']}: {100 * scores['baseline_score']:.2f}%)")
     print(f"    checkpoint         {best}")
     print(f"    metrics            {metrics[-1]}")
     print(f"    predictions        {predictions}")

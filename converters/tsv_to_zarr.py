@@ -1,8 +1,8 @@
 """Convert bottom-up-attention features TSVs into chunked Zarr v3 feature stores.
 
-    python converters/tsv_to_zarr.py
-        converts the specification's two files, data/GQA-Features/vg_gqa_obj36.tsv and
-        gqa_testdev_obj36.tsv, into data/GQA-Cache/trainval.zarr and testdev.zarr
+    python converters/tsv_to_zarr.py [--dataset gqa]
+        converts the task's feature files: for GQA the specification's two, data/GQA-Features/
+        vg_gqa_obj36.tsv and gqa_testdev_obj36.tsv, into data/GQA-Cache/trainval.zarr and testdev.zarr
     python converters/tsv_to_zarr.py IN.tsv --out OUT.zarr [--workers N] [--dtype float16|float32]
         [--compressor none|zstd|blosc] [--chunk_images 32] [--layout auto|obj36|anderson]
         [--on-bad-row error|skip] [--overwrite]
@@ -10,14 +10,16 @@
 
 Runs on all cores by default. An interrupted conversion (Ctrl-C, kill -9) resumes when the same
 command runs again; --overwrite starts over. With --on-bad-row skip, bad rows are left out and
-listed in OUT.zarr.bad_rows.json. The library code is butd.convert.
+listed in OUT.zarr.bad_rows.json. The library code is butd/features/convert/.
 """
 import argparse
 import sys
 
-from butd import schema
-from butd.convert import BAD_ROW_MODES, DEFAULT_CHUNK_IMAGES, convert_defaults, convert_tsv
-from butd.tsv import TSVFormatError
+from butd.features import schema
+from butd.features.convert import BAD_ROW_MODES, DEFAULT_CHUNK_IMAGES, convert_stores, convert_tsv
+from butd.features.tsv import TSVFormatError
+from butd.tasks import TASK_NAMES, get_task
+from butd.training.config import DataConfig
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,8 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("tsv", nargs="?", help="one TSV to convert (default: the specification's two files)")
     p.add_argument("--out", help="the store to write (required with a TSV)")
-    p.add_argument("--features", default="data/GQA-Features", help="input directory when no TSV is given")
-    p.add_argument("--cache", default="data/GQA-Cache", help="output directory when no TSV is given")
+    p.add_argument("--dataset", default="gqa", choices=TASK_NAMES, help="whose feature files to convert")
+    p.add_argument("--data", default="data/", help="where downloaded data is located")
+    p.add_argument("--features", default=None, help="input directory when no TSV is given (default <data>/<task dir>)")
+    p.add_argument("--cache", default=None, help="output directory when no TSV is given (default <data>/<task cache>)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--dtype", choices=schema.FEATURE_DTYPES, default="float16", help="feature dtype")
     p.add_argument("--compressor", choices=schema.COMPRESSORS, default="none",
@@ -53,7 +57,10 @@ def main(argv=None) -> int:
         if args.tsv:
             print(convert_tsv(args.tsv, args.out, **options))
         else:
-            for summary in convert_defaults(args.features, args.cache, **options).values():
+            paths = DataConfig(dataset=args.dataset, data=args.data).paths()
+            summaries = convert_stores(get_task(args.dataset), args.features or paths["features"],
+                                       args.cache or paths["cache"], **options)
+            for summary in summaries.values():
                 print(summary)
     except (TSVFormatError, OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

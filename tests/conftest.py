@@ -1,7 +1,9 @@
-"""Shared fixtures: a tiny seeded GQA-shaped sample (see butd.sample), made once per session."""
+"""Shared fixtures: a tiny seeded GQA-shaped sample (butd.synthetic.gqa) and its caches, made once
+per session. Builders and reference code shared by several test files live in helpers.py."""
 import pytest
 
-from butd.sample import generate
+from butd.synthetic.gqa import generate
+from helpers import build_gqa_caches
 
 
 @pytest.fixture(scope="session")
@@ -12,3 +14,11 @@ def sample_dir(tmp_path_factory):
     generate(str(root), seed=1, train_images=24, val_images=6, test_images=6, testdev_images=8,
              questions_per_image=6, feature_dim=32)
     return root
+
+
+@pytest.fixture(scope="session")
+def gqa_cache(sample_dir, tmp_path_factory):
+    """The sample's feature stores and question cache, made by the real converters."""
+    cache = tmp_path_factory.mktemp("gqa_cache")
+    build_gqa_caches(sample_dir, cache)
+    return cache

@@ -11,45 +11,15 @@ import numpy as np
 import pytest
 import zarr
 
-import butd.convert as convert
-from butd import schema
-from butd.convert import convert_defaults, convert_tsv
-from butd.sample import SceneModel, write_tsv
-from butd.tsv import TSVFormatError
-from test_tsv import REAL_TSV, spec_rows, spec_spatials
+from butd.features.convert import chunks, direct_io, float16, lifecycle
+from butd.features import schema
+from butd.features.convert import convert_stores, convert_tsv
+from butd.tasks import get_task
+from butd.features.tsv import TSVFormatError
+from helpers import REAL_TSV, make_rows, make_tsv, read_store, spec_rows, spec_spatials, store_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "converters", "tsv_to_zarr.py")
-
-
-def make_rows(n=40, boxes=(36, 36), feature_dim=32, seed=0):
-    rng = np.random.default_rng(seed)
-    model = SceneModel(rng, feature_dim)
-    return [model.image(rng, f"{2300000 + i}", int(rng.integers(boxes[0], boxes[1] + 1))) for i in range(n)]
-
-
-def make_tsv(path, layout="obj36", **kw):
-    rows = make_rows(**kw)
-    write_tsv(str(path), rows, layout)
-    return rows
-
-
-def read_store(path):
-    group = zarr.open_group(str(path), mode="r")
-    out = {name: np.asarray(arr[:]) for name, arr in group.arrays()}
-    out[schema.IMAGE_IDS] = np.asarray(out[schema.IMAGE_IDS].tolist(), dtype=str)
-    return out, dict(group.attrs)
-
-
-def store_files(path):
-    """Every file of a store, relative path -> bytes."""
-    files = {}
-    for d, _, names in os.walk(path):
-        for name in names:
-            full = os.path.join(d, name)
-            with open(full, "rb") as f:
-                files[os.path.relpath(full, path)] = f.read()
-    return files
 
 
 def check_against_rows(path, rows, layout, dtype):
@@ -87,7 +57,7 @@ def test_round_trip(tmp_path, layout, boxes, dtype):
                           workers=1, progress=False)
     assert summary.rows == 40 and summary.bytes_in == os.path.getsize(tmp_path / "f.tsv")
     check_against_rows(tmp_path / "s.zarr", rows, layout, dtype)
-    assert not os.path.exists(tmp_path / "s.zarr" / convert.PROGRESS_DIR)
+    assert not os.path.exists(tmp_path / "s.zarr" / chunks.PROGRESS_DIR)
     np.testing.assert_array_equal(schema.read_image_ids(str(tmp_path / "s.zarr")), [r.image_id for r in rows])
 
 
@@ -125,7 +95,7 @@ def test_raw_chunks_are_what_zarr_writes(tmp_path, chunk_images):
 def test_direct_and_buffered_writes_give_the_same_store(tmp_path, monkeypatch):
     make_tsv(tmp_path / "f.tsv", n=41)
     for name, direct in (("d.zarr", True), ("b.zarr", False)):
-        monkeypatch.setitem(convert._DIRECT, "ok", direct)
+        monkeypatch.setitem(direct_io.DIRECT, "ok", direct)
         convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / name), chunk_images=32, workers=1, progress=False)
     assert store_files(tmp_path / "d.zarr") == store_files(tmp_path / "b.zarr")
 
@@ -168,20 +138,20 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, monkeypatch):
     make_tsv(tmp_path / "f.tsv", n=40)
     tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
     convert_tsv(tsv, str(tmp_path / "ref.zarr"), chunk_images=4, workers=1, progress=False)
-    write_chunk, calls = convert._write_chunk, []
+    write_chunk, calls = chunks.write_chunk, []
 
     def interrupted_after_3(*args):
         if len(calls) == 3:
             raise KeyboardInterrupt
         calls.append(args[2])
         write_chunk(*args)
-    monkeypatch.setattr(convert, "_write_chunk", interrupted_after_3)
+    monkeypatch.setattr(chunks, "write_chunk", interrupted_after_3)
     with pytest.raises(KeyboardInterrupt):
         convert_tsv(tsv, out, chunk_images=4, workers=1, progress=False)
     assert schema.read_attrs(out).complete is False
     with pytest.raises(ValueError, match="incomplete"):
         schema.read_image_ids(out)
-    monkeypatch.setattr(convert, "_write_chunk", write_chunk)
+    monkeypatch.setattr(chunks, "write_chunk", write_chunk)
     summary = convert_tsv(tsv, out, chunk_images=4, workers=2, progress=False)
     assert (summary.chunks_resumed, summary.chunks_converted) == (3, 7)
     assert store_files(out) == store_files(tmp_path / "ref.zarr")
@@ -191,13 +161,13 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, monkeypatch):
 
 KILLED_RUN = """
 import sys, time
-import butd.convert as c
-write = c._write_chunk
+from butd.features.convert import chunks, convert_tsv
+write = chunks.write_chunk
 def slow(*a):
     write(*a)
     time.sleep(0.05)
-c._write_chunk = slow
-c.convert_tsv(sys.argv[1], sys.argv[2], chunk_images=2, workers=1, progress=False)
+chunks.write_chunk = slow
+convert_tsv(sys.argv[1], sys.argv[2], chunk_images=2, workers=1, progress=False)
 """
 
 
@@ -206,7 +176,7 @@ def test_kill9_then_same_command_resumes(tmp_path):
     tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
     convert_tsv(tsv, str(tmp_path / "ref.zarr"), chunk_images=2, workers=1, progress=False)
     proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, tsv, out], start_new_session=True)
-    progress_dir = os.path.join(out, convert.PROGRESS_DIR)
+    progress_dir = os.path.join(out, chunks.PROGRESS_DIR)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
         if os.path.isdir(progress_dir) and len(os.listdir(progress_dir)) >= 6:
@@ -216,7 +186,7 @@ def test_kill9_then_same_command_resumes(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert schema.read_attrs(out).complete is False
-    done = len(convert._done_chunks(out))
+    done = len(lifecycle.done_chunks(out))
     assert 0 < done < 30
     result = subprocess.run([sys.executable, CLI, tsv, "--out", out, "--chunk_images", "2", "--workers", "2",
                              "--quiet"], capture_output=True, text=True, timeout=120)
@@ -231,7 +201,7 @@ def _write_lines(path, lines):
 
 
 def _good_lines(n=8):
-    from butd.sample import format_row
+    from butd.synthetic.scene import format_row
     return [format_row(r) for r in make_rows(n=n)]
 
 
@@ -321,11 +291,12 @@ def test_changed_input_needs_overwrite(tmp_path):
     assert (tmp_path / "notastore" / "keep.txt").exists()
 
 
-def test_defaults_convert_both_files(sample_dir, tmp_path):
-    summaries = convert_defaults(str(sample_dir / "GQA-Features"), str(tmp_path / "cache"), workers=1, progress=False)
+def test_task_stores_convert_both_files(sample_dir, tmp_path):
+    gqa = get_task("gqa")
+    summaries = convert_stores(gqa, str(sample_dir / "GQA-Features"), str(tmp_path / "cache"), workers=1, progress=False)
     assert set(summaries) == {"trainval", "testdev"}
-    trainval = schema.read_image_ids(schema.store_path(str(tmp_path / "cache"), "train"))
-    testdev = schema.read_image_ids(schema.store_path(str(tmp_path / "cache"), "testdev"))
+    trainval = schema.read_image_ids(gqa.store_path(str(tmp_path / "cache"), "train"))
+    testdev = schema.read_image_ids(gqa.store_path(str(tmp_path / "cache"), "testdev"))
     assert len(trainval) == 36 and len(testdev) == 8 and all(i.startswith("n") for i in testdev)
 
 
@@ -337,16 +308,16 @@ def test_float16_cast_is_numpys_for_every_non_nan_value():
     values = np.concatenate([values[~np.isnan(values)], special, -special])
     with np.errstate(over="ignore"):
         expected = values.astype(np.float16)
-    got = convert.float32_to_float16(values, np.empty(values.shape, np.float16))
+    got = float16.float32_to_float16(values, np.empty(values.shape, np.float16))
     assert got.view(np.uint16).tobytes() == expected.view(np.uint16).tobytes()
-    nan = convert.float32_to_float16(np.array([np.nan, -np.nan], np.float32), np.empty(2, np.float16))
+    nan = float16.float32_to_float16(np.array([np.nan, -np.nan], np.float32), np.empty(2, np.float16))
     assert np.isnan(nan).all()
-    mixed = convert.float32_to_float16(np.array([1.5, np.nan, -2.0, np.inf], np.float32), np.empty(4, np.float16))
+    mixed = float16.float32_to_float16(np.array([1.5, np.nan, -2.0, np.inf], np.float32), np.empty(4, np.float16))
     assert mixed[0] == 1.5 and np.isnan(mixed[1]) and mixed[2] == -2.0 and mixed[3] == np.inf
     rows = make_rows(n=3, feature_dim=32)
     scratch = {}
     for r in rows:   # re-used scratch, smaller rows after larger ones
-        out = convert.float32_to_float16(r.features[: r.num_boxes - 5], np.empty((r.num_boxes - 5, 32), np.float16), scratch)
+        out = float16.float32_to_float16(r.features[: r.num_boxes - 5], np.empty((r.num_boxes - 5, 32), np.float16), scratch)
         np.testing.assert_array_equal(out, r.features[: r.num_boxes - 5].astype(np.float16))
 
 

@@ -1,4 +1,4 @@
-"""BatchDataset / GQADataModule: every batch is the store's rows for its questions, whatever the
+"""BatchDataset / loaders / VQADataModule: every batch is the store's rows for its questions, whatever the
 worker count, store compression or feature cache; broken inputs fail naming what is wrong."""
 import os
 
@@ -8,24 +8,10 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from butd import schema
-from butd.data import BatchDataset, GQADataModule, ThreadedLoader, make_loader
-from butd.questions import QuestionArrays
-from butd.sampler import ShardedBatchSampler
-from butd.store import FeatureStore, StoreError
-from test_store import write_store
-
-NUM_Q = 150
-
-
-def questions_for(image_ids, num_q=NUM_Q, seed=0, rows=None):
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, len(image_ids), num_q) if rows is None else np.asarray(rows)
-    return QuestionArrays(
-        question_ids=np.array([f"q{i}" for i in range(len(rows))]),
-        image_ids=np.array([f"img{seed}_{r}" for r in rows]), image_rows=rows.astype(np.int64),
-        tokens=rng.integers(0, 50, (len(rows), 40)), labels=rng.integers(-1, 9, len(rows)),
-        structural=np.full(len(rows), ""), semantic=np.full(len(rows), ""))
+from butd.features import schema
+from butd.features.reader import FeatureStore, StoreError
+from butd.loading import BatchDataset, ShardedBatchSampler, ThreadedLoader, VQADataModule, make_loader
+from helpers import build_gqa_caches, questions_for, write_store
 
 
 def loader(dataset, workers=0, seed=1, epoch=0, batch_size=32):
@@ -42,12 +28,12 @@ def check_aligned(batches, store_path, questions):
     seen = []
     for b in batches:
         idx = b["index"].numpy()
-        rows = questions.image_rows[idx]
+        rows = questions.image_rows[idx, 0]
         assert np.all(np.diff(rows) >= 0)  # sorted by feature row for sequential reads
         np.testing.assert_array_equal(b["features"].numpy(), features[rows])
         np.testing.assert_array_equal(b["spatials"].numpy(), spatials[rows])
         np.testing.assert_array_equal(b["tokens"].numpy(), questions.tokens[idx])
-        np.testing.assert_array_equal(b["labels"].numpy(), questions.labels[idx])
+        np.testing.assert_array_equal(b["labels"].numpy(), questions.targets["labels"][idx])
         seen.extend(idx.tolist())
     assert sorted(seen) == list(range(len(questions)))
 
@@ -60,6 +46,11 @@ def store(tmp_path_factory):
 
 def as_numpy(batches):
     return [{k: v.cpu().numpy().copy() for k, v in b.items()} for b in batches]
+
+
+def as_tensors(batches):
+    """Each batch cloned as it arrives (a loader's batch is valid until the next is requested)."""
+    return [{k: v.clone() for k, v in b.items()} for b in batches]
 
 
 def test_batches_align_with_store_and_survive_being_held(store):
@@ -76,11 +67,30 @@ def test_zero_and_two_workers_give_the_same_batches(store):
                                                                            num_workers=2)
     assert isinstance(zero, ThreadedLoader)
     zero.sampler.set_epoch(3), two.sampler.set_epoch(3)
-    zero, two = list(zero), as_numpy(two)  # the threaded batches all held at once: no buffer reuse
-    check_aligned(zero, path, qs)
+    zero, two = as_numpy(zero), as_numpy(two)   # each copied before the next is requested
+    check_aligned([{k: torch.from_numpy(v) for k, v in b.items()} for b in zero], path, qs)
     assert len(zero) == len(two)
-    for a, b in zip(as_numpy(zero), two):
+    for a, b in zip(zero, two):
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_threaded_loader_reuses_a_fixed_ring_of_buffers(store):
+    """Batches are gathered into a ring of slots allocated once: memory comes back every ring turn,
+    and a slot is rewritten only after the consumer asked for the next batch."""
+    path, qs = store
+    loader = make_loader(BatchDataset(qs, FeatureStore(path)), 16, shuffle=True, seed=2, prefetch_factor=2)
+    size = loader.ring().size
+    pointers, first = [], None
+    for j, batch in enumerate(loader):
+        pointers.append(batch["features"].data_ptr())
+        if j == 0:
+            first, copy = batch, batch["features"].clone()
+        elif j == 1:
+            assert torch.equal(first["features"], copy)   # not rewritten while the consumer could hold it
+    assert len(pointers) > size and pointers[size] == pointers[0] and len(set(pointers)) == size
+    for _ in range(2):   # a new epoch, and one abandoned after a batch, restart the ring cleanly
+        next(iter(loader))
+    check_aligned(as_tensors(loader), path, qs)
 
 
 def test_threaded_loader_raises_the_gather_error(tmp_path):
@@ -126,42 +136,28 @@ def test_single_index_is_refused_with_the_fix(store):
 
 # -- the DataModule over a real cache: converter stores + question shards of the seeded sample ------
 
-@pytest.fixture(scope="module")
-def cache_dir(sample_dir, tmp_path_factory):
-    from butd.convert import convert_tsv
-    from butd.questions import build
-    cache = tmp_path_factory.mktemp("cache")
-    feats = os.path.join(sample_dir, "GQA-Features")
-    for store_name, tsv in (("trainval", "vg_gqa_obj36.tsv"), ("testdev", "gqa_testdev_obj36.tsv")):
-        convert_tsv(os.path.join(feats, tsv), str(cache / f"{store_name}.zarr"), chunk_images=8, workers=1,
-                    progress=False)
-    build(os.path.join(sample_dir, "GQA-Questions"), os.path.join(sample_dir, "GloVe", "glove.6B.300d.txt"),
-          str(cache / "questions"), str(cache), workers=1, progress=False)
-    return cache
-
-
-def test_datamodule_batches_match_the_store_by_image_id(cache_dir):
-    dm = GQADataModule(cache_dir, batch_size=16, num_workers=0)
+def test_datamodule_batches_match_the_store_by_image_id(gqa_cache):
+    dm = VQADataModule("gqa", gqa_cache, batch_size=16, num_workers=0)
     dm.setup("fit")
     assert dm.v_dim == 32 and dm.glove.shape[0] == dm.ntoken and dm.num_answers == len(dm.label2ans)
     for split, shuffle in (("train", True), ("testdev", False)):
         qs = dm.questions(split)
-        group = zarr.open_group(str(cache_dir / f"{'testdev' if split == 'testdev' else 'trainval'}.zarr"))
+        group = zarr.open_group(str(gqa_cache / f"{'testdev' if split == 'testdev' else 'trainval'}.zarr"))
         row_of = {i: r for r, i in enumerate(group["image_ids"][:].tolist())}
-        batches = list(dm.dataloader_for(split, shuffle=shuffle))
+        batches = as_tensors(dm.dataloader_for(split, shuffle=shuffle))
         seen = np.concatenate([b["index"].numpy() for b in batches])
         assert sorted(seen) == list(range(len(qs)))
         for b in batches:
-            rows = [row_of[qs.image_ids[i]] for i in b["index"].numpy()]  # found by image id, not row
+            rows = [row_of[qs.image_ids[i, 0]] for i in b["index"].numpy()]  # found by image id, not row
             np.testing.assert_array_equal(b["features"].numpy(), group["features"][:][rows])
             np.testing.assert_array_equal(b["tokens"].numpy(), qs.tokens[b["index"].numpy()])
-    val = list(dm.val_dataloader())
+    val = as_tensors(dm.val_dataloader())
     # validation runs in question order, batch by batch (within a batch, sorted by feature row)
     assert [sorted(b["index"].tolist()) for b in val] == [list(range(i, min(i + 16, len(dm.questions("testdev")))))
                                                         for i in range(0, len(dm.questions("testdev")), 16)]
 
 
-def test_lightning_sets_the_epoch_and_keeps_our_sampler(cache_dir):
+def test_lightning_sets_the_epoch_and_keeps_our_sampler(gqa_cache):
     import pytorch_lightning as pl
 
     class Record(pl.LightningModule):
@@ -181,28 +177,28 @@ def test_lightning_sets_the_epoch_and_keeps_our_sampler(cache_dir):
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          use_distributed_sampler=False)
-    dm = GQADataModule(cache_dir, batch_size=32, num_workers=0)
+    dm = VQADataModule("gqa", gqa_cache, batch_size=32, num_workers=0)
     trainer.fit(model, datamodule=dm)
     n = len(dm.questions("train"))
     assert sorted(model.epochs[0]) == sorted(model.epochs[1]) == list(range(n))
     assert model.epochs[0] != model.epochs[1]
 
 
-def test_missing_inputs_name_the_file_and_command(cache_dir, tmp_path):
+def test_missing_inputs_name_the_file_and_command(gqa_cache, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"questions.*questions_to_shards\.py"):
-        GQADataModule(tmp_path).setup()
-    os.symlink(cache_dir / "questions", tmp_path / "questions")
+        VQADataModule("gqa", tmp_path).setup()
+    os.symlink(gqa_cache / "questions", tmp_path / "questions")
     with pytest.raises(FileNotFoundError, match=r"trainval\.zarr.*tsv_to_zarr\.py"):
-        GQADataModule(tmp_path).setup()
+        VQADataModule("gqa", tmp_path).setup()
 
 
-def test_questions_built_against_another_store_are_refused(cache_dir, tmp_path):
-    from butd.convert import convert_tsv
+def test_questions_built_against_another_store_are_refused(gqa_cache, tmp_path):
+    from butd.features.convert import convert_tsv
     from butd.questions import StaleCacheError
     for name in ("questions", "trainval.zarr"):
-        os.symlink(cache_dir / name, tmp_path / name)
+        os.symlink(gqa_cache / name, tmp_path / name)
     # the same TSV converted again with other settings: another store, whose rows the shards do not index
-    source = schema.read_attrs(str(cache_dir / "testdev.zarr")).source["path"]
+    source = schema.read_attrs(str(gqa_cache / "testdev.zarr")).source["path"]
     convert_tsv(source, str(tmp_path / "testdev.zarr"), chunk_images=4, workers=1, progress=False)
     with pytest.raises(StaleCacheError, match=r"testdev\.zarr.*questions_to_shards\.py"):
-        GQADataModule(tmp_path).setup()
+        VQADataModule("gqa", tmp_path).setup()

@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from butd.lit import LitVQA
-from butd.metrics_logger import MetricLogger
+from butd.training.lit import LitVQA
+from butd.training.metrics_logger import MetricLogger
 
 V_DIM, K, T, NTOKEN, ANSWERS = 8, 5, 7, 10, 4
-SMALL = dict(ntoken=NTOKEN, num_answers=ANSWERS, v_dim=V_DIM, emb_dim=6, hidden=16)
+SIZES = dict(ntoken=NTOKEN, num_answers=ANSWERS, v_dim=V_DIM)
+SMALL = dict(SIZES, model={"emb_dim": 6, "hidden": 16})
 
 
 def make_batches(sizes, seed=0):
@@ -60,7 +61,7 @@ def test_val_metrics_are_exact_means_over_answered_questions(tmp_path):
 
 def test_fit_writes_the_specs_metrics_file_and_learns(tmp_path):
     torch.manual_seed(0)
-    lit = LitVQA(**SMALL, answer_dropout=0.0, lr=0.01)
+    lit = LitVQA(model={"emb_dim": 6, "hidden": 16, "answer_dropout": 0.0}, optim={"lr": 0.01}, **SIZES)
     logger = MetricLogger("run", str(tmp_path))
     logger.log_hyperparams({"run_name": "run", "bsz": 16})
     trainer(tmp_path, max_epochs=4, logger=logger, log_every_n_steps=5).fit(
@@ -91,13 +92,13 @@ def test_logger_resume_keeps_earlier_values(tmp_path):
 
 def test_checkpoint_round_trip_and_predict(tmp_path):
     torch.manual_seed(0)
-    lit = LitVQA(model="film", **SMALL, opt="adamw", lr=3e-3)
+    lit = LitVQA(model={"model": "film", "emb_dim": 6, "hidden": 16}, optim={"opt": "adamw", "lr": 3e-3}, **SIZES)
     tr = trainer(tmp_path, max_steps=3)
     tr.fit(lit, loader(make_batches([8] * 3)))
     path = tmp_path / "m.ckpt"
     tr.save_checkpoint(path)
     back = LitVQA.load_from_checkpoint(path)
-    assert type(back.model).__name__ == "FiLM" and back.hparams.opt == "adamw"
+    assert type(back.model).__name__ == "FiLM" and back.hparams.optim["opt"] == "adamw"
     batches = make_batches([6, 4], seed=3)
     preds = trainer(tmp_path).predict(back, loader(batches))
     assert torch.equal(torch.cat([p["index"] for p in preds]), torch.arange(10))
@@ -109,7 +110,7 @@ def test_checkpoint_round_trip_and_predict(tmp_path):
 @pytest.mark.parametrize("opt,cls,lr", [("adamax", torch.optim.Adamax, 0.002), ("adam", torch.optim.Adam, 0.001),
                                         ("adamw", torch.optim.AdamW, 0.001)])
 def test_optimisers_keep_torch_defaults(opt, cls, lr):
-    optimiser = LitVQA(**SMALL, opt=opt).configure_optimizers()
+    optimiser = LitVQA(**SMALL, optim={"opt": opt}).configure_optimizers()
     assert isinstance(optimiser, cls) and optimiser.defaults["lr"] == lr
     with pytest.raises(ValueError, match="unknown optimiser 'sgd'"):
-        LitVQA(**SMALL, opt="sgd")
+        LitVQA(**SMALL, optim={"opt": "sgd"})

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from butd.model import BUTD, FiLM, build_model
+from butd.models import BUTD, FiLM, build_model
 
 NTOKEN, ANSWERS, V_DIM, EMB, HIDDEN, B, K, T = 30, 11, 20, 12, 16, 5, 7, 9
 

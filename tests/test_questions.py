@@ -9,11 +9,16 @@ import pytest
 import webdataset as wds
 
 from butd import questions as Q
-from butd import schema
-from butd.convert import convert_tsv
-from butd.reference import Dictionary, pad_questions
-from test_text import REAL_QUESTIONS, spec_glove
+from butd.questions import json_stream, shards
+from butd.questions.cache import MANIFEST
+from butd.tasks import get_task
+from butd.tasks.gqa import read_question_file
+from butd.features import schema
+from butd.features.convert import convert_stores, convert_tsv
+from butd.reference.spec import Dictionary, pad_questions
+from helpers import REAL_QUESTIONS, spec_glove
 
+GQA = get_task("gqa")
 SPEC_QUESTION_FILES = ['train_balanced_questions.json', 'val_balanced_questions.json',
                        'testdev_balanced_questions.json', 'test_balanced_questions.json']
 
@@ -22,9 +27,7 @@ SPEC_QUESTION_FILES = ['train_balanced_questions.json', 'val_balanced_questions.
 def stores(sample_dir, tmp_path_factory):
     """The sample's feature stores, made by the real converter."""
     cache = tmp_path_factory.mktemp("cache")
-    for store, tsv in schema.TSV_FOR_STORE.items():
-        convert_tsv(str(sample_dir / "GQA-Features" / tsv), schema.store_path(str(cache), store),
-                    workers=1, progress=False)
+    convert_stores(GQA, str(sample_dir / "GQA-Features"), str(cache), workers=1, progress=False)
     return cache
 
 
@@ -33,12 +36,15 @@ def inputs(sample_dir, stores, tmp_path):
     """A private copy of the sample's questions and GloVe file (tests edit them) and the stores."""
     shutil.copytree(sample_dir / "GQA-Questions", tmp_path / "q")
     shutil.copytree(sample_dir / "GloVe", tmp_path / "g")
-    return Q.Inputs(str(tmp_path / "q"), str(tmp_path / "g" / "glove.6B.300d.txt"), str(stores))
+    return Q.Inputs("gqa", str(tmp_path / "q"), str(tmp_path / "g" / "glove.6B.300d.txt"), str(stores))
 
 
 def build(inputs, out, **kw):
-    return Q.build(inputs.questions, inputs.glove, str(out), inputs.cache, emb_dim=inputs.emb_dim,
-                   drop_missing=inputs.drop_missing, workers=kw.pop("workers", 1), progress=False, **kw)
+    return Q.build(inputs, str(out), workers=kw.pop("workers", 1), progress=False, **kw)
+
+
+def question_file(inputs, split):
+    return GQA.question_files(inputs.questions, split)[0]
 
 
 def shuffled_copy(src, dst, seed=0):
@@ -58,13 +64,13 @@ def shuffled_copy(src, dst, seed=0):
 @pytest.fixture(scope="module")
 def built(sample_dir, stores, tmp_path_factory):
     root = tmp_path_factory.mktemp("built")
-    inputs = Q.Inputs(shuffled_copy(str(sample_dir / "GQA-Questions"), str(root / "q")),
+    inputs = Q.Inputs("gqa", shuffled_copy(str(sample_dir / "GQA-Questions"), str(root / "q")),
                       str(sample_dir / "GloVe" / "glove.6B.300d.txt"), str(stores))
     return inputs, root / "questions", build(inputs, root / "questions", workers=2)
 
 
 def edit_questions(inputs, split, edit):
-    path = inputs.question_file(split)
+    path = question_file(inputs, split)
     with open(path) as f:
         questions = json.load(f)
     edit(questions)
@@ -96,7 +102,7 @@ def spec_pipeline(gqa_q, glove, img2idx):
                 ans2label[ex['answer'].lower()] = len(ans2label)
                 label2ans.append(ex['answer'])
     splits = {}
-    for mode in Q.SPLITS:
+    for mode in GQA.split_names:
         with open(os.path.join(gqa_q, '%s_balanced_questions.json' % mode), 'r') as f:
             examples = json.load(f)
         entries = [(k, examples[k]) for k in sorted(examples)]
@@ -112,8 +118,8 @@ def spec_pipeline(gqa_q, glove, img2idx):
 
 def test_cache_equals_spec(built):
     inputs, out, summary = built
-    img2idx = {s: {i: r for r, i in enumerate(schema.read_image_ids(schema.store_path(inputs.cache, s)).tolist())}
-               for s in Q.SPLITS}
+    img2idx = {s: {i: r for r, i in enumerate(schema.read_image_ids(GQA.store_path(inputs.cache, s)).tolist())}
+               for s in GQA.split_names}
     dictionary, weights, ans2label, label2ans, splits = spec_pipeline(inputs.questions, inputs.glove, img2idx)
     vocab = Q.load_vocab(str(out))
     assert vocab.idx2word == dictionary.idx2word and vocab.padding_idx == dictionary.padding_idx
@@ -123,12 +129,12 @@ def test_cache_equals_spec(built):
         arrays = Q.load_split(str(out), split, inputs)
         assert arrays.question_ids.tolist() == spec["question_ids"]
         np.testing.assert_array_equal(arrays.tokens, spec["tokens"])
-        assert arrays.tokens.dtype == arrays.labels.dtype == arrays.image_rows.dtype == np.int64
-        assert arrays.image_rows.tolist() == spec["image_rows"]
-        assert arrays.labels.tolist() == spec["labels"]
-        assert arrays.structural.tolist() == spec["structural"]
+        assert arrays.tokens.dtype == arrays.targets["labels"].dtype == arrays.image_rows.dtype == np.int64
+        assert arrays.image_rows[:, 0].tolist() == spec["image_rows"]
+        assert arrays.targets["labels"].tolist() == spec["labels"]
+        assert arrays.types["structural"].tolist() == spec["structural"]
         assert len(arrays) == summary["questions"][split]
-    assert (Q.load_split(str(out), "test").labels == -1).all()
+    assert (Q.load_split(str(out), "test").targets["labels"] == -1).all()
     assert 0 < summary["glove_coverage"]["vocabulary"] < 1 and 0 < summary["glove_coverage"]["tokens"] < 1
 
 
@@ -136,7 +142,8 @@ def test_answers_keep_first_spelling_and_lowercase_keys():
     class Raw:
         def __init__(self, answers):
             self.answers = answers
-    ans2label, label2ans = Q.build_answers([Raw(["Yes", "no", "yes"]), Raw(["NO", "Red"])])
+    raws = {"train": Raw(["Yes", "no", "yes"]), "val": Raw(["NO", "Red"]), "testdev": Raw([]), "test": Raw([None])}
+    ans2label, label2ans = GQA.answer_vocabulary(raws)
     assert ans2label == {"yes": 0, "no": 1, "red": 2} and label2ans == ["Yes", "no", "Red"]
 
 
@@ -144,7 +151,7 @@ def test_answers_keep_first_spelling_and_lowercase_keys():
 
 def test_shards_read_back_with_plain_webdataset(built):
     inputs, out, summary = built
-    for split in Q.SPLITS:
+    for split in GQA.split_names:
         arrays = Q.load_split(str(out), split)
         paths = sorted(str(p) for p in out.glob(f"{split}-*.tar"))
         assert len(paths) == summary["shards"][split]
@@ -152,14 +159,15 @@ def test_shards_read_back_with_plain_webdataset(built):
         assert [s["__key__"] for s in samples] == arrays.question_ids.tolist()
         for i, s in enumerate(samples):
             got = json.loads(s["json"])
-            assert got == {"question_id": arrays.question_ids[i], "image_id": arrays.image_ids[i],
-                           "image_row": int(arrays.image_rows[i]), "tokens": arrays.tokens[i].tolist(),
-                           "label": None if split == "test" else int(arrays.labels[i]),
-                           "structural": arrays.structural[i], "semantic": arrays.semantic[i]}
+            assert got == {"question_id": arrays.question_ids[i], "image_ids": arrays.image_ids[i].tolist(),
+                           "image_rows": arrays.image_rows[i].tolist(), "tokens": arrays.tokens[i].tolist(),
+                           "targets": {"labels": -1 if split == "test" else int(arrays.targets["labels"][i])},
+                           "types": {"structural": arrays.types["structural"][i],
+                                     "semantic": arrays.types["semantic"][i]}}
 
 
 def test_stream_split_divides_shards_across_nodes_and_workers(inputs, tmp_path, monkeypatch):
-    monkeypatch.setattr(Q, "SHARD_SAMPLES", 10)
+    monkeypatch.setattr(shards, "SHARD_SAMPLES", 10)
     out = tmp_path / "out"
     build(inputs, out, workers=2)
     expected = Q.load_split(str(out), "train")
@@ -177,7 +185,8 @@ def test_stream_split_divides_shards_across_nodes_and_workers(inputs, tmp_path, 
     for i in (0, len(expected) - 1):
         s = by_id[expected.question_ids[i]]
         np.testing.assert_array_equal(s["tokens"], expected.tokens[i])
-        assert (s["label"], s["image_row"]) == (expected.labels[i], expected.image_rows[i])
+        assert s["targets"]["labels"] == expected.targets["labels"][i]
+        np.testing.assert_array_equal(s["image_rows"], expected.image_rows[i])
 
 
 # ---- Fingerprint ----
@@ -185,10 +194,10 @@ def test_stream_split_divides_shards_across_nodes_and_workers(inputs, tmp_path, 
 def test_second_build_is_noop_and_changed_inputs_rebuild(inputs, tmp_path, capsys):
     out = tmp_path / "out"
     assert build(inputs, out)["skipped"] is False
-    manifest_mtime = os.stat(out / Q.MANIFEST).st_mtime_ns
-    again = Q.build(inputs.questions, inputs.glove, str(out), inputs.cache, progress=True, workers=1)
+    manifest_mtime = os.stat(out / MANIFEST).st_mtime_ns
+    again = Q.build(inputs, str(out), progress=True, workers=1)
     assert again["skipped"] is True and "up to date" in capsys.readouterr().out
-    assert os.stat(out / Q.MANIFEST).st_mtime_ns == manifest_mtime
+    assert os.stat(out / MANIFEST).st_mtime_ns == manifest_mtime
     edit_questions(inputs, "val", lambda qs: qs[next(iter(qs))].update(question="Is the zebra purple?"))
     assert build(inputs, out)["skipped"] is False
     assert "zebra" in Q.load_vocab(str(out), inputs).idx2word
@@ -205,7 +214,7 @@ def test_reading_a_cache_built_from_other_inputs_is_an_error(inputs, tmp_path):
                  lambda: Q.load_vocab(str(out), inputs), lambda: Q.load_answers(str(out), inputs)):
         with pytest.raises(Q.StaleCacheError, match=r"changed: glove\.(mtime_ns|size)"):
             load()
-    other = Q.Inputs(inputs.questions, inputs.glove, inputs.cache, emb_dim=inputs.emb_dim, max_length=20)
+    other = Q.Inputs("gqa", inputs.questions, inputs.glove, inputs.cache, emb_dim=inputs.emb_dim, max_length=20)
     with pytest.raises(Q.StaleCacheError, match="settings.max_length"):
         Q.load_split(str(out), "train", other)
     Q.load_split(str(out), "train")   # without inputs to check against, the cache is still readable
@@ -214,10 +223,10 @@ def test_reading_a_cache_built_from_other_inputs_is_an_error(inputs, tmp_path):
 def test_feature_store_fingerprint_is_an_input(inputs, sample_dir, tmp_path):
     cache = tmp_path / "cache"
     shutil.copytree(inputs.cache, cache)
-    mine = Q.Inputs(inputs.questions, inputs.glove, str(cache))
+    mine = Q.Inputs("gqa", inputs.questions, inputs.glove, str(cache))
     out = tmp_path / "out"
     build(mine, out)
-    convert_tsv(str(sample_dir / "GQA-Features" / "gqa_testdev_obj36.tsv"), schema.store_path(str(cache), "testdev"),
+    convert_tsv(str(sample_dir / "GQA-Features" / "gqa_testdev_obj36.tsv"), GQA.store_path(str(cache), "testdev"),
                 dtype="float32", overwrite=True, workers=1, progress=False)
     with pytest.raises(Q.StaleCacheError, match=r"stores\.testdev\.fingerprint"):
         Q.load_split(str(out), "testdev", mine)
@@ -252,7 +261,7 @@ def test_bad_input_is_a_clear_error_and_leaves_the_old_cache(inputs, tmp_path, c
     out = tmp_path / "out"
     build(inputs, out)
     before = Q.read_manifest(str(out))["fingerprint"]
-    path = inputs.question_file(split)
+    path = question_file(inputs, split)
     if edit is None:
         os.remove(path)
     elif edit == "truncate":
@@ -276,11 +285,10 @@ def test_question_on_an_image_without_features(inputs, tmp_path, capsys):
         qs["99999992"] = {**qs[next(iter(qs))], "imageId": "nor-this-one"}
     edit_questions(inputs, "train", add)
     with pytest.raises(Q.QuestionFileError, match=r"2 train question\(s\) .* e\.g\. 99999991 \(image no-such-image\)"
-                                                  r".*--drop-missing"):
+                                                  r".*--drop_missing"):
         build(inputs, tmp_path / "out")
-    dropping = Q.Inputs(inputs.questions, inputs.glove, inputs.cache, drop_missing=True)
-    summary = Q.build(dropping.questions, dropping.glove, str(tmp_path / "out"), dropping.cache,
-                      drop_missing=True, workers=1, progress=True)
+    dropping = Q.Inputs("gqa", inputs.questions, inputs.glove, inputs.cache, drop_missing=True)
+    summary = Q.build(dropping, str(tmp_path / "out"), workers=1, progress=True)
     assert summary["dropped"] == {"train": 2, "val": 0, "testdev": 0, "test": 0}
     assert "train: dropped 2 question(s)" in capsys.readouterr().out
     ids = Q.load_split(str(tmp_path / "out"), "train", dropping).question_ids
@@ -297,34 +305,34 @@ TRICKY = ('  {"1": {"question": "a }, \\"2\\": {", "imageId": "x", "answer": "Ye
 
 @pytest.mark.parametrize("block", [1, 7, 1 << 20])
 def test_streaming_reader_equals_json_load(tmp_path, monkeypatch, block):
-    monkeypatch.setattr(Q, "_BLOCK", block)
+    monkeypatch.setattr(json_stream, "_BLOCK", block)
     path = tmp_path / "t.json"
     path.write_text(TRICKY)
     for source in (str(path), REAL_QUESTIONS):
         with open(source) as f:
             expected = json.load(f)
-        raw = Q.read_question_file(source, answers_required=True)
+        raw = read_question_file(source, answers_required=True)
         assert raw.question_ids == list(expected)
         assert raw.questions == [e["question"] for e in expected.values()]
-        assert raw.image_ids == [e["imageId"] for e in expected.values()]
+        assert raw.image_ids == [[e["imageId"] for e in expected.values()]]
         assert raw.answers == [e["answer"] for e in expected.values()]
-        assert raw.structural == [e.get("types", {}).get("structural", "") for e in expected.values()]
+        assert raw.types["structural"] == [e.get("types", {}).get("structural", "") for e in expected.values()]
 
 
 def test_streaming_reader_holds_about_a_block(tmp_path, monkeypatch):
     """The buffer stays near one block, however long the file (a failed check for an empty
     object once pulled the whole file in, block by block: quadratic, 34 s at 1M questions)."""
-    monkeypatch.setattr(Q, "_BLOCK", 256)
+    monkeypatch.setattr(json_stream, "_BLOCK", 256)
     path = tmp_path / "many.json"
     path.write_text(json.dumps({str(i): {"question": "q?", "imageId": "x", "answer": "a"} for i in range(2000)}))
-    sizes, more = [], Q._ObjectStream._more
+    sizes, more = [], json_stream._ObjectStream._more
 
     def recording(self):
         more(self)
         sizes.append(len(self.buf))
 
-    monkeypatch.setattr(Q._ObjectStream, "_more", recording)
-    assert len(Q.read_question_file(str(path), answers_required=True)) == 2000
+    monkeypatch.setattr(json_stream._ObjectStream, "_more", recording)
+    assert len(read_question_file(str(path), answers_required=True)) == 2000
     assert path.stat().st_size > 100 * 256 and max(sizes) < 4 * 256
 
 
@@ -336,17 +344,18 @@ def test_streaming_reader_holds_about_a_block(tmp_path, monkeypatch):
     ('{"1": ["not", "an", "object"]}', "question 1: expected an object"),
 ])
 def test_streaming_reader_errors(tmp_path, monkeypatch, text, message):
-    monkeypatch.setattr(Q, "_BLOCK", 5)
+    monkeypatch.setattr(json_stream, "_BLOCK", 5)
     path = tmp_path / "bad.json"
     path.write_text(text)
     with pytest.raises(Q.QuestionFileError, match=message):
-        Q.read_question_file(str(path), answers_required=False)
+        read_question_file(str(path), answers_required=False)
 
 
 def test_glove_of_the_wrong_dimension_fails_before_any_work(inputs, tmp_path):
     from butd.text import GloveFormatError
     with pytest.raises(GloveFormatError, match=r"glove\.6B\.300d\.txt, line 1: 300 values .* expected 50"):
-        Q.build(inputs.questions, inputs.glove, str(tmp_path / "out"), inputs.cache, emb_dim=50, progress=False)
+        Q.build(Q.Inputs("gqa", inputs.questions, inputs.glove, inputs.cache, emb_dim=50), str(tmp_path / "out"),
+                progress=False)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 

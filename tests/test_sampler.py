@@ -3,7 +3,7 @@ equal batch counts on every rank, and the documented remainder policy."""
 import numpy as np
 import pytest
 
-from butd.sampler import ShardedBatchSampler
+from butd.loading.sampler import ShardedBatchSampler
 
 
 def epoch_batches(n, batch_size, world, epoch=0, **kw):

@@ -1,5 +1,5 @@
 """FeatureStore: memmap / zarr / resident-cache gathers agree with a direct zarr read; broken stores
-fail with errors naming the file and the images. ``write_store`` is shared by the loader tests."""
+fail with errors naming the file and the images."""
 import os
 
 import numpy as np
@@ -7,39 +7,9 @@ import pytest
 import torch
 import zarr
 
-from butd import schema
-from butd.store import FeatureStore, StoreError
-
-ZSTD = [{"name": "zstd", "configuration": {"level": 1, "checksum": False}}]
-
-
-def write_store(path, num_images=37, num_boxes=5, feature_dim=8, chunk_images=8, dtype="float16",
-                compressor="none", complete=True, seed=0):
-    """A small schema-conformant store of seeded random values; returns the image ids."""
-    rng = np.random.default_rng(seed)
-    attrs = schema.StoreAttrs(layout="obj36", dtype=dtype, compressor=compressor, feature_dim=feature_dim,
-                              max_boxes=num_boxes, num_images=num_images, chunk_images=chunk_images,
-                              source={"path": "generated"}, fingerprint=f"test-{seed}", complete=complete)
-    group = zarr.open_group(str(path), mode="w")
-    codecs = None if compressor == "none" else ZSTD
-    for field in schema.fields_for("obj36"):
-        shape = field.shape(attrs)
-        values = rng.standard_normal(shape) * 10 if field.name != "features" else rng.standard_normal(shape)
-        array = group.create_array(field.name, shape=shape, chunks=(chunk_images,) + shape[1:],
-                                   dtype=field.numpy_dtype(attrs), compressors=codecs,
-                                   config={"write_empty_chunks": True})
-        array[:] = values.astype(field.numpy_dtype(attrs))
-    ids = np.array([f"img{seed}_{i}" for i in range(num_images)])
-    group.create_array(schema.IMAGE_IDS, shape=(num_images,), chunks=(chunk_images,), dtype=str)[:] = ids
-    group.attrs.update(attrs.to_json())
-    return ids
-
-
-def direct(path, rows):
-    """Reference read of the batch fields straight through zarr."""
-    group = zarr.open_group(str(path), mode="r")
-    return group["features"][:][rows], group["spatials"][:][rows]
-
+from butd.features import schema
+from butd.features.reader import FeatureStore, StoreError
+from helpers import direct, write_store
 
 @pytest.fixture()
 def store_path(tmp_path):
@@ -157,7 +127,7 @@ def test_row_past_store(store_path):
 
 
 def test_few_file_descriptors_evict_old_maps(store_path, monkeypatch):
-    import butd.store as store_module
+    import butd.features.reader as store_module
     monkeypatch.setattr(store_module, "_allow_open_files", lambda wanted, spare=256: 2)
     store = FeatureStore(store_path)
     for _ in range(2):  # every chunk, twice: maps are closed and reopened on the way

@@ -1,31 +1,13 @@
 """The tokenizer, vocabulary and GloVe reader against the specification's own code (butd.reference)."""
 import gzip
 import json
-import os
 
 import numpy as np
 import pytest
 
-from butd.reference import Dictionary, pad_questions
+from butd.reference.spec import Dictionary, pad_questions
 from butd.text import GloveFormatError, Vocabulary, read_glove, split_batch
-
-# ../shared beside the checkout, as on our machines and in CI
-REAL = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "fixtures", "real")
-REAL_QUESTIONS = os.path.join(REAL, "xgqa_en_train_5.json")
-REAL_GLOVE = os.path.join(REAL, "glove.6B.300d.sample.txt.gz")
-
-
-def spec_glove(glove_lines, dictionary, dim=300):
-    """gqa_create_dictionary_glove's embedding loop, verbatim on the file's lines."""
-    weights = np.zeros((len(dictionary.idx2word), dim), dtype=np.float32)
-    for entry in glove_lines:
-        word_vec = entry.split()
-        word, vec = word_vec[0], list(map(float, word_vec[1:]))
-        if word in dictionary.word2idx:
-            weights[dictionary.word2idx[word]] = vec
-    return weights
-# ---- end of the specification's code ----
-
+from helpers import REAL_GLOVE, REAL_QUESTIONS, spec_glove
 
 def real_questions():
     with open(REAL_QUESTIONS) as f:

@@ -15,8 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train  # noqa: E402  (train.py lives at the repository root)
 from butd import questions  # noqa: E402
-
-from butd.sample import generate  # noqa: E402
+from butd.synthetic.gqa import generate  # noqa: E402
+from butd.training.caches import ensure_caches, question_inputs  # noqa: E402
+from butd.training.config import parse_config  # noqa: E402
+from butd.training.lit import LitVQA  # noqa: E402
+from butd.training.run import run_name  # noqa: E402
 
 EMB = 32
 # Small, fast settings.
@@ -52,28 +55,32 @@ def trained(sample, one_thread, tmp_path_factory):
     """One 8-epoch run (the caches get built on the way); later tests read and resume it."""
     root, data = sample
     ckpt = tmp_path_factory.mktemp("ckpt")
-    trainer, checkpoints = train.main(["--run_name", "learn", *data, "--checkpoint", str(ckpt), *FAST,
-                                       "--epochs", "8", "--lr", "0.005", "--answer_dropout", "0.2"])
-    return root, data, ckpt, trainer, checkpoints
+    argv = ["--run_name", "learn", *data, "--checkpoint", str(ckpt), *FAST, "--epochs", "8", "--lr", "0.005",
+            "--answer_dropout", "0.2"]
+    trainer, checkpoints = train.main(argv)
+    return root, data, ckpt, trainer, checkpoints, argv
 
 
 def test_defaults_are_the_specs():
-    a = train.parse_args(["--run_name", "x"])
-    assert (a.bsz, a.epochs, a.hidden, a.emb_dim, a.rnn, a.rnn_layers, a.opt, a.gradient_clip, a.seed) == \
+    c = parse_config(["--run_name", "x"])
+    m, o, d = c.model, c.optim, c.data
+    assert (o.bsz, o.epochs, m.hidden, m.emb_dim, m.rnn, m.rnn_layers, o.opt, o.gradient_clip, o.seed) == \
         (256, 15, 1024, 300, "GRU", 1, "adamax", 0.25, 7)
-    assert (a.weight_norm, a.bidirectional, a.attention_dropout, a.answer_dropout) == (True, False, 0.2, 0.5)
-    assert (a.gqa_questions, a.gqa_cache) == (os.path.join("data/", "GQA-Questions"), os.path.join("data/", "GQA-Cache"))
-    assert a.glove == os.path.join("data/", "GloVe", "glove.6B.300d.txt") and a.checkpoint == "checkpoints/"
-    a = train.parse_args(["--run_name", "x", "--gpus", "2", "--no-weight_norm"])
-    assert (a.accelerator, a.devices, a.weight_norm) == ("gpu", 2, False)
-    assert train.make_run_name(a).startswith("x-butd-x7+")
+    assert (m.weight_norm, m.bidirectional, m.attention_dropout, m.answer_dropout) == (True, False, 0.2, 0.5)
+    assert (d.dataset, d.gqa_questions, d.gqa_cache) == \
+        ("gqa", os.path.join("data/", "GQA-Questions"), os.path.join("data/", "GQA-Cache"))
+    assert d.glove == os.path.join("data/", "GloVe", "glove.6B.300d.txt") and d.checkpoint == "checkpoints/"
+    c = parse_config(["--run_name", "x", "--gpus", "2", "--no-weight_norm", "--bidirectional"])
+    assert (c.hardware.accelerator, c.hardware.devices, c.model.weight_norm, c.model.bidirectional) == \
+        ("gpu", 2, False, True)
+    assert run_name(c).startswith("x-butd-x7+")
 
 
 def test_a_second_run_in_the_same_minute_gets_its_own_name(tmp_path):
-    a = train.parse_args(["--run_name", "x", "--checkpoint", str(tmp_path)])
-    first = train.make_run_name(a)
+    c = parse_config(["--run_name", "x", "--checkpoint", str(tmp_path)])
+    first = run_name(c)
     os.makedirs(tmp_path / "runs" / first)
-    second = train.make_run_name(a)
+    second = run_name(c)
     assert second != first
     if second.startswith(first):          # unless the minute turned in between
         assert second == first + "-2"
@@ -85,8 +92,8 @@ def test_missing_input_names_the_file_and_the_command(tmp_path):
 
 
 def test_training_beats_the_majority_answer_and_writes_the_run(trained):
-    root, _, ckpt, trainer, checkpoints = trained
-    labels = questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "testdev").labels
+    root, _, ckpt, trainer, checkpoints, _ = trained
+    labels = questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "testdev").targets["labels"]
     majority = np.bincount(labels[labels >= 0]).max() / (labels >= 0).sum()
     events = metrics_of(trainer)
     assert events["status"] == "success"
@@ -101,9 +108,22 @@ def test_training_beats_the_majority_answer_and_writes_the_run(trained):
     assert len([n for n in names if n.startswith("butd-epoch=")]) == 3 and "last.ckpt" in names
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
-    assert config["run"] == os.path.basename(run_dir) == trainer.logger.name
-    assert config["cache_dir"] == os.path.abspath(os.path.join(root, "GQA-Cache"))
-    assert config["data"]["v_dim"] == 64 and config["args"]["hidden"] == 128
+    assert os.path.basename(run_dir) == trainer.logger.name
+    assert config["gqa_cache"] == os.path.join(root, "GQA-Cache") and config["hidden"] == 128
+    assert LitVQA.load_from_checkpoint(checkpoints.best_model_path).hparams.v_dim == 64
+
+
+def test_a_run_started_from_its_saved_config_resolves_to_the_same_configuration(trained, tmp_path):
+    import yaml
+    *_, checkpoints, argv = trained
+    saved = os.path.join(os.path.dirname(checkpoints.best_model_path), "config.json")
+    ran = parse_config(argv)
+    assert parse_config(["--config", saved]) == ran
+    with open(saved) as f, open(tmp_path / "run.yaml", "w") as out:
+        yaml.safe_dump(json.load(f), out)
+    assert parse_config(["--config", str(tmp_path / "run.yaml")]) == ran
+    changed = parse_config(["--config", str(tmp_path / "run.yaml"), "--hidden", "64", "--no_weight_norm"])
+    assert (changed.model.hidden, changed.model.weight_norm, changed.optim.lr) == (64, False, ran.optim.lr)
 
 
 def test_fast_dev_run(trained):
@@ -113,7 +133,7 @@ def test_fast_dev_run(trained):
 
 
 def test_resume_continues_at_the_next_epoch(trained):
-    _, data, ckpt, first, checkpoints = trained
+    _, data, ckpt, first, checkpoints, _ = trained
     last = os.path.join(os.path.dirname(checkpoints.best_model_path), "last.ckpt")
     before = metrics_of(first)
     trainer, _ = train.main(["--run_name", "learn", *data, "--checkpoint", str(ckpt), *FAST,
@@ -147,15 +167,15 @@ def test_ddp_two_processes_on_cpu(trained, tmp_path):
 def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp_path, monkeypatch):
     paths = generate(str(tmp_path), seed=5, train_images=8, val_images=2, test_images=2, testdev_images=2,
                      questions_per_image=3, feature_dim=16, emb_dim=EMB)
-    args = train.parse_args(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"],
-                             "--emb_dim", str(EMB)])
-    qdir = os.path.join(args.gqa_cache, "questions")
-    train.ensure_caches(args)
+    config = parse_config(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"],
+                           "--emb_dim", str(EMB)])
+    inputs, features = question_inputs(config), config.data.gqa_features
+    qdir = ensure_caches(inputs, features)
     built = questions.read_manifest(qdir)["fingerprint"]
-    train.ensure_caches(args)                                     # up to date: nothing rebuilt
+    ensure_caches(inputs, features)                               # up to date: nothing rebuilt
     assert questions.read_manifest(qdir)["fingerprint"] == built
 
-    qfile = os.path.join(args.gqa_questions, "train_balanced_questions.json")
+    qfile = os.path.join(config.data.gqa_questions, "train_balanced_questions.json")
     with open(qfile) as f:
         data = json.load(f)
     next(iter(data.values()))["question"] = "Is there a zebra in the picture?"
@@ -163,16 +183,16 @@ def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp
         json.dump(data, f)
     monkeypatch.setenv("LOCAL_RANK", "1")                         # an extra DDP process never builds
     with pytest.raises(questions.StaleCacheError, match="train"):
-        train.ensure_caches(args)
+        ensure_caches(inputs, features)
     monkeypatch.delenv("LOCAL_RANK")
-    train.ensure_caches(args)                                     # the first process rebuilds
+    ensure_caches(inputs, features)                               # the first process rebuilds
     assert questions.read_manifest(qdir)["fingerprint"] != built
     assert "zebra" in questions.load_vocab(qdir).word2idx
 
 
 def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):
     import evaluate
-    root, _, _, _, checkpoints = trained
+    root, _, _, _, checkpoints, _ = trained
     qdir = os.path.join(root, "GQA-Cache", "questions")
     out = str(tmp_path / "testdev.json")
     scores = evaluate.main(["--checkpoint", checkpoints.best_model_path, "--out", out])
@@ -183,21 +203,21 @@ def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):
     _, label2ans = questions.load_answers(qdir)
     assert {p["prediction"] for p in preds} <= set(label2ans)
     # the scores recomputed from the written predictions
-    answer = {q: label2ans[label] for q, label in zip(testdev.question_ids, testdev.labels)}
+    answer = {q: label2ans[label] for q, label in zip(testdev.question_ids, testdev.targets["labels"])}
     correct = np.mean([answer[p["questionId"]] == p["prediction"] for p in preds])
     assert scores["overall"] == {"accuracy": pytest.approx(correct), "count": len(testdev)}
-    assert scores["overall"]["accuracy"] > scores["majority_baseline"] + 0.2
+    assert scores["overall"]["accuracy"] > scores["baseline_score"] + 0.2
     with open(str(tmp_path / "testdev-scores.json")) as f:
-        assert json.load(f)["structural"]["query"]["count"] == int((testdev.structural == "query").sum())
+        assert json.load(f)["structural"]["query"]["count"] == int((testdev.types["structural"] == "query").sum())
 
 
 def test_evaluate_on_a_split_without_answers(trained, tmp_path, capsys):
     import evaluate
-    root, _, _, _, checkpoints = trained
+    root, _, _, _, checkpoints, _ = trained
     out = str(tmp_path / "test.json")
     scores = evaluate.main(["--checkpoint", checkpoints.best_model_path, "--split", "test", "--out", out])
     assert scores["overall"] == {"accuracy": None, "count": 0}
-    assert "no accuracy can be computed" in capsys.readouterr().out
+    assert "no score can be computed" in capsys.readouterr().out
     test = questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "test")
     with open(out) as f:
         assert [p["questionId"] for p in json.load(f)] == test.question_ids.tolist()

@@ -1,54 +1,11 @@
 """TSV rows: decoding both layouts, the spec's spatial formula bit for bit, and clear errors."""
-import base64
-import csv
-import os
-import sys
 
 import numpy as np
 import pytest
 
-from butd.sample import SceneModel, format_row
-from butd.tsv import TSVFormatError, decode_row, detect_layout, spatial_features
-
-# ../shared beside the checkout, as on our machines and in CI
-REAL_TSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "shared", "fixtures",
-                        "real", "coco_train2014_obj36_10rows.tsv")
-FIELDNAMES = ["img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
-              "num_boxes", "boxes", "features"]
-
-
-def spec_spatials(bb: np.ndarray, img_w: str, img_h: str) -> np.ndarray:
-    """The specification's step-3 spatial features, verbatim (sizes arrive as TSV strings)."""
-    image_w = float(img_w)
-    image_h = float(img_h)
-    box_width = bb[:, 2] - bb[:, 0]
-    box_height = bb[:, 3] - bb[:, 1]
-    scaled_width = box_width / image_w
-    scaled_height = box_height / image_h
-    scaled_x = bb[:, 0] / image_w
-    scaled_y = bb[:, 1] / image_h
-    scaled_width = scaled_width[..., np.newaxis]
-    scaled_height = scaled_height[..., np.newaxis]
-    scaled_x = scaled_x[..., np.newaxis]
-    scaled_y = scaled_y[..., np.newaxis]
-    return np.concatenate((scaled_x, scaled_y, scaled_x + scaled_width, scaled_y + scaled_height,
-                           scaled_width, scaled_height), axis=1)
-
-
-def spec_rows(path: str) -> list:
-    """Rows decoded independently, as the specification reads them (csv + base64 + frombuffer)."""
-    csv.field_size_limit(sys.maxsize)
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", fieldnames=FIELDNAMES))
-    for item in rows:
-        n = int(item["num_boxes"])
-        item["boxes"] = np.frombuffer(base64.b64decode(item["boxes"]), np.float32).reshape(n, -1)
-        item["features"] = np.frombuffer(base64.b64decode(item["features"]), np.float32).reshape(n, -1)
-        for k, dtype in (("objects_id", np.int64), ("objects_conf", np.float32),
-                         ("attrs_id", np.int64), ("attrs_conf", np.float32)):
-            item[k] = np.frombuffer(base64.b64decode(item[k]), dtype)
-    return rows
-
+from butd.synthetic.scene import SceneModel, format_row
+from butd.features.tsv import TSVFormatError, decode_row, detect_layout, spatial_features
+from helpers import REAL_TSV, spec_rows, spec_spatials
 
 def make_row(seed=0, num_boxes=36, feature_dim=32, image_id="2300001"):
     rng = np.random.default_rng(seed)

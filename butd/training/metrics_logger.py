@@ -58,9 +58,13 @@ class MetricLogger(Logger):
     @rank_zero_only
     def log_hyperparams(self, params, *args, **kwargs) -> None:
         # The Trainer logs the module's hyper-parameters; train.py logs the whole run configuration
-        # first. Both are kept, merged into one dictionary.
+        # first. Both are kept, merged into one flat dictionary as the specification's (the module
+        # groups its model and optimiser options in dictionaries of their own).
         params = vars(params) if isinstance(params, Namespace) else dict(params)
-        self.events.setdefault("hyperparams", {}).update(params)
+        flat = {}
+        for key, value in params.items():
+            flat.update(value if isinstance(value, dict) and key in ("model", "optim") else {key: value})
+        self.events.setdefault("hyperparams", {}).update(flat)
 
     @rank_zero_only
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -125,20 +124,6 @@ def chunk_file(path: str, field: Field, chunk: int) -> str:
     """Path of chunk ``chunk`` of ``field`` (zarr v3 default chunk keys, '/' separator)."""
     trailing = ["0"] * len(field.per_image)
     return os.path.join(path, field.name, "c", str(chunk), *trailing)
-
-
-# Which store serves which question split: vg_gqa_obj36.tsv holds the train, val and test images,
-# gqa_testdev_obj36.tsv only the testdev ones. Rows are found by image id, never by split name.
-STORE_FOR_SPLIT = {"train": "trainval", "val": "trainval", "test": "trainval", "testdev": "testdev"}
-SPLITS = tuple(STORE_FOR_SPLIT)
-# The specification's input file names for each store.
-TSV_FOR_STORE = {"trainval": "vg_gqa_obj36.tsv", "testdev": "gqa_testdev_obj36.tsv"}
-
-
-def store_path(cache_dir: str, split_or_store: str) -> str:
-    """``<cache_dir>/<store>.zarr`` for a store name or a question split."""
-    name = STORE_FOR_SPLIT.get(split_or_store, split_or_store)
-    return os.path.join(cache_dir, f"{name}.zarr")
 
 
 def read_complete_attrs(path: str, error=ValueError) -> StoreAttrs:

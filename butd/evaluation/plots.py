@@ -1,6 +1,6 @@
 """PNG plots: training curves from metrics files, and the benchmarks' figures, through one helper.
 
-    python -m butd.plots checkpoints/metrics/*-metrics.json --out curves.png
+    python -m butd.evaluation.plots checkpoints/metrics/*-metrics.json --out curves.png
 
 ``line_plot`` is the one drawing routine; ``plot_training_curves`` (runs side by side) and the
 benchmarks (throughput against workers or batch size) both go through it.

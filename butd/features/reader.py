@@ -1,4 +1,4 @@
-"""Read batches of image features out of a converted feature store (see ``butd.schema``).
+"""Read batches of image features out of a converted feature store (see ``butd.features.schema``).
 
     store = FeatureStore("data/GQA-Cache/trainval.zarr")            # memory-mapped, the default
     features, spatials = store.gather([17, 3, 17, 900])              # torch tensors [4, K, D], [4, K, 6]
@@ -18,7 +18,7 @@ How a batch is read depends on the store and on ``cache``:
   pinned allocator rounds the size up to a power of two: budget up to 2x the store); batches
   are then ``index_select`` from RAM. ``cache="gpu"``: the same, resident on ``device`` (default: the
   current CUDA device), and batches are gathered there. Both are built in the process that gathers;
-  use them from the main process (``num_workers=0``), which ``butd.data`` does.
+  use them from the main process (``num_workers=0``), which ``butd.loading`` does.
 
 Nothing is opened in ``__init__`` beyond reading the store's JSON metadata: memory maps, zarr arrays
 and resident caches are created lazily in the process that gathers (zarr's event loop is not
@@ -34,7 +34,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
-from butd import schema
+from butd.features import schema
 
 CACHES = ("none", "pinned", "gpu")
 # The two fields a training batch needs; the rest of the store (boxes, ids, ...) is for analysis.

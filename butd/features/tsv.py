@@ -1,6 +1,6 @@
 """Rows of a bottom-up-attention features TSV: splitting, checking, decoding, and the 6-d spatials.
 
-Two layouts exist (``butd.schema.TSV_COLUMNS``): the 10-column obj36 one of the GQA files and the
+Two layouts exist (``butd.features.schema.TSV_COLUMNS``): the 10-column obj36 one of the GQA files and the
 6-column one of Anderson's features (width before height). A line's field count tells them apart.
 Arrays are base64 of little-endian float32 (boxes, features, confidences) or int64 (object and
 attribute ids); lines may end in "\\n" or "\\r\\n".
@@ -12,13 +12,12 @@ Checking comes in two strengths, both raising ``TSVFormatError`` that names file
 from __future__ import annotations
 
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
-from butd.sample import ImageRow
-from butd.schema import LAYOUTS, TSV_COLUMNS
+from butd.features.schema import LAYOUTS, TSV_COLUMNS
 
 try:   # SIMD base64 (tens of GB/s); binascii (about 1 GB/s) decodes exactly the same
     from pybase64 import b64decode as _pybase64_decode
@@ -44,6 +43,25 @@ ARRAY_COLUMNS = {
     "boxes": (np.dtype("<f4"), 4),
     "features": (np.dtype("<f4"), None),
 }
+
+
+@dataclass
+class ImageRow:
+    """One row of a features TSV, decoded."""
+    image_id: str
+    img_h: int
+    img_w: int
+    boxes: np.ndarray                      # [num_boxes, 4] float32, x1 y1 x2 y2 in pixels
+    features: np.ndarray                   # [num_boxes, feature_dim] float32
+    objects_id: np.ndarray = None          # [num_boxes] int64 (obj36 layout only)
+    objects_conf: np.ndarray = None        # [num_boxes] float32
+    attrs_id: np.ndarray = None
+    attrs_conf: np.ndarray = None
+    scene: dict = field(default_factory=dict)   # what the image shows (synthetic data only)
+
+    @property
+    def num_boxes(self) -> int:
+        return len(self.boxes)
 
 
 class TSVFormatError(ValueError):

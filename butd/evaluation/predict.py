@@ -1,0 +1,81 @@
+"""A checkpoint's predictions for a split, scored by its task, written in its submission format.
+
+``evaluate.py`` is the command line. The data is found through the configuration saved beside the
+checkpoint (``config.json`` in the run directory); inference runs in batches through the training
+loader, in question order.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from butd import questions
+from butd.loading import VQADataModule
+from butd.training.config import load_config
+from butd.training.lit import LitVQA
+
+
+@torch.inference_mode()
+def predict(lit: LitVQA, loader, num_questions: int, device: torch.device) -> np.ndarray:
+    """Predicted answer label for every question of the loader's split, by question position."""
+    predicted = np.full(num_questions, -1, dtype=np.int64)
+    for i, batch in enumerate(loader):
+        out = lit.predict_step({k: v.to(device, non_blocking=True) for k, v in batch.items()}, i)
+        predicted[out["index"].cpu().numpy()] = out["prediction"].cpu().numpy()
+    missing = np.flatnonzero(predicted < 0)
+    if len(missing):
+        raise RuntimeError(f"the loader skipped {len(missing)} of {num_questions} questions "
+                           f"(e.g. positions {missing[:5].tolist()})")
+    return predicted
+
+
+def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = None, cache: Optional[str] = None,
+             bsz: int = 512, num_workers: int = 0, accelerator: str = "auto", say=print) -> dict:
+    """Predict ``split`` (default: the task's validation split) with ``checkpoint``, print the task's
+    scores beside its answer-prior baseline, write the predictions to ``out`` (default
+    ``<run dir>/predictions/<split>-predictions.json``) and the scores beside them
+    (``<out stem>-scores.json``); returns the scores."""
+    config = load_config(checkpoint)
+    paths = config.data.paths()
+    cache_dir = cache or paths["cache"]
+    want_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if want_gpu else "cpu")
+
+    lit = LitVQA.load_from_checkpoint(checkpoint, map_location=device).eval()
+    task = lit.task
+    split = split or task.val_split
+    task.split(split)
+    dm = VQADataModule(task.name, cache_dir, batch_size=bsz, num_workers=num_workers,
+                       pin_memory=device.type == "cuda")
+    dm.setup("predict")
+    questions.check_vocabulary(lit.hparams.vocabulary, dm.questions_dir, f"the checkpoint {checkpoint}")
+    arrays = dm.questions(split)
+    if not len(arrays):
+        raise ValueError(f"{dm.questions_dir}: the {split} split has no questions; nothing to evaluate")
+    say(f"[*] evaluating {checkpoint} on {split}: {len(arrays)} questions")
+    predicted = predict(lit, dm.dataloader_for(split), len(arrays), device)
+
+    scores = task.evaluate(arrays, predicted, dm.label2ans)
+    baseline, baseline_score = task.baseline(dm.questions(dm.train_split), arrays, dm.label2ans)
+    scores.update(split=split, checkpoint=os.path.abspath(checkpoint), baseline=baseline,
+                  baseline_score=baseline_score)
+
+    out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "predictions",
+                              f"{split}-predictions.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    entries = task.write_predictions(out, arrays, predicted, dm.label2ans, config.data.paths()["questions"])
+    scores_file = os.path.splitext(out)[0] + "-scores.json"
+    with open(scores_file, "w") as f:
+        json.dump(scores, f, indent=2)
+
+    if scores["overall"]["count"]:
+        say(task.format_scores(scores))
+        say(f"answer-prior baseline ({baseline}): {100 * baseline_score:.2f}%")
+    else:
+        say(f"[*] {split} has no answers: predictions written, no score can be computed")
+    say(f"[*] predictions ({entries}): {out}\n[*] scores: {scores_file}")
+    return scores

@@ -1,0 +1,147 @@
+"""Pass 2 of a conversion: decode one store chunk's rows and write every field's chunk, then the
+chunk's done marker. Runs in worker processes; each opens the store's zarr arrays itself (zarr's
+event loop does not survive a fork)."""
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+
+import numpy as np
+
+from butd.features import schema
+from butd.features.convert.direct_io import Background, write_file
+from butd.features.convert.float16 import float32_to_float16
+from butd.features.schema import StoreAttrs, fields_for
+from butd.features.tsv import decode_row, spatial_features
+
+PROGRESS_DIR = "_progress"
+
+_ARRAYS: dict = {}
+_BUFFERS: dict = {}
+
+_BUFFERS: dict = {}
+
+
+def _arrays(out_path: str, fingerprint: str, names) -> dict:
+    # Keyed by the fingerprint too: a store re-made at the same path with other settings (another
+    # dtype, say) must not be written through the old store's array objects.
+    key = (out_path, fingerprint)
+    if key not in _ARRAYS:
+        import zarr
+        _ARRAYS.clear()
+        # write_empty_chunks: every chunk file must exist, since the loader memory-maps them.
+        _ARRAYS[key] = {n: zarr.open_array(os.path.join(out_path, n), mode="r+")
+                        .with_config({"write_empty_chunks": True}) for n in names}
+    return _ARRAYS[key]
+
+
+
+def _buffers(attrs: StoreAttrs) -> dict:
+    """One chunk's worth of every field (little-endian), re-used from chunk to chunk."""
+    key = (attrs.fingerprint, attrs.max_boxes, attrs.feature_dim)
+    if key not in _BUFFERS:
+        _BUFFERS.clear()
+        _BUFFERS[key] = {f.name: _aligned_zeros((attrs.chunk_images,) + f.shape(attrs)[1:],
+                                                f.numpy_dtype(attrs).newbyteorder("<"))
+                         for f in fields_for(attrs.layout)}
+    return _BUFFERS[key]
+
+
+def _aligned_zeros(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """Zeros in page-aligned memory (anonymous mmap), so that chunks can be written with O_DIRECT."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
+
+
+_SCRATCH: dict = {}
+
+
+def _put_features(bufs: dict, i: int, features: np.ndarray) -> None:
+    """Row ``i``'s features (float32 [num_boxes, dim]) in the store's dtype, padding zeroed."""
+    n = len(features)
+    if bufs["features"].dtype == np.float16:
+        float32_to_float16(features, bufs["features"][i, :n], _SCRATCH)
+    else:
+        bufs["features"][i, :n] = features
+    bufs["features"][i, n:] = 0
+
+
+def write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows: int) -> None:
+    """Write chunk ``chunk`` of every field. Uncompressed chunks are written as the raw C-order
+    bytes zarr itself would write (bytes codec, little-endian; the last chunk full-size with zero
+    padding), which skips zarr's per-call overhead; compressed ones go through zarr."""
+    if attrs.compressor == "none":
+        # The big features chunk (a few ms waiting on the disk with O_DIRECT) is written by a
+        # thread while this one creates the small fields' directories and files.
+        background = None
+        for f in sorted(fields_for(attrs.layout), key=lambda f: f.name != "features"):
+            path = schema.chunk_file(out_path, f, chunk)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if f.name == "features":
+                background = Background(write_file, path, bufs[f.name])
+            else:
+                write_file(path, bufs[f.name])
+        if background is not None:
+            background.result()
+        return
+    arrays = _arrays(out_path, attrs.fingerprint, [f.name for f in fields_for(attrs.layout)])
+    start = chunk * attrs.chunk_images
+    for f in fields_for(attrs.layout):
+        arrays[f.name][start:start + rows] = bufs[f.name][:rows]
+
+
+
+def marker_path(out_path: str, chunk: int) -> str:
+    return os.path.join(out_path, PROGRESS_DIR, f"chunk-{chunk:08d}.json")
+
+
+def write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _fill_chunk(tsv_path: str, attrs: StoreAttrs, offsets, lengths, lines, bufs: dict) -> list:
+    """Decode the rows into ``bufs`` (padding zeroed); returns their image ids."""
+    # spatials are computed from the boxes below
+    fields = [f for f in fields_for(attrs.layout) if f.name not in ("spatials", "features")]
+    ids = []
+    fd = os.open(tsv_path, os.O_RDONLY)
+    try:
+        for i, (offset, length, line_no) in enumerate(zip(offsets, lengths, lines)):
+            line = os.pread(fd, int(length), int(offset))
+            row = decode_row(line, attrs.layout, tsv_path, int(line_no), attrs.feature_dim)
+            ids.append(row.image_id)
+            _put_features(bufs, i, row.features)
+            for f in fields:
+                if f.per_image:
+                    bufs[f.name][i, :row.num_boxes] = getattr(row, f.name)
+                    bufs[f.name][i, row.num_boxes:] = 0
+                else:
+                    bufs[f.name][i] = getattr(row, f.name)
+    finally:
+        os.close(fd)
+    n = len(ids)
+    # Padded boxes are zero, so their spatials are zero too (0 / w).
+    bufs["spatials"][:n] = spatial_features(bufs["boxes"][:n], bufs["img_w"][:n], bufs["img_h"][:n])
+    for f in fields_for(attrs.layout):
+        bufs[f.name][n:] = 0
+    return ids
+
+
+def convert_chunk(task: tuple) -> tuple:
+    """Decode one chunk's rows, write every field's chunk, then the chunk's done marker."""
+    tsv_path, out_path, attrs_json, chunk, offsets, lengths, lines = task
+    attrs = StoreAttrs.from_json(attrs_json)
+    bufs = _buffers(attrs)
+    ids = _fill_chunk(tsv_path, attrs, offsets, lengths, lines, bufs)
+    write_chunk(out_path, attrs, chunk, bufs, len(ids))
+    write_json_atomic(marker_path(out_path, chunk), {
+        "chunk": chunk, "rows": len(ids), "lines": [int(lines[0]), int(lines[-1])], "image_ids": ids})
+    return chunk, len(ids), int(np.sum(lengths))
+

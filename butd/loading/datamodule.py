@@ -1,0 +1,106 @@
+"""The LightningDataModule of any task: its question cache and feature stores, as loaders.
+
+    dm = VQADataModule("gqa", "data/GQA-Cache", batch_size=256)
+    trainer = pl.Trainer(use_distributed_sampler=False, ...)   # the sampler shards itself under DDP
+    trainer.fit(model, datamodule=dm)
+
+Batches are described in ``butd.loading.batches`` and loaders in ``butd.loading.loaders``.
+``feature_cache="pinned"|"gpu"`` keeps the whole store resident (pinned host memory / the GPU) and
+gathers there by index, in the main process: those loaders always run with ``num_workers=0``, and
+with ``"gpu"`` the ``features``/``spatials`` of a batch are already on the device.
+"""
+from __future__ import annotations
+
+import os
+
+import pytorch_lightning as pl
+import torch
+
+from butd import questions as q
+from butd.features import schema
+from butd.features.reader import FeatureStore
+from butd.loading.batches import BatchDataset
+from butd.loading.loaders import make_loader
+from butd.tasks import get_task
+
+
+class VQADataModule(pl.LightningDataModule):
+    """Train on the task's train split (shuffled), validate on its validation split (in order).
+    ``cache_dir`` holds the task's feature stores and ``questions/`` (override with
+    ``questions_dir``). ``num_workers=0`` (the default) gathers batches in a background thread of
+    this process, which measured faster than worker processes (benchmarks/loader_speed.py)."""
+
+    def __init__(self, task: str, cache_dir, batch_size: int = 256, num_workers: int = 0,
+                 feature_cache: str = "none", seed: int = 7, pin_memory: bool = True, questions_dir=None,
+                 prefetch_factor: int = 2, train_split: str | None = None, val_split: str | None = None):
+        super().__init__()
+        self.task = get_task(task)
+        self.cache_dir = os.fspath(cache_dir)
+        self.questions_dir = os.fspath(questions_dir or os.path.join(self.cache_dir, "questions"))
+        self.batch_size, self.num_workers, self.feature_cache = batch_size, num_workers, feature_cache
+        self.seed, self.pin_memory, self.prefetch_factor = seed, pin_memory, prefetch_factor
+        self.train_split = train_split or self.task.train_split
+        self.val_split = val_split or self.task.val_split
+        self._questions: dict = {}
+        self._stores: dict = {}
+        self._datasets: dict = {}
+        self._ready = False
+
+    def setup(self, stage=None):
+        if self._ready:
+            return
+        if not os.path.isdir(self.questions_dir):
+            raise FileNotFoundError(f"{self.questions_dir}: no question cache here; make it with "
+                                    f"`{q.BUILD_COMMAND} --dataset {self.task.name}`")
+        manifest = q.read_manifest(self.questions_dir)
+        if manifest["task"] != self.task.name:
+            raise ValueError(f"{self.questions_dir}: a {manifest['task']} question cache, not {self.task.name}")
+        self.vocab = q.load_vocab(self.questions_dir)
+        self.ans2label, self.label2ans = q.load_answers(self.questions_dir)
+        self.glove = q.load_glove(self.questions_dir)
+        self.vocabulary = manifest["summary"]["vocabulary"]
+        self.ntoken = self.vocab.ntoken
+        self.num_answers = len(self.label2ans)
+        # read from the metadata: opening the store here would fix a GPU cache's device before
+        # Lightning has set this rank's (setup runs before fit in train.py)
+        self.v_dim = schema.read_attrs(self.task.store_path(self.cache_dir, self.train_split)).feature_dim
+        q.check_stores(self.questions_dir, self.cache_dir)
+        self._ready = True
+
+    def questions(self, split: str) -> q.QuestionArrays:
+        if split not in self._questions:
+            self._questions[split] = q.load_split(self.questions_dir, split)
+        return self._questions[split]
+
+    def store(self, split: str) -> FeatureStore:
+        """The feature store serving ``split`` (opened once per store; reading starts lazily)."""
+        path = self.task.store_path(self.cache_dir, split)
+        if path not in self._stores:
+            # resolved here, in the main thread, where Lightning has set this rank's device
+            device = torch.cuda.current_device() if self.feature_cache == "gpu" and torch.cuda.is_available() else None
+            self._stores[path] = FeatureStore(path, cache=self.feature_cache, device=device)
+        return self._stores[path]
+
+    def dataset(self, split: str) -> BatchDataset:
+        if split not in self._datasets:
+            self._datasets[split] = BatchDataset(self.questions(split), self.store(split))
+        return self._datasets[split]
+
+    def _rank_world(self):
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        return None, None  # no trainer: torch.distributed (or a single process) decides
+
+    def dataloader_for(self, split: str, shuffle: bool = False, drop_last: bool = False):
+        rank, world = self._rank_world()
+        # resident caches gather in the main process (a GPU or pinned copy cannot be shared with workers)
+        workers = self.num_workers if self.feature_cache == "none" else 0
+        return make_loader(self.dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed,
+                           drop_last=drop_last, num_workers=workers, pin_memory=self.pin_memory,
+                           prefetch_factor=self.prefetch_factor, rank=rank, world_size=world)
+
+    def train_dataloader(self):
+        return self.dataloader_for(self.train_split, shuffle=True)
+
+    def val_dataloader(self):
+        return self.dataloader_for(self.val_split)

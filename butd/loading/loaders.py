@@ -1,0 +1,110 @@
+"""The loaders over a ``BatchDataset``: a background thread filling a ring of reusable buffers (the
+default, fastest measured), or DataLoader worker processes.
+
+    loader = make_loader(dataset, batch_size=256, shuffle=True, seed=7)
+    for batch in loader:            # a batch is valid until the next one is requested:
+        train_step(batch)           # keep one longer only as batch["features"].clone()
+
+- ``num_workers=0``: a ``ThreadedLoader`` gathers ``prefetch_factor`` batches ahead in a background
+  thread of this process, each into a slot of a ``SlotRing`` allocated once (page-locked with CUDA,
+  ready for ``non_blocking`` transfer). The gather releases the GIL, so it overlaps the training
+  step. A slot is rewritten only after the consumer has asked for the next batch (and, with CUDA,
+  after the copies it queued from the slot have run): nothing is allocated or copied per batch.
+- ``num_workers>0``: a DataLoader with persistent worker processes; each opens the store lazily and
+  shares its pages through the page cache, and gathers into fresh shared-memory tensors, so handing
+  a batch over copies nothing; with CUDA, the DataLoader's pin-memory thread copies it into
+  page-locked memory.
+
+Lightning: train with ``Trainer(use_distributed_sampler=False)``; Lightning calls the sampler's
+``set_epoch`` each epoch (it finds ``loader.sampler``), which reshuffles.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import torch
+from torch.utils.data import DataLoader
+
+from butd.loading.batches import BatchDataset
+from butd.loading.sampler import ShardedBatchSampler
+from butd.loading.slots import SlotRing
+
+
+def _whole_batch(batch):
+    return batch  # the dataset already returns the finished batch
+
+
+class _End:
+    """Marks the end of a background thread's batches (or carries its exception)."""
+
+    def __init__(self, error=None):
+        self.error = error
+
+
+class ThreadedLoader:
+    """Gathers the sampler's batches ``depth`` ahead in a background thread into a ring of slots (see
+    the module docstring). Exposes ``sampler``, ``batch_sampler``, ``dataset`` and ``len`` so that
+    Lightning inspects it, sets the epoch and counts batches as for a DataLoader."""
+
+    def __init__(self, dataset: BatchDataset, sampler: ShardedBatchSampler, depth: int = 2, pin_memory: bool = True):
+        self.dataset, self.sampler, self.batch_sampler, self.depth = dataset, sampler, sampler, max(1, depth)
+        self.pin = pin_memory and torch.cuda.is_available()
+        self._ring = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def ring(self) -> SlotRing:
+        # depth batches queued, one being filled, one held by the consumer
+        if self._ring is None:
+            self._ring = SlotRing(self.dataset.specs(self.sampler.batch_size), self.depth + 2, pin=self.pin)
+        return self._ring
+
+    def __iter__(self):
+        ring = self.ring()
+        ring.reset()
+        out: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def produce():
+            try:
+                for j, indices in enumerate(self.sampler):
+                    slot, buffers = ring.acquire(j, n=len(indices))
+                    out.put((slot, self.dataset.fill(indices, buffers)))
+                out.put(_End())
+            except BaseException as e:  # re-raised in the consumer's thread
+                out.put(_End(None if stop.is_set() else e))
+
+        def batches():
+            while True:
+                item = out.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+
+        thread = threading.Thread(target=produce, name="butd-batches", daemon=True)
+        thread.start()
+        try:
+            yield from ring.handing_back(batches(), record_event=self.pin)
+        finally:
+            stop.set()
+            ring.close()        # a producer waiting for a slot gives up
+            thread.join()
+            ring.reopen()
+
+
+def make_loader(dataset: BatchDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
+                drop_last: bool = False, num_workers: int = 0, pin_memory: bool = True,
+                prefetch_factor: int = 2, rank=None, world_size=None):
+    """The loader over ``dataset``: whole batches from a ``ShardedBatchSampler``, gathered by a
+    ``ThreadedLoader`` (``num_workers=0``) or by ``num_workers`` persistent worker processes."""
+    sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                                  rank=rank, world_size=world_size)
+    if not num_workers:
+        return ThreadedLoader(dataset, sampler, depth=prefetch_factor, pin_memory=pin_memory)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_whole_batch,
+                      num_workers=num_workers, persistent_workers=True, prefetch_factor=prefetch_factor,
+                      pin_memory=pin_memory and torch.cuda.is_available())

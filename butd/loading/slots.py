@@ -1,0 +1,180 @@
+"""A fixed ring of reusable batch buffers ("slots") that a producer fills and a consumer hands back.
+
+Why: the loader must not write a new batch into memory that the consumer still reads. Deciding that
+from torch-internal storage reference counts is fragile (private APIs, and a count says nothing about
+an in-flight ``non_blocking`` copy). Instead, as in ffcv's ``loader/epoch_iterator.py``, ``size``
+buffers are allocated once and each is reused only after the consumer has said it is done.
+
+Life of a slot: batch number ``j`` always uses slot ``j % size``. ``acquire(j)`` blocks until the
+slot's previous batch (``j - size``) has been released, marks it held, and returns its tensors; the
+producer writes the batch there; the consumer reads it and calls ``release(slot)`` (or iterates with
+``handing_back``, which releases a batch when the next one is requested). Because the turn is tied to
+``j``, producers running out of order (several DataLoader workers) cannot overtake each other.
+
+Threads and processes: with ``shared=False`` the slots are ordinary (optionally page-locked) tensors
+and waiting uses ``threading``; use it for a producer thread in the consumer's process. With
+``shared=True`` the tensors live in shared memory (``share_memory_()``) and the bookkeeping in
+``multiprocessing`` shared arrays under one Condition from ``mp_context``: hand the ring to the worker
+processes when they start (e.g. as an attribute of the Dataset, pickled by ``fork`` or ``spawn``), never
+through a queue afterwards. Workers then write into the very memory the main process reads.
+
+CUDA: a consumer that queued a ``non_blocking`` host-to-device copy from a slot passes a
+``torch.cuda.Event`` recorded after it to ``release``. In one process the next ``acquire`` of that
+slot synchronizes the event before the slot may be overwritten; across processes events cannot
+travel, so ``release`` synchronizes it in the consumer before marking the slot free.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import torch
+
+_POLL_S = 0.1  # waits are cut into short polls so KeyboardInterrupt gets through
+
+
+class SlotRing:
+    """``size`` slots, each ``{name: tensor of specs[name] = (shape, dtype)}``, allocated once.
+
+    ``pin=True`` allocates page-locked memory when CUDA is available (ignored otherwise);
+    ``shared=True`` allocates shared memory for producers in other processes, with its waiting
+    primitives from ``mp_context`` (default: ``multiprocessing``'s default context). Raises
+    ``ValueError`` for ``size < 1`` or for ``pin`` with ``shared`` (page-locked memory is not
+    shareable: let the consumer copy shared slots into pinned memory)."""
+
+    def __init__(self, specs: dict, size: int, *, pin: bool = False, shared: bool = False,
+                 mp_context=None):
+        if size < 1:
+            raise ValueError(f"a SlotRing needs at least one slot, got size={size}")
+        pin = pin and torch.cuda.is_available()
+        if pin and shared:
+            raise ValueError("pin=True and shared=True cannot be combined: page-locked memory cannot be "
+                             "shared between processes; pin in the consumer instead")
+        self.size, self.shared = size, shared
+        self.slots = [{k: torch.empty(tuple(s), dtype=d, pin_memory=pin) for k, (s, d) in specs.items()}
+                      for _ in range(size)]
+        if shared:
+            for slot in self.slots:
+                for t in slot.values():
+                    t.share_memory_()
+            ctx = mp_context or multiprocessing.get_context()
+            self._cond = ctx.Condition()
+            # turn[s]: uses of slot s finished (released); held[s]: batch holding it, or -1
+            self._turn, self._held = ctx.RawArray("q", size), ctx.RawArray("q", [-1] * size)
+            self._closed = ctx.RawValue("b", 0)
+        else:
+            self._cond = threading.Condition()
+            self._turn, self._held = [0] * size, [-1] * size
+            self._closed = _Flag()
+        self._events: list = [None] * size  # single process only: event to await before reuse
+
+    def slot_of(self, j: int) -> int:
+        """The slot that batch number ``j`` uses."""
+        return j % self.size
+
+    @staticmethod
+    def view(tensors: dict, n: int) -> dict:
+        """``{name: t[:n]}``: the first ``n`` rows of each tensor (a batch smaller than the slot)."""
+        return {k: t[:n] for k, t in tensors.items()}
+
+    def acquire(self, j: int, n: int | None = None, timeout: float | None = None) -> tuple[int, dict]:
+        """Wait for slot ``j % size`` to be free for batch ``j`` and hold it; returns ``(slot, tensors)``,
+        the tensors cut to their first ``n`` rows if ``n`` is given. The caller writes the batch into
+        them. Raises ``RuntimeError`` (naming slot and batch) if ``timeout`` seconds (default: no
+        limit) pass first, if the ring is closed, or if ``j`` is behind the slot's turn (batch numbers
+        restarted without ``reset()``)."""
+        s, turn = j % self.size, j // self.size
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if self._closed.value:
+                    raise RuntimeError(f"SlotRing is closed: cannot acquire slot {s} for batch {j}")
+                if self._turn[s] > turn or self._held[s] == j:
+                    raise RuntimeError(f"batch {j} already used slot {s} (slot turn {self._turn[s]}): batch "
+                                       "numbers must keep increasing; call reset() before restarting them")
+                if self._turn[s] == turn and self._held[s] == -1:
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    holder = self._held[s]
+                    state = f"slot held by batch {holder}" if holder != -1 else "not yet acquired"
+                    raise RuntimeError(f"timed out after {timeout}s waiting for slot {s} for batch {j}: "
+                                       f"batch {j - self.size} has not been released ({state})")
+                self._cond.wait(_POLL_S if left is None else min(_POLL_S, left))
+            self._held[s] = j
+            event, self._events[s] = self._events[s], None
+        if event is not None:  # a queued copy may still read the slot
+            event.synchronize()
+        return s, (self.slots[s] if n is None else self.view(self.slots[s], n))
+
+    def release(self, slot: int, event=None) -> None:
+        """The consumer is done with ``slot``; ``event`` (a ``torch.cuda.Event`` recorded after the last
+        queued copy from it) must complete before the slot is overwritten. Raises ``RuntimeError`` if
+        the slot is not held."""
+        if event is not None and self.shared:
+            event.synchronize()
+            event = None
+        with self._cond:
+            if self._held[slot] == -1:
+                raise RuntimeError(f"slot {slot} is not held: released twice, or never acquired")
+            self._held[slot] = -1
+            self._turn[slot] += 1
+            self._events[slot] = event
+            self._cond.notify_all()
+
+    def handing_back(self, batches, record_event: bool = False):
+        """Yield the batches of an iterable of ``(slot, batch)``, releasing each one's slot when the next
+        is requested, and the last when the iteration ends or the generator is closed. A consumer
+        that keeps a batch (or a view of it) beyond the next request must ``clone()`` it. With
+        ``record_event`` (and CUDA) each release records an event on the current stream, so copies
+        the consumer queued from the batch finish before its slot is rewritten."""
+        held = None
+        try:
+            for slot, batch in batches:
+                if held is not None:  # before fetching: the producer may be waiting for this slot
+                    self._hand_back(held, record_event)
+                    held = None
+                held = slot
+                yield batch
+        finally:
+            if held is not None:
+                self._hand_back(held, record_event)
+
+    def _hand_back(self, slot: int, record_event: bool) -> None:
+        event = None
+        if record_event and torch.cuda.is_available():
+            event = torch.cuda.Event()
+            event.record()
+        self.release(slot, event)
+
+    def reset(self) -> None:
+        """Start batch numbering at 0 again (a new epoch). Raises ``RuntimeError`` if a slot is held."""
+        with self._cond:
+            held = [(s, self._held[s]) for s in range(self.size) if self._held[s] != -1]
+            if held:
+                raise RuntimeError(f"cannot reset a SlotRing while slots are held (slot, batch): {held}")
+            for s in range(self.size):
+                self._turn[s] = 0
+            self._events = [None] * self.size
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Make every waiting and future ``acquire`` raise (e.g. when an epoch is abandoned)."""
+        with self._cond:
+            self._closed.value = 1
+            self._cond.notify_all()
+
+    def reopen(self) -> None:
+        """After ``close``: free every slot, held or not, and start numbering at 0 again. Only for a
+        ring that no producer and no consumer is using any more (an abandoned epoch's threads joined)."""
+        with self._cond:
+            for s in range(self.size):
+                self._turn[s], self._held[s] = 0, -1
+            self._events = [None] * self.size
+            self._closed.value = 0
+            self._cond.notify_all()
+
+
+class _Flag:
+    value = 0

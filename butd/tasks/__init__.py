@@ -1,0 +1,26 @@
+"""The datasets, one module each behind the ``butd.tasks.base.Task`` interface.
+
+    from butd.tasks import get_task, TASK_NAMES
+    task = get_task("gqa")
+
+A task module defines ``TASK``, its one instance; adding a dataset is a module plus a line here.
+Modules are imported when first asked for, so a task's dependencies load only when it is used.
+"""
+from __future__ import annotations
+
+import importlib
+
+from butd.tasks.base import RawQuestions, Split, Task
+
+_MODULES = {"gqa": "butd.tasks.gqa"}
+TASK_NAMES = tuple(_MODULES)
+
+
+def get_task(name: str) -> Task:
+    """The task named ``name`` (a ``--dataset`` value)."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(TASK_NAMES)}")
+    return importlib.import_module(_MODULES[name]).TASK
+
+
+__all__ = ["RawQuestions", "Split", "Task", "TASK_NAMES", "get_task"]

@@ -1,0 +1,138 @@
+"""What a dataset is to the rest of the code: the ``Task`` interface.
+
+A task knows only what differs between datasets (GQA, VQA v2, NLVR2): its raw file names and
+default directories, which feature store holds each split's images and how a question's image id
+finds its row, how to read its question files, how answers become training targets and what the
+loss is, its question length, its metric and its submission format. The converters, the question
+cache, the loader, the LightningModule and evaluation take a task and never name a dataset.
+
+    from butd.tasks import get_task
+    task = get_task("gqa")
+    task.store_path("data/GQA-Cache", "train")      # data/GQA-Cache/trainval.zarr
+
+A new dataset is a new module in ``butd.tasks`` that subclasses ``Task`` and registers itself
+in ``butd.tasks.TASKS``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class Split:
+    """A question split: the feature store that holds its images, whether its file carries answers
+    (required in a split used for training or scoring), and whether its words and its answers join
+    the word and answer vocabularies."""
+    name: str
+    store: str
+    answers: bool = True
+    vocabulary: bool = True
+    answer_vocabulary: bool = True
+
+
+@dataclass
+class RawQuestions:
+    """One split's questions as read from its file(s), in file order.
+
+    ``image_ids[k]`` is the id of the k-th image of every question (one list per image of a
+    question: 1 for GQA and VQA v2, 2 for NLVR2). ``answers`` holds the task's raw answer per
+    question (None where the file has none), ``types`` the task's question types by name."""
+    path: str
+    question_ids: list
+    image_ids: list
+    questions: list
+    answers: list
+    types: Dict[str, list]
+
+    def __len__(self) -> int:
+        return len(self.question_ids)
+
+
+class Task:
+    """One dataset. Subclasses set the attributes and implement the ``NotImplementedError`` methods."""
+
+    name: str                        # the --dataset value, and the prefix of its path flags
+    title: str                       # for messages
+    questions_dir: str               # default directory names under --data
+    features_dir: str
+    cache_dir: str
+    splits: Tuple[Split, ...]
+    train_split: str
+    val_split: str
+    stores: Dict[str, Tuple[str, ...]]   # store name -> the feature TSV(s) it is converted from
+    max_length: int = 40
+    images_per_question: int = 1
+
+    # -- splits and stores -------------------------------------------------------------------------
+    def split(self, name: str) -> Split:
+        for s in self.splits:
+            if s.name == name:
+                return s
+        raise ValueError(f"{self.title} has no split {name!r}; expected one of {', '.join(self.split_names)}")
+
+    @property
+    def split_names(self) -> Tuple[str, ...]:
+        return tuple(s.name for s in self.splits)
+
+    def store_path(self, cache_dir: str, split_or_store: str) -> str:
+        """``<cache_dir>/<store>.zarr`` of a store, or of the store that serves a question split."""
+        store = split_or_store if split_or_store in self.stores else self.split(split_or_store).store
+        return os.path.join(cache_dir, f"{store}.zarr")
+
+    def question_order(self, question_ids: np.ndarray) -> np.ndarray:
+        """The order in which a split's questions are stored (an index array): sorted question ids,
+        as the specification's ``sorted(examples)``."""
+        return np.argsort(question_ids, kind="stable")
+
+    def image_key(self, image_id: str) -> str:
+        """The form in which a question's image id and a store's image id are compared. Identity by
+        default; a task whose files name one image in several ways makes them equal here."""
+        return image_id
+
+    # -- questions ---------------------------------------------------------------------------------
+    def question_files(self, questions_dir: str, split: str) -> list:
+        """The file(s) a split's questions are read from (their stats fingerprint the cache)."""
+        raise NotImplementedError
+
+    def read_split(self, questions_dir: str, split: str) -> RawQuestions:
+        """Stream and check a split's question file(s); ``QuestionFileError`` names file and id."""
+        raise NotImplementedError
+
+    # -- answers and training targets ----------------------------------------------------------------
+    def answer_vocabulary(self, raws: Dict[str, RawQuestions]) -> Tuple[dict, list]:
+        """(ans2label, label2ans) from the splits whose answers join the vocabulary."""
+        raise NotImplementedError
+
+    def targets(self, raw: RawQuestions, ans2label: dict) -> Dict[str, np.ndarray]:
+        """Per-question training targets as arrays with the question as first axis (the loader
+        gathers them with the batch); questions without an answer get the task's 'none' value."""
+        raise NotImplementedError
+
+    def loss_and_score(self, logits: torch.Tensor, batch: dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss [B], score [B], weight [B]): per-question loss and score of the arg-max answer, and
+        which questions count (1.0) or have no answer (0.0). The batch loss is
+        ``(loss * weight).sum() / weight.sum()``."""
+        raise NotImplementedError
+
+    # -- evaluation --------------------------------------------------------------------------------
+    def evaluate(self, questions, predicted: np.ndarray, label2ans: Sequence[str]) -> dict:
+        """Scores of predicted answer labels (int [N], in question order) with counts."""
+        raise NotImplementedError
+
+    def format_scores(self, scores: dict) -> str:
+        raise NotImplementedError
+
+    def baseline(self, train, questions, label2ans: Sequence[str]) -> Tuple[str, Optional[float]]:
+        """(description, score) of the best answer prior: what a model that ignores the image and
+        the question reaches; None where the split has no answers."""
+        raise NotImplementedError
+
+    def write_predictions(self, path: str, questions, predicted: np.ndarray, label2ans: Sequence[str],
+                          questions_dir: Optional[str] = None) -> int:
+        """Write predictions in the task's submission format; returns the number of entries."""
+        raise NotImplementedError

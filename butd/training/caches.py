@@ -1,0 +1,71 @@
+"""Before training: make, resume or check a task's feature stores and question cache.
+
+As the specification prepares its caches before training, ``ensure_caches`` brings each cache up to
+date by its converter where the raw inputs are present (a no-op when it already matches them; an
+interrupted conversion resumes; a store made from another TSV is an error, never silently reused).
+Where they are absent, complete caches are used as they are (e.g. on nodes that see only the
+caches). In the extra processes of a multi-process launch nothing is built: the caches must be ready.
+"""
+from __future__ import annotations
+
+import os
+
+from butd import questions
+from butd.features import schema
+from butd.features.convert import convert_tsv
+from butd.tasks import get_task
+
+
+def is_launcher_child() -> bool:
+    """True in every process but the first one of a multi-process launch (torchrun, SLURM, or
+    Lightning's own re-runs of the training script)."""
+    return any(int(os.environ.get(v, "0")) > 0 for v in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
+def _require(path: str, what: str, makes: str, command: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: {what} not found; it is needed to make {makes}. "
+                                f"Download it, point the matching flag at it, or make {makes} with `{command}`")
+
+
+def question_inputs(config) -> questions.Inputs:
+    """The question cache's inputs for a resolved ``TrainConfig``."""
+    paths = config.data.paths()
+    return questions.Inputs(config.data.dataset, paths["questions"], paths["glove"], paths["cache"],
+                            emb_dim=config.model.emb_dim, drop_missing=config.data.drop_missing)
+
+
+def ensure_caches(inputs: questions.Inputs, features_dir: str, say=print) -> str:
+    """Make or check the stores of ``inputs.task`` under ``inputs.cache`` (from ``features_dir``)
+    and its question cache ``<cache>/questions``; returns the question cache's directory."""
+    task = get_task(inputs.task)
+    child = is_launcher_child()
+    for store, files in task.stores.items():
+        path = task.store_path(inputs.cache, store)
+        tsv = os.path.join(features_dir, files[0])
+        complete = os.path.exists(path) and schema.read_attrs(path).complete
+        if child or (complete and not os.path.exists(tsv)):
+            if not complete:
+                raise FileNotFoundError(f"{path}: feature store missing or incomplete; in a multi-process "
+                                        "launch make the caches first with `python converters/tsv_to_zarr.py "
+                                        f"--dataset {task.name}`")
+            continue
+        _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {tsv} --out {path}")
+        say(str(convert_tsv(tsv, path)))
+
+    qdir = os.path.join(inputs.cache, "questions")
+    command = (f"{questions.BUILD_COMMAND} --dataset {task.name} --questions {inputs.questions} "
+               f"--glove {inputs.glove} --cache {inputs.cache}")
+    if os.path.exists(inputs.questions) and os.path.exists(inputs.glove):
+        if child:
+            questions.check_inputs(qdir, inputs)     # the first process has built it
+        else:
+            questions.build(inputs, qdir)
+        return qdir
+    try:
+        questions.read_manifest(qdir)
+    except FileNotFoundError:
+        _require(inputs.questions, f"{task.title} questions directory", qdir, command)
+        _require(inputs.glove, "GloVe file", qdir, command)
+    say(f"[*] raw questions or GloVe not found: using the question cache {qdir} unchecked")
+    return qdir

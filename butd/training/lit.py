@@ -1,0 +1,108 @@
+"""The LightningModule: a BUTD or FiLM model (``butd.models``), the task's loss, metrics and optimiser.
+
+    lit = LitVQA(task="gqa", model={"model": "butd", "hidden": 1024}, ntoken=dm.ntoken,
+                 num_answers=dm.num_answers, v_dim=dm.v_dim)
+    lit.model.load_embeddings(dm.glove)
+    pl.Trainer(gradient_clip_val=0.25, ...).fit(lit, datamodule=dm)
+    lit = LitVQA.load_from_checkpoint(path)          # everything needed to rebuild is in hparams
+
+``model`` and ``optim`` are the run's ``ModelConfig`` and ``OptimConfig`` as dicts (defaults for what
+they leave out), so the checkpoint's hyper-parameters are exactly the run's model and optimiser
+configuration. ``vocabulary`` is the identity of the word and answer lists the model was trained
+with (``butd.questions.vocabulary_identity``); evaluation and resuming refuse a question cache whose
+lists differ.
+
+A batch is the loader's dict (``butd.loading.batches``). The loss and the score of a prediction are
+the task's (``Task.loss_and_score``): questions without an answer count in neither.
+
+Logged under the specification's names: ``train_loss`` and ``train_acc`` per step, ``train_epoch_loss``
+and ``train_epoch_acc`` per epoch, ``val_loss`` and ``val_acc`` per validation. Epoch figures are
+means over the answered questions of all ranks (sums and counts, synchronised at compute), not means
+of per-step means as in the specification. Gradient clipping is the Trainer's (``gradient_clip_val``).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytorch_lightning as pl
+import torch
+from torchmetrics import Metric
+
+from butd.models import build_model
+from butd.models.base import SPATIAL_DIM
+from butd.tasks import get_task
+from butd.training.config import ModelConfig, OptimConfig
+
+OPTIMIZERS = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+
+
+class WeightedMean(Metric):
+    """sum(value * weight) / sum(weight), summed over ranks at compute. (torchmetrics' MeanMetric
+    either checks for nans, which makes the host wait for the GPU at every step, or, with
+    nan_strategy="disable", silently drops the weights: torchmetrics 1.9.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value, weight):
+        self.total += (value.double() * weight).sum()
+        self.weight += weight.sum()
+
+    def compute(self):
+        return (self.total / self.weight).float()
+
+
+class LitVQA(pl.LightningModule):
+    def __init__(self, task: str = "gqa", model: dict | None = None, optim: dict | None = None, *,
+                 ntoken: int, num_answers: int, v_dim: int = 2048, spatial_dim: int = SPATIAL_DIM,
+                 vocabulary: dict | None = None):
+        """``model``/``optim``: fields of ``ModelConfig``/``OptimConfig`` (the rest default);
+        ``ntoken``, ``num_answers``, ``v_dim``, ``spatial_dim``: sizes from the data."""
+        super().__init__()
+        self.task = get_task(task)
+        self.model_config, self.optim_config = ModelConfig(**(model or {})), OptimConfig(**(optim or {}))
+        # the hyper-parameters hold every option, defaults included: a later default cannot alter a checkpoint
+        model, optim = dataclasses.asdict(self.model_config), dataclasses.asdict(self.optim_config)
+        self.save_hyperparameters()
+        if self.optim_config.opt not in OPTIMIZERS:
+            raise ValueError(f"unknown optimiser {self.optim_config.opt!r}; expected one of {sorted(OPTIMIZERS)}")
+        self.model = build_model(self.model_config.model, ntoken=ntoken, num_answers=num_answers, v_dim=v_dim,
+                                 spatial_dim=spatial_dim, **self.model_config.model_kwargs())
+        self.metrics = torch.nn.ModuleDict({name: WeightedMean() for name in
+                                            ("train_epoch_loss", "train_epoch_acc", "val_loss", "val_acc")})
+
+    def forward(self, batch):
+        return self.model(batch["features"], batch["spatials"], batch["tokens"])
+
+    def _loss_and_score(self, batch, stage: str):
+        """Per-batch mean loss and score over answered questions; feeds the epoch metrics."""
+        losses, scores, weights = self.task.loss_and_score(self(batch), batch)
+        count = weights.sum().clamp(min=1)
+        loss, acc = (losses * weights).sum() / count, (scores * weights).sum() / count
+        epoch = "train_epoch_" if stage == "train" else "val_"
+        self.metrics[epoch + "loss"].update(losses, weight=weights)
+        self.metrics[epoch + "acc"].update(scores, weight=weights)
+        return loss, acc
+
+    def training_step(self, batch, batch_idx):
+        loss, acc = self._loss_and_score(batch, "train")
+        self.log_dict({"train_loss": loss, "train_acc": acc}, on_step=True, on_epoch=False)
+        self.log_dict({k: self.metrics[k] for k in ("train_epoch_loss", "train_epoch_acc")},
+                      on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._loss_and_score(batch, "val")
+        self.log_dict({k: self.metrics[k] for k in ("val_loss", "val_acc")},
+                      on_step=False, on_epoch=True, prog_bar=True)
+
+    def predict_step(self, batch, batch_idx, dataloader_idx=0):
+        logits = self(batch)
+        return {"index": batch["index"], "logits": logits, "prediction": logits.argmax(dim=1)}
+
+    def configure_optimizers(self):
+        kwargs = {k: getattr(self.optim_config, k) for k in ("lr", "weight_decay")
+                  if getattr(self.optim_config, k) is not None}
+        return OPTIMIZERS[self.optim_config.opt](self.parameters(), **kwargs)

@@ -1,0 +1,109 @@
+"""One training run from a ``TrainConfig``: caches, data, model, loggers, checkpoints, Trainer, fit.
+
+``train.py`` is its command line. Each run writes, under ``--checkpoint``: ``runs/<run>/config.json``
+(the resolved configuration: ``--config`` reads it back, ``evaluate.py`` finds the data through
+it), ``runs/<run>/butd-epoch=..-val_loss=..-val_acc=...ckpt`` (the top 3 by val_acc, and
+``last.ckpt``), ``metrics/<run>-metrics.json`` (the specification's metric file) and, with
+``--logger csv|tensorboard``, ``logs/<run>/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import datetime
+
+from butd.training.config import TrainConfig
+
+
+def run_name(config: TrainConfig) -> str:
+    """The specification's run name: <run_name>-<model>-x<seed>+<month>-<day>-[<hour>:<minute>]
+    (-2, -3, ... if taken); a resumed run keeps its run directory's name."""
+    if config.run.resume:
+        return os.path.basename(os.path.dirname(os.path.abspath(config.run.resume)))
+    name = base = (f"{config.run.run_name}-{config.model.model}-x{config.optim.seed}"
+                   f"+{datetime.now().strftime('%m-%d-[%H:%M]')}")
+    # Two runs started in the same minute would share checkpoints and metrics: number the later one.
+    # (Only rank zero writes, so another rank choosing another suffix changes nothing.)
+    n = 1
+    while os.path.exists(os.path.join(config.data.checkpoint, "runs", name)):
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def checkpoint_vocabulary(path: str):
+    """The vocabulary identity a checkpoint was trained with (None for one that has none)."""
+    import torch
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return checkpoint.get("hyper_parameters", {}).get("vocabulary")
+
+
+def make_loggers(config: TrainConfig, run: str) -> list:
+    """The specification's metrics JSON, and the Lightning logger ``--logger`` names."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from butd.training.metrics_logger import MetricLogger
+    loggers = [MetricLogger(name=run, save_dir=config.data.checkpoint, resume=bool(config.run.resume))]
+    logs = os.path.join(config.data.checkpoint, "logs")
+    if config.run.logger == "csv":
+        loggers.append(CSVLogger(logs, name=run, version=""))
+    elif config.run.logger == "tensorboard":
+        loggers.append(TensorBoardLogger(logs, name=run, version="", default_hp_metric=False))
+    return loggers
+
+
+def train(config: TrainConfig):
+    """Train as ``config`` says; returns the Trainer and the ModelCheckpoint callback."""
+    import pytorch_lightning as pl
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.utilities import rank_zero_info
+
+    from butd import questions
+    from butd.loading import VQADataModule
+    from butd.training.caches import ensure_caches, question_inputs
+    from butd.training.config import save_config
+    from butd.training.lit import LitVQA
+
+    run = run_name(config)
+    rank_zero_info(f"[*] Starting Train Job in Mode {config.data.dataset.upper()} with Run Name: {run}")
+    pl.seed_everything(config.optim.seed, workers=True)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")     # TF32 matmuls: the usual trade on Ampere and newer
+
+    paths = config.data.paths()
+    qdir = ensure_caches(question_inputs(config), paths["features"], say=rank_zero_info)
+    dm = VQADataModule(config.data.dataset, paths["cache"], batch_size=config.optim.bsz,
+                       num_workers=config.data.num_workers, feature_cache=config.data.feature_cache,
+                       seed=config.optim.seed, questions_dir=qdir)
+    dm.setup("fit")
+    if config.run.resume:
+        questions.check_vocabulary(checkpoint_vocabulary(config.run.resume), qdir, f"the checkpoint {config.run.resume}")
+    lit = LitVQA(config.data.dataset, model=dataclasses.asdict(config.model), optim=dataclasses.asdict(config.optim),
+                 ntoken=dm.ntoken, num_answers=dm.num_answers, v_dim=dm.v_dim, vocabulary=dm.vocabulary)
+    lit.model.load_embeddings(dm.glove)
+    if config.hardware.compile:
+        lit.model.compile()       # in place: parameter names (and checkpoints) stay uncompiled
+
+    run_dir = os.path.join(config.data.checkpoint, "runs", run)
+    loggers = make_loggers(config, run)
+    loggers[0].log_hyperparams(config.flat())
+    checkpoints = ModelCheckpoint(dirpath=run_dir, filename="butd-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
+                                  monitor="val_acc", mode="max", save_top_k=3, save_last=True)
+    hw = config.hardware
+    trainer = pl.Trainer(
+        default_root_dir=config.data.checkpoint, max_epochs=config.optim.epochs, max_steps=config.optim.max_steps,
+        gradient_clip_val=config.optim.gradient_clip, gradient_clip_algorithm="norm",
+        accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
+        precision=hw.precision, logger=loggers, callbacks=[checkpoints], fast_dev_run=config.run.fast_dev_run,
+        log_every_n_steps=config.run.log_every, benchmark=True,
+        use_distributed_sampler=False)       # the loader's sampler shards itself across ranks
+    if trainer.is_global_zero and not config.run.fast_dev_run:
+        save_config(run_dir, config)
+
+    rank_zero_info("\n[*] Training...\n")
+    trainer.fit(lit, datamodule=dm, ckpt_path=config.run.resume)
+    if checkpoints.best_model_path:
+        rank_zero_info(f"[*] best checkpoint: {checkpoints.best_model_path} "
+                       f"(val_acc {float(checkpoints.best_model_score):.4f})")
+    return trainer, checkpoints

@@ -1,0 +1,164 @@
+"""What several test files share: the real samples in tests/data, independent statements of the
+specification's reading code, and builders of small seeded stores, TSVs and question arrays."""
+import base64
+import csv
+import os
+import sys
+
+import numpy as np
+import zarr
+
+from butd.features import schema
+from butd.questions import QuestionArrays
+from butd.synthetic.scene import SceneModel, write_tsv
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+REAL_TSV = os.path.join(DATA, "coco_train2014_obj36_10rows.tsv")
+REAL_QUESTIONS = os.path.join(DATA, "xgqa_en_train_5.json")
+REAL_GLOVE = os.path.join(DATA, "glove.6B.300d.sample.txt.gz")
+REAL_VQA2_QUESTIONS = os.path.join(DATA, "vqa2_train2014_3q_questions.json")
+REAL_VQA2_ANNOTATIONS = os.path.join(DATA, "vqa2_train2014_3q_annotations.json")
+REAL_NLVR2 = os.path.join(DATA, "nlvr2_dev_sample.jsonl")
+FIELDNAMES = ["img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_id", "attrs_conf",
+              "num_boxes", "boxes", "features"]
+
+
+# ---- the specification's reading code, stated independently ----
+
+def spec_spatials(bb: np.ndarray, img_w: str, img_h: str) -> np.ndarray:
+    """The specification's step-3 spatial features, verbatim (sizes arrive as TSV strings)."""
+    image_w = float(img_w)
+    image_h = float(img_h)
+    box_width = bb[:, 2] - bb[:, 0]
+    box_height = bb[:, 3] - bb[:, 1]
+    scaled_width = box_width / image_w
+    scaled_height = box_height / image_h
+    scaled_x = bb[:, 0] / image_w
+    scaled_y = bb[:, 1] / image_h
+    scaled_width = scaled_width[..., np.newaxis]
+    scaled_height = scaled_height[..., np.newaxis]
+    scaled_x = scaled_x[..., np.newaxis]
+    scaled_y = scaled_y[..., np.newaxis]
+    return np.concatenate((scaled_x, scaled_y, scaled_x + scaled_width, scaled_y + scaled_height,
+                           scaled_width, scaled_height), axis=1)
+
+
+def spec_rows(path: str) -> list:
+    """Rows decoded independently, as the specification reads them (csv + base64 + frombuffer)."""
+    csv.field_size_limit(sys.maxsize)
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", fieldnames=FIELDNAMES))
+    for item in rows:
+        n = int(item["num_boxes"])
+        item["boxes"] = np.frombuffer(base64.b64decode(item["boxes"]), np.float32).reshape(n, -1)
+        item["features"] = np.frombuffer(base64.b64decode(item["features"]), np.float32).reshape(n, -1)
+        for k, dtype in (("objects_id", np.int64), ("objects_conf", np.float32),
+                         ("attrs_id", np.int64), ("attrs_conf", np.float32)):
+            item[k] = np.frombuffer(base64.b64decode(item[k]), dtype)
+    return rows
+
+
+def spec_glove(glove_lines, dictionary, dim=300):
+    """gqa_create_dictionary_glove's embedding loop, verbatim on the file's lines."""
+    weights = np.zeros((len(dictionary.idx2word), dim), dtype=np.float32)
+    for entry in glove_lines:
+        word_vec = entry.split()
+        word, vec = word_vec[0], list(map(float, word_vec[1:]))
+        if word in dictionary.word2idx:
+            weights[dictionary.word2idx[word]] = vec
+    return weights
+# ---- end of the specification's code ----
+
+
+
+
+# ---- builders ----
+
+def make_rows(n=40, boxes=(36, 36), feature_dim=32, seed=0):
+    rng = np.random.default_rng(seed)
+    model = SceneModel(rng, feature_dim)
+    return [model.image(rng, f"{2300000 + i}", int(rng.integers(boxes[0], boxes[1] + 1))) for i in range(n)]
+
+
+def make_tsv(path, layout="obj36", **kw):
+    rows = make_rows(**kw)
+    write_tsv(str(path), rows, layout)
+    return rows
+
+
+def read_store(path):
+    group = zarr.open_group(str(path), mode="r")
+    out = {name: np.asarray(arr[:]) for name, arr in group.arrays()}
+    out[schema.IMAGE_IDS] = np.asarray(out[schema.IMAGE_IDS].tolist(), dtype=str)
+    return out, dict(group.attrs)
+
+
+def store_files(path):
+    """Every file of a store, relative path -> bytes."""
+    files = {}
+    for d, _, names in os.walk(path):
+        for name in names:
+            full = os.path.join(d, name)
+            with open(full, "rb") as f:
+                files[os.path.relpath(full, path)] = f.read()
+    return files
+
+
+ZSTD = [{"name": "zstd", "configuration": {"level": 1, "checksum": False}}]
+
+
+def write_store(path, num_images=37, num_boxes=5, feature_dim=8, chunk_images=8, dtype="float16",
+                compressor="none", complete=True, seed=0):
+    """A small schema-conformant store of seeded random values; returns the image ids."""
+    rng = np.random.default_rng(seed)
+    attrs = schema.StoreAttrs(layout="obj36", dtype=dtype, compressor=compressor, feature_dim=feature_dim,
+                              max_boxes=num_boxes, num_images=num_images, chunk_images=chunk_images,
+                              source={"path": "generated"}, fingerprint=f"test-{seed}", complete=complete)
+    group = zarr.open_group(str(path), mode="w")
+    codecs = None if compressor == "none" else ZSTD
+    for field in schema.fields_for("obj36"):
+        shape = field.shape(attrs)
+        values = rng.standard_normal(shape) * 10 if field.name != "features" else rng.standard_normal(shape)
+        array = group.create_array(field.name, shape=shape, chunks=(chunk_images,) + shape[1:],
+                                   dtype=field.numpy_dtype(attrs), compressors=codecs,
+                                   config={"write_empty_chunks": True})
+        array[:] = values.astype(field.numpy_dtype(attrs))
+    ids = np.array([f"img{seed}_{i}" for i in range(num_images)])
+    group.create_array(schema.IMAGE_IDS, shape=(num_images,), chunks=(chunk_images,), dtype=str)[:] = ids
+    group.attrs.update(attrs.to_json())
+    return ids
+
+
+def direct(path, rows):
+    """Reference read of the batch fields straight through zarr."""
+    group = zarr.open_group(str(path), mode="r")
+    return group["features"][:][rows], group["spatials"][:][rows]
+
+
+
+NUM_Q = 150
+
+
+def questions_for(image_ids, num_q=NUM_Q, seed=0, rows=None):
+    """Seeded random single-image questions over a store's ``image_ids``, with GQA-style labels."""
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(image_ids), num_q) if rows is None else np.asarray(rows)
+    return QuestionArrays(
+        question_ids=np.array([f"q{i}" for i in range(len(rows))]),
+        image_ids=np.array([f"img{seed}_{r}" for r in rows]), image_rows=rows.astype(np.int64),
+        tokens=rng.integers(0, 50, (len(rows), 40)), targets={"labels": rng.integers(-1, 9, len(rows))})
+
+
+def build_gqa_caches(sample_dir, cache, chunk_images=8, **question_options):
+    """The sample's feature stores (real converter) and question cache under ``cache``; returns
+    the question cache's directory."""
+    from butd import questions
+    from butd.features.convert import convert_stores
+    from butd.tasks import get_task
+    convert_stores(get_task("gqa"), os.path.join(sample_dir, "GQA-Features"), str(cache),
+                   chunk_images=chunk_images, workers=1, progress=False)
+    inputs = questions.Inputs("gqa", os.path.join(sample_dir, "GQA-Questions"),
+                              os.path.join(sample_dir, "GloVe", "glove.6B.300d.txt"), str(cache), **question_options)
+    out = os.path.join(str(cache), "questions")
+    questions.build(inputs, out, workers=1, progress=False)
+    return out

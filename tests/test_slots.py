@@ -1,0 +1,177 @@
+"""SlotRing: slots allocated once, reuse only after release, across threads and processes."""
+import multiprocessing
+import queue
+import threading
+
+import pytest
+import torch
+
+from butd.loading.slots import SlotRing
+
+SPECS = {"features": ((4, 3), torch.float32), "index": ((4,), torch.int64)}
+
+
+def test_slots_are_allocated_once_and_reused_by_batch_number():
+    ring = SlotRing(SPECS, 2)
+    ptrs = {}
+    for j in range(6):
+        s, t = ring.acquire(j, timeout=1)
+        assert s == j % 2 == ring.slot_of(j)
+        assert t["features"].shape == (4, 3) and t["index"].dtype == torch.int64
+        ptrs.setdefault(s, set()).add((t["features"].data_ptr(), t["index"].data_ptr()))
+        ring.release(s)
+    assert all(len(p) == 1 for p in ptrs.values()) and len(set.union(*ptrs.values())) == 2
+
+
+def test_acquire_blocks_until_the_previous_use_is_released():
+    ring = SlotRing(SPECS, 2)
+    ring.acquire(0), ring.acquire(1)
+    got = threading.Event()
+    worker = threading.Thread(target=lambda: (ring.acquire(2, timeout=5), got.set()))
+    worker.start()
+    assert not got.wait(0.2), "batch 2 got slot 0 while batch 0 still held it"
+    ring.release(1)  # the other slot does not free slot 0
+    assert not got.wait(0.1)
+    ring.release(0)
+    assert got.wait(2)
+    worker.join(2)
+
+
+def test_timeout_names_slot_and_batch():
+    ring = SlotRing(SPECS, 3)
+    ring.acquire(1)
+    with pytest.raises(RuntimeError, match=r"slot 1 for batch 4\b.*batch 1 has not been released"):
+        ring.acquire(4, timeout=0.05)
+
+
+def test_batches_out_of_order_wait_for_their_turn_and_misuse_raises():
+    ring = SlotRing(SPECS, 2)
+    with pytest.raises(RuntimeError, match="slot 0 for batch 2"):  # batch 0 has not even started
+        ring.acquire(2, timeout=0.05)
+    ring.acquire(0)
+    ring.release(0)
+    with pytest.raises(RuntimeError, match="not held"):
+        ring.release(0)
+    with pytest.raises(RuntimeError, match="batch 0 already used slot 0"):
+        ring.acquire(0, timeout=0.05)
+    ring.reset()
+    assert ring.acquire(0, timeout=0.05)[0] == 0
+    with pytest.raises(RuntimeError, match="held"):
+        ring.reset()
+    ring.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ring.acquire(1, timeout=1)
+
+
+def test_smaller_last_batch_is_a_view_of_the_first_rows():
+    ring = SlotRing(SPECS, 2)
+    _, full = ring.acquire(0)
+    ring.release(0)
+    s, t = ring.acquire(2, n=3)
+    assert t["features"].shape == (3, 3) and t["index"].shape == (3,)
+    assert t["features"].data_ptr() == full["features"].data_ptr()
+    t["index"][:] = 7
+    assert ring.slots[s]["index"].tolist() == [7, 7, 7, full["index"][3].item()]
+    assert SlotRing.view(full, 1)["features"].shape == (1, 3)
+
+
+def test_handing_back_releases_the_previous_batch_on_next_and_the_last_on_close():
+    ring = SlotRing(SPECS, 2)
+
+    def produce(count):
+        for j in range(count):
+            s, t = ring.acquire(j, timeout=1)  # raises if the consumer did not hand back in time
+            t["index"][:] = j
+            yield s, t
+
+    def held():
+        return [ring._held[s] for s in range(2)]
+
+    batches = ring.handing_back(produce(5))
+    assert next(batches)["index"][0] == 0 and held() == [0, -1]
+    assert next(batches)["index"][0] == 1 and held() == [-1, 1]
+    assert next(batches)["index"][0] == 2 and held() == [2, -1]
+    batches.close()
+    assert held() == [-1, -1]
+    ring.reset()
+    assert [b["index"][0].item() for b in ring.handing_back(produce(5))] == list(range(5))
+    assert held() == [-1, -1]
+
+
+def _child_produce(ring, q, count):
+    for j in range(count):
+        try:
+            _, t = ring.acquire(j, n=3 if j == count - 1 else None, timeout=5)
+        except RuntimeError as e:
+            q.put(("error", str(e)))
+            return
+        t["features"].fill_(j + 0.5)
+        t["index"].copy_(torch.arange(len(t["index"])) + 100 * j)
+        q.put(("wrote", j))
+
+
+def _expect(ring, j, n=4):
+    t = ring.slots[ring.slot_of(j)]
+    assert torch.equal(t["features"][:n], torch.full((n, 3), j + 0.5))
+    assert t["index"][:n].tolist() == [100 * j + i for i in range(n)]
+
+
+def _run_across_processes(method, timeout=5):
+    ctx = multiprocessing.get_context(method)
+    ring = SlotRing(SPECS, 2, shared=True, mp_context=ctx)
+    q = ctx.Queue()
+    child = ctx.Process(target=_child_produce, args=(ring, q, 4), daemon=True)
+    child.start()
+    try:
+        assert q.get(timeout=timeout) == ("wrote", 0) and q.get(timeout=1) == ("wrote", 1)
+        _expect(ring, 0), _expect(ring, 1)
+        with pytest.raises(queue.Empty):  # the child waits for slot 0: nothing was released
+            q.get(timeout=0.3)
+        _expect(ring, 0)  # and did not overwrite it
+        ring.release(0)
+        assert q.get(timeout=1) == ("wrote", 2)
+        _expect(ring, 2)
+        ring.release(1)
+        assert q.get(timeout=1) == ("wrote", 3)
+        _expect(ring, 3, n=3)
+        ring.release(0), ring.release(1)
+        child.join(timeout)
+        assert child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_a_forked_producer_writes_into_the_memory_the_parent_reads():
+    _run_across_processes("fork")
+
+
+@pytest.mark.slow  # the spawned child imports torch (~1.5 s)
+def test_a_spawned_producer_writes_into_the_memory_the_parent_reads():
+    _run_across_processes("spawn", timeout=30)
+
+
+def test_pin_and_shared_together_is_refused_where_pinning_is_possible():
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="pin"):
+            SlotRing(SPECS, 1, pin=True, shared=True)
+    else:  # pinning is not honoured without CUDA, so nothing conflicts
+        assert not SlotRing(SPECS, 1, pin=True, shared=True).slots[0]["index"].is_pinned()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_released_pinned_slot_is_rewritten_only_after_its_copy_event():
+    ring = SlotRing({"x": ((1 << 22,), torch.float32)}, 1, pin=True)
+    s, t = ring.acquire(0)
+    assert t["x"].is_pinned()
+    t["x"].fill_(1.0)
+    dev = t["x"].to("cuda", non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    ring.release(s, event)
+    _, t = ring.acquire(1)
+    assert event.query()  # acquire synchronized it
+    t["x"].fill_(2.0)
+    assert dev.eq(1.0).all().item()
