@@ -152,7 +152,7 @@ def test_film_shapes_and_a_gradient_step_lowers_the_loss(bidirectional):
     torch.manual_seed(0)
     m = FiLM(NTOKEN, ANSWERS, v_dim=V_DIM, emb_dim=EMB, hidden=HIDDEN, bidirectional=bidirectional,
              answer_dropout=0.0)
-    assert m.gamma.weight.shape == (V_DIM + 6, HIDDEN * (2 if bidirectional else 1))
+    assert m.film_gamma.weight.shape == (V_DIM + 6, HIDDEN * (2 if bidirectional else 1))
     assert not hasattr(m, "att")
     features, spatials, tokens = inputs()
     labels = torch.randint(0, ANSWERS, (B,))
@@ -177,7 +177,7 @@ def test_film_matches_its_formula():
     with torch.no_grad():
         q = m.q_enc(m.w_emb(tokens))
         v = torch.cat([features, spatials], 2)
-        enc = (v * dense(q, m.gamma, False)[:, None] + dense(q, m.beta, False)[:, None]).mean(1)
+        enc = (v * dense(q, m.film_gamma, False)[:, None] + dense(q, m.film_beta, False)[:, None]).mean(1)
         want = dense(dense(dense(enc, m.img_project.mlp[0]), m.ans_classifier[0]), m.ans_classifier[3], False)
         assert (m(features, spatials, tokens) - want).abs().max() < 1e-5
 

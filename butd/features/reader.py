@@ -191,6 +191,7 @@ class FeatureStore:
         self.attrs, metas = open_attrs(self.path)
         self.raw = {name: _is_raw(meta) for name, meta in metas.items()}
         self._fields = {f.name: f for f in BATCH_FIELDS}
+        self._num_boxes = None
         self._reset()
 
     def _reset(self):
@@ -229,6 +230,25 @@ class FeatureStore:
 
     def image_ids(self) -> np.ndarray:
         return schema.read_image_ids(self.path)
+
+    def num_boxes(self) -> np.ndarray:
+        """The box count of every image, int32 [num_images]: rows past it are zero padding (the
+        adaptive 10-100-box features)."""
+        if self._num_boxes is None:
+            field = next(f for f in schema.FIELDS if f.name == "num_boxes")
+            if self.attrs.compressor == "none":   # raw little-endian chunks: no zarr in this process
+                counts = np.concatenate([np.fromfile(schema.chunk_file(self.path, field, c), dtype="<i4")
+                                         for c in range(self.attrs.num_chunks)])
+            else:
+                import zarr
+                counts = zarr.open_array(os.path.join(self.path, field.name), mode="r")[:]
+            self._num_boxes = np.ascontiguousarray(counts[:self.num_images], dtype=np.int32)
+        return self._num_boxes
+
+    @property
+    def variable_boxes(self) -> bool:
+        """True when some image has fewer boxes than ``max_boxes`` (its batch rows are padded)."""
+        return bool(self.num_boxes().min() < self.max_boxes)
 
     def chunk_error(self, fname: str, c: int, what: str) -> StoreError:
         lo = c * self.attrs.chunk_images

@@ -4,10 +4,14 @@
     batch = dataset[[17, 3, 900]]          # one dict per list of question positions
 
 A batch is a dict of tensors, the question as first axis: ``features`` [B, I*K, D] (store dtype) and
-``spatials`` [B, I*K, 6] float32, the boxes of each question's I images joined (I is the task's
-images per question: 1, or 2 for NLVR2), ``tokens`` [B, L] int64, the task's targets (e.g.
-``labels`` [B] int64) and ``index`` [B] int64, the position of each question in its split (so
-``question_ids[index]`` names them). Within a batch the questions are ordered by feature row, which
+``spatials`` [B, I*K, S] float32, the boxes of each question's I images joined in image order (I is
+the task's images per question: 1, or 2 for NLVR2), ``tokens`` [B, L] int64, the task's targets
+(e.g. ``labels`` [B] int64) and ``index`` [B] int64, the position of each question in its split (so
+``question_ids[index]`` names them). ``S`` is the 6 spatial channels, plus, with two or more images,
+a 7th that holds the box's image (0.0 left, 1.0 right), as the modular branch's NLVR2 indicator.
+When the store's images have fewer boxes than its ``max_boxes`` (the adaptive 10-100-box
+features), ``num_boxes`` [B, I] int32 says how many of each image's K rows are real, so that the
+models can ignore the zero padding. Within a batch the questions are ordered by feature row, which
 keeps memory-mapped reads sequential.
 
 There is no collate step and no per-item work: ``fill`` writes a batch straight into buffers it is
@@ -44,6 +48,8 @@ class BatchDataset(torch.utils.data.Dataset):
                 f"feature row {' + '.join(map(str, self.image_rows[i].tolist()))}, but {store.path} holds {store.num_images} images "
                 f"({len(bad)} questions are affected): the question cache was built against another "
                 f"store; rebuild it with `{BUILD_COMMAND}`")
+        if store.variable_boxes:
+            self.per_question["num_boxes"] = store.num_boxes()[self.image_rows]
 
     def __len__(self) -> int:
         return len(self.image_rows)
@@ -56,6 +62,9 @@ class BatchDataset(torch.utils.data.Dataset):
         if self.store.cache != "gpu":
             for name, (shape, dtype) in self.store.batch_shapes(batch_size * I).items():
                 specs[name] = ((batch_size, I * shape[1]) + shape[2:], dtype)
+            if I > 1:   # the image indicator after the spatial channels
+                shape, dtype = specs["spatials"]
+                specs["spatials"] = (shape[:2] + (shape[2] + 1,), dtype)
         for name, a in self.per_question.items():
             specs[name] = ((batch_size,) + a.shape[1:], torch.from_numpy(a[:0]).dtype)
         specs["index"] = ((batch_size,), torch.int64)
@@ -80,13 +89,26 @@ class BatchDataset(torch.utils.data.Dataset):
         # [B, I*K, ...] is [B*I, K, ...] in memory: the store fills it image by image
         features, spatials = self.store.gather(
             rows, None if feats is None else feats.view((B * I, -1) + feats.shape[2:]),
-            None if spats is None else spats.view((B * I, -1) + spats.shape[2:]))
+            None if spats is None or I > 1 else spats.view((B * I, -1) + spats.shape[2:]))
         batch["features"] = features.view((B, -1) + features.shape[2:])
-        batch["spatials"] = spatials.view((B, -1) + spatials.shape[2:])
+        if I > 1:
+            batch["spatials"] = self._with_indicator(spatials, spats, B)
+        else:
+            batch["spatials"] = spatials.view((B, -1) + spatials.shape[2:])
         for name, a in self.per_question.items():
             np.take(a, idx, axis=0, out=batch[name].numpy())
         batch["index"].numpy()[:] = idx
         return batch
+
+    def _with_indicator(self, spatials: torch.Tensor, out, B: int) -> torch.Tensor:
+        """[B*I, K, 6] spatials -> [B, I*K, 7]: the channels, then the box's image (0, 1, ...)."""
+        I, K = self.images_per_question, spatials.shape[1]
+        if out is None:
+            out = torch.empty((B, I * K, spatials.shape[2] + 1), dtype=spatials.dtype, device=spatials.device)
+        grid = out.view(B, I, K, -1)
+        grid[..., :-1] = spatials.view(B, I, K, -1)
+        grid[..., -1] = torch.arange(I, dtype=out.dtype, device=out.device).view(1, I, 1)
+        return out
 
     def __getitem__(self, indices) -> dict:
         shared = get_worker_info() is not None

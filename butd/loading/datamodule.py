@@ -64,6 +64,8 @@ class VQADataModule(pl.LightningDataModule):
         # read from the metadata: opening the store here would fix a GPU cache's device before
         # Lightning has set this rank's (setup runs before fit in train.py)
         self.v_dim = schema.read_attrs(self.task.store_path(self.cache_dir, self.train_split)).feature_dim
+        # the 6 spatial channels, and the image indicator where a question has several images
+        self.spatial_dim = schema.SPATIAL_DIM + (self.task.images_per_question > 1)
         q.check_stores(self.questions_dir, self.cache_dir)
         self._ready = True
 

@@ -45,3 +45,13 @@ class VQAModel(nn.Module):
 
     def encode_question(self, tokens):
         return self.q_enc(self.w_emb(tokens))
+
+
+def box_mask(num_boxes, boxes: int):
+    """bool [B, I*K] from ``num_boxes`` [B, I] (the real boxes of each of I images of K rows), True
+    for real boxes; None when ``num_boxes`` is None (every row is a real box)."""
+    if num_boxes is None:
+        return None
+    per_image = boxes // num_boxes.shape[1]
+    mask = torch.arange(per_image, device=num_boxes.device) < num_boxes.unsqueeze(2)
+    return mask.reshape(num_boxes.shape[0], -1)

@@ -1,7 +1,7 @@
 """Bottom-Up Top-Down with product fusion: the specification's model."""
 from __future__ import annotations
 
-from butd.models.base import VQAModel
+from butd.models.base import VQAModel, box_mask
 from butd.models.layers import MLP, Attention
 
 
@@ -13,9 +13,10 @@ class BUTD(VQAModel):
         self.att = Attention(image_dim, q_dim, hidden, attention_dropout, weight_norm)
         self.q_project = MLP([q_dim, hidden], weight_norm)
 
-    def forward(self, features, spatials, question_tokens):
-        """features [B, K, v_dim], spatials [B, K, spatial_dim], question_tokens [B, L] -> logits [B, A]."""
+    def forward(self, features, spatials, question_tokens, num_boxes=None):
+        """features [B, K, v_dim], spatials [B, K, spatial_dim], question_tokens [B, L] -> logits
+        [B, A]. ``num_boxes`` [B, I] (optional): real boxes per image; padding gets no attention."""
         v = self.image_inputs(features, spatials)
         q = self.encode_question(question_tokens)
-        img_enc = (v * self.att(v, q)).sum(dim=1)
+        img_enc = (v * self.att(v, q, box_mask(num_boxes, v.shape[1]))).sum(dim=1)
         return self.ans_classifier(self.q_project(q) * self.img_project(img_enc))

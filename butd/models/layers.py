@@ -83,7 +83,12 @@ class Attention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.linear = linear(hidden, 1, use_weight_norm)
 
-    def forward(self, image_features, question_emb):
+    def forward(self, image_features, question_emb, box_mask=None):
+        """[B, K, image_dim], [B, question_dim] -> attention weights [B, K, 1]; boxes where
+        ``box_mask`` [B, K] is False (padding) get none (ban-vqa's ``v_mask``)."""
         # Broadcasting the question over the boxes is the spec's repeat() without the copy.
         joint = self.image_proj(image_features) * self.question_proj(question_emb).unsqueeze(1)
-        return torch.softmax(self.linear(self.dropout(joint)), dim=1)        # [B, K, 1]
+        logits = self.linear(self.dropout(joint))
+        if box_mask is not None:
+            logits = logits.masked_fill(~box_mask.unsqueeze(2), float("-inf"))
+        return torch.softmax(logits, dim=1)

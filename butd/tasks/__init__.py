@@ -12,7 +12,7 @@ import importlib
 
 from butd.tasks.base import RawQuestions, Split, Task
 
-_MODULES = {"gqa": "butd.tasks.gqa"}
+_MODULES = {"vqa2": "butd.tasks.vqa2", "gqa": "butd.tasks.gqa", "nlvr2": "butd.tasks.nlvr2"}
 TASK_NAMES = tuple(_MODULES)
 
 

@@ -58,6 +58,18 @@ class DataConfig:
     """GQA feature TSVs (default <data>/GQA-Features)"""
     gqa_cache: Optional[str] = None
     """GQA feature stores and question cache (default <data>/GQA-Cache)"""
+    vqa2_questions: Optional[str] = None
+    """VQA v2 question and annotation JSONs (default <data>/VQA2-Questions)"""
+    vqa2_features: Optional[str] = None
+    """VQA v2 feature TSVs (default <data>/VQA2-Features)"""
+    vqa2_cache: Optional[str] = None
+    """VQA v2 feature stores and question cache (default <data>/VQA2-Cache)"""
+    nlvr2_questions: Optional[str] = None
+    """NLVR2 statement files, JSON lines (default <data>/NLVR2-Questions)"""
+    nlvr2_features: Optional[str] = None
+    """NLVR2 feature TSVs (default <data>/NLVR2-Features)"""
+    nlvr2_cache: Optional[str] = None
+    """NLVR2 feature stores and question cache (default <data>/NLVR2-Cache)"""
     glove: Optional[str] = None
     """GloVe 300-d vectors (default <data>/GloVe/glove.6B.300d.txt)"""
     drop_missing: bool = False

@@ -74,7 +74,7 @@ class LitVQA(pl.LightningModule):
                                             ("train_epoch_loss", "train_epoch_acc", "val_loss", "val_acc")})
 
     def forward(self, batch):
-        return self.model(batch["features"], batch["spatials"], batch["tokens"])
+        return self.model(batch["features"], batch["spatials"], batch["tokens"], batch.get("num_boxes"))
 
     def _loss_and_score(self, batch, stage: str):
         """Per-batch mean loss and score over answered questions; feeds the epoch metrics."""

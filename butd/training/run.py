@@ -80,7 +80,8 @@ def train(config: TrainConfig):
     if config.run.resume:
         questions.check_vocabulary(checkpoint_vocabulary(config.run.resume), qdir, f"the checkpoint {config.run.resume}")
     lit = LitVQA(config.data.dataset, model=dataclasses.asdict(config.model), optim=dataclasses.asdict(config.optim),
-                 ntoken=dm.ntoken, num_answers=dm.num_answers, v_dim=dm.v_dim, vocabulary=dm.vocabulary)
+                 ntoken=dm.ntoken, num_answers=dm.num_answers, v_dim=dm.v_dim, spatial_dim=dm.spatial_dim,
+                 vocabulary=dm.vocabulary)
     lit.model.load_embeddings(dm.glove)
     if config.hardware.compile:
         lit.model.compile()       # in place: parameter names (and checkpoints) stay uncompiled
