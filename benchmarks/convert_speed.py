@@ -7,12 +7,13 @@ The default, 2 GB, is the size the memory target names, so one run checks speed,
 store size together; it is also large enough that the ~0.3 s of fixed start-up (interpreter, zarr
 import, store creation) does not hide the throughput, as it would not on the 58 GB GQA file.
 
-Both convert the same generated obj36 TSV (``butd.sample``, 36 boxes x 2048-d features), each in
-its own subprocess so that peak memory (RSS of the process and all its children, polled) is its
-own. The baseline does what the specification's step 3 does: ``readlines`` to count rows, one
+Both convert the same generated obj36 TSV (``butd.synthetic.scene``, 36 boxes x 2048-d features),
+each in its own subprocess so that peak memory (RSS of the process and all its children, sampled by
+``harness.PeakMemory``) is its own. The baseline does what the specification's step 3 does: ``readlines`` to count rows, one
 process, csv.DictReader, base64, float32 HDF5 via h5py. The converter runs with float16 features
 for every worker count from 1 to all cores. Prints a table, writes ``convert_speed.json`` and
-``convert_speed.png`` to ``--results`` (default benchmarks/results/), and ends with one JSON line.
+``convert_speed.png`` to ``--results``/``--out`` (default benchmarks/results/), and ends with one JSON
+line.
 """
 import argparse
 import json
@@ -26,7 +27,8 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from harness import MB, RESULTS, PeakMemory, report
+
 SETTLE_S = 3.0
 
 
@@ -74,7 +76,7 @@ def baseline_convert(tsv_path: str, h5_path: str) -> int:
 
 def make_tsv(path: str, size_mb: float, seed: int) -> int:
     """A generated obj36 TSV of about ``size_mb`` MB (re-used if one of that size is there)."""
-    from butd.sample import SceneModel, format_row, write_tsv
+    from butd.synthetic.scene import SceneModel, format_row, write_tsv
     rng = np.random.default_rng(seed)
     model = SceneModel(rng, 2048)
     row_bytes = len(format_row(model.image(rng, "0")))
@@ -92,8 +94,7 @@ def make_tsv(path: str, size_mb: float, seed: int) -> int:
 
 def measure(cmd: list) -> dict:
     """Run ``cmd``; its wall time, CPU time (all its processes), and peak RSS summed over the
-    process tree (polled every 20 ms)."""
-    import psutil   # here, not at the top: the measured subprocesses do not need it
+    process tree (sampled every 20 ms, from statm: cheap enough not to slow the run)."""
     os.sync()   # start each run with nothing of the previous one's output still being written back
     # ... and with the memory the previous run freed already handed back: these VMs report freed
     # pages to the host a couple of seconds later, which would otherwise land in this run's time.
@@ -101,21 +102,15 @@ def measure(cmd: list) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            procs = [root] + root.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
+    with PeakMemory(proc.pid, interval=0.02, pss=False) as mem:
+        out = proc.stdout.read()   # until the child closes it (exits); wait() reaps it
+        proc.wait()
     seconds = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    out = proc.stdout.read()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{out}")
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak / 2**20}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": mem.rss / MB}
 
 
 def run_one(args) -> None:
@@ -123,17 +118,8 @@ def run_one(args) -> None:
     if args.run == "baseline":
         baseline_convert(args.tsv, args.out)
     else:
-        from butd.convert import convert_tsv
+        from butd.features.convert import convert_tsv
         convert_tsv(args.tsv, args.out, workers=args.workers, dtype=args.dtype, overwrite=True, progress=False)
-
-
-def plot(results: list, baseline: dict, path: str) -> None:
-    from butd.plots import line_plot
-    workers = [r["workers"] for r in results]
-    line_plot([("TSV -> store conversion speed", "worker processes", "MB/s of TSV", {
-        "butd converter (float16 zarr)": (workers, [r["mb_s"] for r in results]),
-        "specification (float32 HDF5, 1 process)": (workers, [baseline["mb_s"]] * len(workers)),
-    })], path)
 
 
 def main() -> None:
@@ -147,15 +133,16 @@ def main() -> None:
     # same file system, which bills the converter (~2000 chunk files and directories per GB) and
     # barely the baseline (one file).
     p.add_argument("--work", default="/var/tmp/butd_convert_bench", help="where the TSV and outputs go")
-    p.add_argument("--results", default=os.path.join(HERE, "results"))
+    p.add_argument("--results", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
     p.add_argument("--run", choices=("baseline", "convert"), help=argparse.SUPPRESS)
     p.add_argument("--tsv", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--out", help="the same as --results")   # in a --run child: where it converts to
     p.add_argument("--workers", type=int, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float16", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.run:
         return run_one(args)
+    args.results = args.out or args.results
 
     os.makedirs(args.work, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)
@@ -167,7 +154,7 @@ def main() -> None:
         while f.read(64 << 20):
             pass
     me = [sys.executable, os.path.abspath(__file__), "--tsv", tsv]
-    from butd.convert import dir_bytes   # the parent only counts bytes; conversions run in children
+    from butd.features.convert import dir_bytes   # the parent only counts bytes; conversions run in children
 
     h5 = os.path.join(args.work, "baseline.hdf5")
     baseline = measure(me + ["--run", "baseline", "--out", h5])
@@ -187,12 +174,6 @@ def main() -> None:
         shutil.rmtree(os.path.join(args.work, f"store_w{w}.zarr"))
 
     print(f"\nTSV: {rows} rows, {size / 1e6:.1f} MB; {os.cpu_count()} cores")
-    print(f"{'converter':<30}{'workers':>8}{'seconds':>9}{'cpu s':>7}{'MB/s':>8}{'x base':>8}"
-          f"{'peak MB':>9}{'out MB':>9}")
-    for name, r in [("spec (DictReader, f32 HDF5)", dict(baseline, workers=1, speedup=1.0))] + \
-            [("butd (f16 zarr)", r) for r in results]:
-        print(f"{name:<30}{r['workers']:>8}{r['seconds']:>9.2f}{r['cpu_seconds']:>7.2f}{r['mb_s']:>8.1f}"
-              f"{r['speedup']:>8.2f}{r['peak_rss_mb']:>9.0f}{r['out_bytes'] / 1e6:>9.1f}")
     best = results[-1]
     summary = {
         "tsv_mb": round(size / 1e6, 1), "rows": rows, "cores": os.cpu_count(),
@@ -202,11 +183,17 @@ def main() -> None:
         "converter_peak_rss_mb": {r["workers"]: round(r["peak_rss_mb"]) for r in results},
         "store_vs_hdf5_bytes": round(best["out_bytes"] / baseline["out_bytes"], 4),
     }
-    plot(results, baseline, os.path.join(args.results, "convert_speed.png"))
-    with open(os.path.join(args.results, "convert_speed.json"), "w") as f:
-        json.dump({"summary": summary, "baseline": baseline, "runs": results}, f, indent=1)
-    print(f"[*] wrote {os.path.join(args.results, 'convert_speed.png')} and convert_speed.json")
-    print(json.dumps(summary))
+    workers = [r["workers"] for r in results]
+    report("convert_speed", args.results, summary, results, baseline=baseline, columns=[
+        ("converter", "name", "<29"), ("workers", "workers", "7d"), ("seconds", "seconds", "8.2f"),
+        ("cpu s", "cpu_seconds", "6.2f"), ("MB/s", "mb_s", "7.1f"), ("x base", "speedup", "7.2f"),
+        ("peak MB", "peak_rss_mb", "8.0f"), ("out MB", lambda r: r["out_bytes"] / 1e6, "8.1f"),
+    ], table_rows=[dict(baseline, name="spec (DictReader, f32 HDF5)", workers=1, speedup=1.0)]
+        + [dict(r, name="butd (f16 zarr)") for r in results],
+        panels=[("TSV -> store conversion speed", "worker processes", "MB/s of TSV", {
+            "butd converter (float16 zarr)": (workers, [r["mb_s"] for r in results]),
+            "specification (float32 HDF5, 1 process)": (workers, [baseline["mb_s"]] * len(workers)),
+        })])
 
 
 if __name__ == "__main__":

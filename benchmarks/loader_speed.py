@@ -4,14 +4,14 @@
     python benchmarks/loader_speed.py --store data/GQA-Cache/trainval.zarr --rows 8192
 
 Compares, in one run, over the same question rows and worker counts 0..cores:
-- ``loader``: ``butd.data`` (ShardedBatchSampler -> BatchDataset over the memory-mapped store);
+- ``loader``: ``butd.loading`` (ShardedBatchSampler -> BatchDataset over the memory-mapped store);
 - ``spec``: the specification's GQAFeatureDataset reads: one h5py read of a float32 HDF5 per
   item, ``DataLoader(batch_size, shuffle=True)`` with default collate;
 - ``bound``: ``np.take`` of the same batches (sorted rows) from an in-RAM array of the store's dtype
   into a preallocated buffer: the copy every loader has to make, without any loader around it.
 
 Reported per run: samples/s, GB/s (of the bytes that method reads), time to first batch (worker
-start included), and peak memory of the process tree, sampled from ``/proc/<pid>/smaps_rollup``:
+start included), and peak memory of the process tree (``harness.PeakMemory``, from ``/proc/<pid>/smaps_rollup``):
 RSS counts every store page a process has touched through its memory maps, although those pages
 are the kernel's page cache, shared by all workers and evictable. PSS here is anonymous plus
 shared-memory PSS summed over the tree: the memory the processes really allocated (batches in
@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 import h5py
@@ -39,13 +37,12 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset
 
-from butd import schema
-from butd.convert import DEFAULT_CHUNK_IMAGES
-from butd.data import BatchDataset, make_loader
-from butd.plots import line_plot
+from butd.features import schema
+from butd.features.convert import DEFAULT_CHUNK_IMAGES
+from butd.features.reader import FeatureStore
+from butd.loading import BatchDataset, ShardedBatchSampler, make_loader
 from butd.questions import QuestionArrays
-from butd.sampler import ShardedBatchSampler
-from butd.store import FeatureStore
+from harness import MB, RESULTS, PeakMemory, report, rollup, series, time_loop
 
 GB = 1e9
 TARGETS = {"speedup_vs_spec": 5.0, "fraction_of_bound": 0.8, "first_batch_s": 2.0}
@@ -90,12 +87,11 @@ def write_spec_hdf5(store: FeatureStore, rows: int, path: str) -> None:
 
 def random_questions(num_questions: int, rows: int, seed: int = 0) -> QuestionArrays:
     rng = np.random.default_rng(seed)
-    image_rows = rng.integers(0, rows, num_questions)
+    image_rows = rng.integers(0, rows, (num_questions, 1))
     return QuestionArrays(
         question_ids=np.array([str(i) for i in range(num_questions)]), image_ids=image_rows.astype(str),
         image_rows=image_rows, tokens=rng.integers(0, 3000, (num_questions, 40)),
-        labels=rng.integers(0, 1800, num_questions), structural=np.full(num_questions, ""),
-        semantic=np.full(num_questions, ""))
+        targets={"labels": rng.integers(0, 1800, num_questions)})
 
 
 class SpecStyleDataset(Dataset):
@@ -103,9 +99,9 @@ class SpecStyleDataset(Dataset):
     in the reading process (h5py handles are not fork-safe), otherwise as the specification does."""
 
     def __init__(self, h5_path: str, questions: QuestionArrays):
-        self.h5_path, self.rows = h5_path, questions.image_rows
+        self.h5_path, self.rows = h5_path, questions.image_rows[:, 0]
         self.tokens = torch.from_numpy(questions.tokens)
-        self.labels = questions.labels.tolist()
+        self.labels = questions.targets["labels"].tolist()
         self.h5 = None
 
     def __len__(self):
@@ -123,72 +119,21 @@ class SpecStyleDataset(Dataset):
 
 # -- measuring ------------------------------------------------------------------------------------
 
-def _rollup(pid: int) -> tuple[int, int]:
-    """(RSS, anonymous + shared-memory PSS) in bytes of one process, from smaps_rollup. PSS splits
-    each shared page among the processes mapping it, so summing it over the tree counts a page
-    once; leaving out Pss_File leaves out the store's page-cache pages."""
-    fields = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == "kB":
-                fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
-    return fields.get("Rss", 0), fields.get("Pss_Anon", 0) + fields.get("Pss_Shmem", 0)
-
-
-class PeakMemory:
-    """Peak RSS and PSS of this process and its children, sampled in a thread."""
-
-    def __init__(self, interval: float = 0.05):
-        import psutil
-        self.me, self.interval = psutil.Process(), interval
-
-    def __enter__(self):
-        self.rss = self.pss = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        rss = pss = 0
-        for p in [self.me] + self.me.children(recursive=True):
-            try:
-                r, u = _rollup(p.pid)
-            except OSError:  # a worker that just exited
-                continue
-            rss, pss = rss + r, pss + u
-        self.rss, self.pss = max(self.rss, rss), max(self.pss, pss)
-
-    def _run(self):
-        while not self.stop.wait(self.interval):
-            self._sample()
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self._sample()
-
-
 def time_batches(batches, seconds: float, count) -> dict:
     """Pull batches for about ``seconds`` after the first; ``count(batch)`` gives its samples."""
+    def counts():   # iter(batches), which starts the workers, runs at the first next(): timed as the first batch
+        for batch in batches:
+            yield count(batch)
+
     gc.collect()
-    before = _rollup(os.getpid())[1]
+    before = rollup(os.getpid())[1]
     with PeakMemory() as mem:
-        t0 = time.perf_counter()
-        it = iter(batches)
-        count(next(it))
-        first = time.perf_counter() - t0
-        samples, t1 = 0, time.perf_counter()
-        for batch in it:
-            samples += count(batch)
-            if time.perf_counter() - t1 > seconds:
-                break
-        elapsed = time.perf_counter() - t1
-        del it, batch
-        gc.collect()  # ends this loader's workers inside the measurement
-    return {"samples_per_s": samples / elapsed, "first_batch_s": first, "peak_rss_mb": mem.rss / 2**20,
-            "peak_pss_mb": mem.pss / 2**20, "added_pss_mb": (mem.pss - before) / 2**20}
+        pulled = counts()
+        r = time_loop(lambda i: next(pulled), warmup=1, seconds=seconds)
+        pulled.close()  # drops the loader's iterator: with the collection, ends its workers inside the measurement
+        gc.collect()
+    return {"samples_per_s": r["work"] / r["seconds"], "first_batch_s": r["warmup_s"], "peak_rss_mb": mem.rss / MB,
+            "peak_pss_mb": mem.pss / MB, "added_pss_mb": (mem.pss - before) / MB}
 
 
 def run_loader(store_path: str, questions: QuestionArrays, batch_size: int, workers: int, seconds: float) -> dict:
@@ -215,7 +160,7 @@ def run_bound(store: FeatureStore, rows: int, questions: QuestionArrays, batch_s
 
     def batches():
         for batch in sampler:
-            r = np.sort(questions.image_rows[batch])
+            r = np.sort(questions.image_rows[batch, 0])
             for k, a in ram.items():
                 np.take(a, r, axis=0, out=outs[k][: len(r)])
             yield len(r)
@@ -237,7 +182,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=3.0, help="time each run for about this long")
     ap.add_argument("--workers", type=int, nargs="*", help="worker counts (default 0..cores)")
-    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
     ap.add_argument("--workdir", help="where generated files go (default: a temp dir, removed after)")
     args = ap.parse_args(argv)
     workers = args.workers if args.workers is not None else list(range((os.cpu_count() or 1) + 1))
@@ -290,18 +235,12 @@ def _run(args, workers: list, workdir: str) -> dict:
     for w in workers:
         record("spec", "store", w, run_spec(h5_path, questions, args.batch_size, w, args.seconds))
     record("bound", "store", 0, run_bound(store, rows, questions, args.batch_size, args.seconds))
-    return report(results, args, rows, store)
+    return report_all(results, args, rows, store)
 
 
-def report(results: list, args, rows: int, store: FeatureStore) -> dict:
+def report_all(results: list, args, rows: int, store: FeatureStore) -> dict:
     print(f"\nstore: {store.path} rows used: {rows}, {store.max_boxes}x{store.feature_dim} {store.attrs.dtype}, "
-          f"batch {args.batch_size}\n")
-    header = f"{'method':8s} {'store':8s} {'workers':>7s} {'samples/s':>10s} {'GB/s':>6s} {'1st batch s':>11s} " \
-             f"{'peak RSS MB':>11s} {'peak PSS MB':>11s} {'added PSS MB':>12s}"
-    print(header + "\n" + "-" * len(header))
-    for r in results:
-        print(f"{r['method']:8s} {r['store']:8s} {r['workers']:7d} {r['samples_per_s']:10.0f} {r['gb_per_s']:6.2f} "
-              f"{r['first_batch_s']:11.2f} {r['peak_rss_mb']:11.0f} {r['peak_pss_mb']:11.0f} {r['added_pss_mb']:12.0f}")
+          f"batch {args.batch_size}")
 
     def best(method, store_name="store"):
         return max((r for r in results if r["method"] == method and r["store"] == store_name),
@@ -329,26 +268,18 @@ def report(results: list, args, rows: int, store: FeatureStore) -> dict:
         "speedup_vs_spec>=5": summary["speedup_vs_spec"] >= TARGETS["speedup_vs_spec"],
         "fraction_of_bound>=0.8": summary["fraction_of_bound"] >= TARGETS["fraction_of_bound"],
         "first_batch<2s": summary["first_batch_s_max"] < TARGETS["first_batch_s"]}
-    os.makedirs(args.out, exist_ok=True)
-    series = {}
-    for r in results:
-        if r["method"] != "bound":
-            label = r["method"] + ("" if r["store"] == "store" else f" ({r['store']} store)")
-            series.setdefault(label, ([], [], []))
-            for part, v in zip(series[label], (r["workers"], r["samples_per_s"], r["added_pss_mb"])):
-                part.append(v)
     ws = sorted({r["workers"] for r in results})
-    speed = {k: (x, y) for k, (x, y, _) in series.items()}
+    label = lambda r: None if r["method"] == "bound" else \
+        r["method"] + ("" if r["store"] == "store" else f" ({r['store']} store)")
+    speed = series(results, label, "workers", "samples_per_s")
     speed["bound (in-RAM np.take)"] = (ws, [bound["samples_per_s"]] * len(ws))
-    line_plot([("throughput", "DataLoader workers", "samples/s", speed),
-               ("anon+shm PSS the run added", "DataLoader workers", "MB",
-                {k: (x, u) for k, (x, _, u) in series.items()})],
-              os.path.join(args.out, "loader_speed.png"), title="loader_speed")
-    with open(os.path.join(args.out, "loader_speed.json"), "w") as f:
-        json.dump({"summary": summary, "runs": results}, f, indent=1)
-    print(f"\nplot: {os.path.join(args.out, 'loader_speed.png')}")
-    print(json.dumps(summary))
-    return summary
+    return report("loader_speed", args.out, summary, results, columns=[
+        ("method", "method", "<8"), ("store", "store", "<8"), ("workers", "workers", "7d"),
+        ("samples/s", "samples_per_s", "10.0f"), ("GB/s", "gb_per_s", "6.2f"), ("1st batch s", "first_batch_s", "11.2f"),
+        ("peak RSS MB", "peak_rss_mb", "11.0f"), ("peak PSS MB", "peak_pss_mb", "11.0f"),
+        ("added PSS MB", "added_pss_mb", "12.0f")], panels=[
+        ("throughput", "DataLoader workers", "samples/s", speed),
+        ("anon+shm PSS the run added", "DataLoader workers", "MB", series(results, label, "workers", "added_pss_mb"))])
 
 
 if __name__ == "__main__":

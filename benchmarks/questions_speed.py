@@ -1,7 +1,7 @@
 """Question pipeline speed: building the question cache, and loading a split at training start.
 
     python benchmarks/questions_speed.py                      # 1,000,000 train questions
-    python benchmarks/questions_speed.py --questions 200000 --keep /tmp/qbench
+    python benchmarks/questions_speed.py --questions 200000 --keep /tmp/qbench --out /tmp/results
 
 It writes GQA-shaped question files (the real schema: semantic program, entailed/equivalent ids,
 groups, annotations, types, full answer; ~850 bytes a question like the real files) over a few
@@ -12,25 +12,29 @@ thousand images, converts a matching small features TSV with the real converter,
 - ``butd.questions.load_split(train)`` against the specification's path on the same file in the
   same run: ``json.load``, ``sorted`` entries, ``Dictionary.tokenize`` and the front-padding loop.
 
-Prints a table and ends with one JSON line of the figures.
+Prints a table, writes ``questions_speed.png`` (the build's phases; load_split against the
+specification) and ``questions_speed.json`` under ``--out``, and ends with one JSON line of the figures.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
 import tempfile
-import time
 
 import numpy as np
 
 from butd import questions as Q
-from butd import schema
-from butd.convert import convert_tsv
-from butd.reference import Dictionary, pad_tokens
-from butd.sample import ImageRow, write_tsv
+from butd.features import schema
+from butd.features.convert import convert_tsv
+from butd.features.tsv import ImageRow
+from butd.reference.spec import Dictionary, pad_tokens
+from butd.synthetic.scene import write_tsv
+from butd.tasks import get_task
+from harness import RESULTS, report, timed
+
+TASK = get_task("gqa")
 
 NOUNS = ("man woman shirt table chair car tree building sky window door person girl boy dog cat horse "
          "plate bowl cup glass bottle pizza sandwich fence grass street sidewalk pole sign bus truck "
@@ -81,7 +85,7 @@ def _bodies(rng, count: int) -> list:
         question = template.format(n=n, n2=n2, n3=n3, a=a, a2=a2, r=r)
         answer = _answer(rng, kind)
         program = [{"operation": "select", "dependencies": [], "argument": f"{n} ({rng.integers(10**6)})"},
-                   {"operation": f"relate", "dependencies": [0], "argument": f"{n2},{r},s ({rng.integers(10**6)})"},
+                   {"operation": "relate", "dependencies": [0], "argument": f"{n2},{r},s ({rng.integers(10**6)})"},
                    {"operation": f"verify {kind}", "dependencies": [1], "argument": a}]
         fields = {"semantic": program,
                   "question": question, "isBalanced": True,
@@ -125,16 +129,16 @@ def make_data(root: str, train_questions: int, images: int, seed: int = 0) -> di
         rows = (ImageRow(i, 480, 640, np.array([[0, 0, 9, 9]], np.float32), np.ones((1, 4), np.float32),
                          np.zeros(1, np.int64), np.ones(1, np.float32), np.zeros(1, np.int64),
                          np.ones(1, np.float32)) for i in ids)
-        tsv = os.path.join(fdir, schema.TSV_FOR_STORE[store])
+        tsv = os.path.join(fdir, TASK.stores[store][0])
         write_tsv(tsv, rows)
-        convert_tsv(tsv, schema.store_path(cache, store), progress=False)
+        convert_tsv(tsv, TASK.store_path(cache, store), progress=False)
     bodies = _bodies(rng, 50_000)
     sizes = {"train": train_questions, **SPLIT_SIZES}
     qid = 10_000_000
-    for split in Q.SPLITS:
-        ids = image_ids[schema.STORE_FOR_SPLIT[split]]
-        write_questions(os.path.join(qdir, Q.QUESTION_FILE.format(split=split)), sizes[split], ids, qid,
-                        split != "test", rng, bodies)
+    for split in TASK.split_names:
+        ids = image_ids[TASK.split(split).store]
+        path, = TASK.question_files(qdir, split)
+        write_questions(path, sizes[split], ids, qid, TASK.split(split).answers, rng, bodies)
         qid += 100 * sizes[split]
     glove = os.path.join(root, "GloVe", "glove.6B.300d.txt")
     os.makedirs(os.path.dirname(glove), exist_ok=True)
@@ -159,32 +163,26 @@ def spec_load(path: str, dictionary: Dictionary, ans2label: dict, img2idx: dict,
     return entries
 
 
-def timed(fn):
-    gc.collect()
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--questions", type=int, default=1_000_000, help="train questions (default 1,000,000)")
     p.add_argument("--images", type=int, default=3000, help="trainval images the questions are about")
     p.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
+    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
     args = p.parse_args(argv)
     root = args.keep or tempfile.mkdtemp(prefix="questions_speed_")
     try:
-        (paths, t_make) = timed(lambda: make_data(root, args.questions, args.images))
+        paths, t_make = timed(make_data, root, args.questions, args.images)
         out = os.path.join(paths["cache"], "questions")
         shutil.rmtree(out, ignore_errors=True)
-        build = lambda: Q.build(paths["questions"], paths["glove"], out, paths["cache"], progress=False)
-        summary, t_build = timed(build)
-        again, t_noop = timed(build)
-        arrays, t_load = timed(lambda: Q.load_split(out, "train"))
+        inputs = Q.Inputs(task=TASK.name, questions=paths["questions"], glove=paths["glove"], cache=paths["cache"])
+        summary, t_build = timed(Q.build, inputs, out, progress=False)
+        again, t_noop = timed(Q.build, inputs, out, progress=False)
+        arrays, t_load = timed(Q.load_split, out, "train")
         vocab, (ans2label, _) = Q.load_vocab(out), Q.load_answers(out)
-        img2idx = {i: r for r, i in enumerate(schema.read_image_ids(schema.store_path(paths["cache"], "train")).tolist())}
-        entries, t_spec = timed(lambda: spec_load(os.path.join(paths["questions"], "train_balanced_questions.json"),
-                                                  Dictionary(vocab.word2idx, vocab.idx2word), ans2label, img2idx))
+        img2idx = {i: r for r, i in enumerate(schema.read_image_ids(TASK.store_path(paths["cache"], "train")).tolist())}
+        train_file, = TASK.question_files(paths["questions"], "train")
+        entries, t_spec = timed(spec_load, train_file, Dictionary(vocab.word2idx, vocab.idx2word), ans2label, img2idx)
         if not np.array_equal(arrays.tokens, np.array([e["q_token"] for e in entries])):
             raise SystemExit("loaded tokens differ from the specification's tokenization")
         del entries
@@ -199,19 +197,21 @@ def main(argv=None) -> dict:
                 ("second build, same inputs (no-op)", t_noop, f"skipped={again['skipped']}"),
                 (f"load_split(train): {len(arrays):,} questions", t_load, "target < 2 s"),
                 ("spec: json.load + sorted entries + tokenize + pad", t_spec, f"{t_spec / t_load:,.1f}x slower than load_split")]
+        runs = [{"step": name, "seconds": sec, "note": note} for name, sec, note in rows]
         load = os.getloadavg()[0]
         print(f"\nmachine: {os.cpu_count()} cores, load average {load:.1f} during the run (shared: noisy)")
-        print(f"{'step':<58}{'seconds':>10}   note")
-        for name, sec, note in rows:
-            print(f"{name:<58}{sec:>10.2f}   {note}")
         figures = {"questions": total, "train_questions": len(arrays), "json_mb": round(size_mb, 1),
                    "build_s": round(t_build, 2), "noop_s": round(t_noop, 3), "load_s": round(t_load, 3),
                    "spec_load_s": round(t_spec, 2), "load_speedup": round(t_spec / t_load, 1),
                    "phase_s": phases, "load_average": round(load, 1), "shards": summary["shards"], "ntoken": summary["ntoken"],
                    "num_answers": summary["num_answers"], "glove_coverage": summary["glove_coverage"],
                    "build_under_60s": t_build < 60, "load_under_2s": t_load < 2}
-        print(json.dumps(figures))
-        return figures
+        n = [len(arrays)]
+        return report("questions_speed", args.out, figures, runs, columns=[
+            ("step", "step", "<57"), ("seconds", "seconds", "10.2f"), ("note", "note", "<1")], panels=[
+            ("question cache build", "phase", "seconds", {f"build, {total:,} questions": (list(phases), list(phases.values()))}),
+            ("loading the train split at training start", "train questions", "seconds",
+             {"load_split (np.load)": (n, [t_load]), "specification (json.load + tokenize + pad)": (n, [t_spec])})])
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -5,22 +5,25 @@
         --images 4000 --num_workers 2,4,8 --feature_cache none,pinned,gpu
 
 For each precision and batch size it times the real training step (``LitVQA.training_step``: the
-BUTD forward, cross-entropy, metric updates; then backward, clipping at 0.25 and Adamax, as the
-Trainer does them; nanoGPT's bench.py style, without the Trainer around it):
+BUTD forward, cross-entropy, metric updates; then backward, gradient clipping and the optimiser of
+the default ``OptimConfig`` (0.25, Adamax), as the Trainer does them; nanoGPT's bench.py style,
+without the Trainer around it):
   (a) ``resident``: one batch already on the device, repeated: the model's ceiling;
-  (b) ``loader``: batches from the real ``GQADataModule`` train loader over a generated store
+  (b) ``loader``: batches from the real ``VQADataModule`` train loader over a generated store
       (sample TSVs -> converter -> question shards), moved to the device as Lightning does, for
       each ``--num_workers`` x ``--feature_cache`` setting;
-and reports steps/s, samples/s and loader efficiency = (b) / (a). The model is sized as on real
-GQA (``--ntoken``, ``--num_answers``; the sample's own vocabulary is small). Timing: warm-up steps
-first, then ``torch.cuda.synchronize()`` around the timed steps. Prints a table, writes
+and reports steps/s, samples/s and loader efficiency = (b) / (a). The model is the default
+``ModelConfig`` with ``--model``, ``--hidden`` and ``--emb_dim``, sized as on real GQA
+(``--ntoken``, ``--num_answers``; the sample's own vocabulary is small). Timing
+(``harness.time_loop``): warm-up steps first, then ``torch.cuda.synchronize()`` around the timed
+steps. Prints a table, writes
 ``step_speed.png`` and ``step_speed.json`` under ``--out``, and ends with one JSON line.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
-import json
 import os
 import sys
 import tempfile
@@ -33,17 +36,29 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from butd import questions  # noqa: E402
-from butd.convert import convert_defaults  # noqa: E402
-from butd.data import GQADataModule  # noqa: E402
-from butd.lit import LitVQA  # noqa: E402
-from butd.plots import line_plot  # noqa: E402
-from butd.sample import generate  # noqa: E402
+from butd.features.convert import convert_stores  # noqa: E402
+from butd.loading import VQADataModule  # noqa: E402
+from butd.synthetic.gqa import generate  # noqa: E402
+from butd.tasks import get_task  # noqa: E402
+from butd.training.config import ModelConfig  # noqa: E402
+from butd.training.lit import LitVQA  # noqa: E402
+from harness import RESULTS, Table, report, series, time_loop  # noqa: E402
+
+TASK = "gqa"
 
 # Full size on a GPU, small on a CPU (where the run is a smoke test of the code path).
 SIZES = {"cuda": dict(v_dim=2048, hidden=1024, emb_dim=300, images=4000, batch_sizes="64,128,256,512",
                       precision="bf16,fp32", steps=50, warmup=10, num_workers="2,4,8"),
          "cpu": dict(v_dim=64, hidden=128, emb_dim=50, images=200, batch_sizes="32,64",
                      precision="fp32", steps=8, warmup=2, num_workers="0,1")}
+
+# One row per measurement, printed as it is made and again, complete, at the end.
+TABLE_COLUMNS = [("prec", "precision", ">5"), ("bsz", "batch_size", ">5"), ("mode", "mode", ">9"),
+                 ("loader", lambda r: r.get("loader") or ("-" if r["mode"] == "resident" else
+                                                         f"w={r['num_workers']} cache={r['feature_cache']}"), ">22"),
+                 ("steps/s", "steps_per_s", "9.2f"), ("samples/s", "samples_per_s", "11.0f"),
+                 ("eff %", lambda r: None if "efficiency" not in r else 100 * r["efficiency"], "7.1f")]
+TABLE = Table(TABLE_COLUMNS)
 
 
 def parse_args(argv=None):
@@ -67,7 +82,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, help="untimed steps first")
     p.add_argument("--store_dir", help="reuse/keep the generated sample and caches here (default: a temp dir)")
-    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
     args = p.parse_args(argv)
     for key, value in SIZES["cuda" if args.device.startswith("cuda") else "cpu"].items():
         if getattr(args, key) is None:
@@ -86,9 +101,10 @@ def build_caches(root: str, args) -> str:
                      num_boxes=args.boxes, emb_dim=args.emb_dim)
     print(f"[*] generated {args.images} images x {args.boxes} boxes x {args.v_dim} in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
-    convert_defaults(paths["features"], cache, progress=False)
-    questions.build(paths["questions"], paths["glove"], os.path.join(cache, "questions"), cache,
-                    emb_dim=args.emb_dim, progress=False)
+    convert_stores(get_task(TASK), paths["features"], cache, progress=False)
+    inputs = questions.Inputs(task=TASK, questions=paths["questions"], glove=paths["glove"], cache=cache,
+                              emb_dim=args.emb_dim)
+    questions.build(inputs, os.path.join(cache, "questions"), progress=False)
     print(f"[*] caches ready in {time.perf_counter() - start:.1f} s total", flush=True)
     return cache
 
@@ -102,7 +118,7 @@ def make_step(lit: LitVQA, device: torch.device, precision: str):
         with autocast:
             loss = lit.training_step(batch, i)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(lit.parameters(), 0.25)
+        torch.nn.utils.clip_grad_norm_(lit.parameters(), lit.optim_config.gradient_clip)
         optimiser.step()
         optimiser.zero_grad(set_to_none=True)
     return step
@@ -112,22 +128,11 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(step, batches, warmup: int, steps: int, device) -> dict:
     """Steps/s over ``steps`` batches after ``warmup`` (batches: an iterator of host or device batches)."""
-    for i in range(warmup):
-        step(to_device(next(batches), device), i)
-    sync(device)
-    start = time.perf_counter()
-    for i in range(steps):
-        step(to_device(next(batches), device), i)
-    sync(device)
-    seconds = time.perf_counter() - start
-    return {"steps_per_s": steps / seconds, "seconds": seconds}
+    r = time_loop(lambda i: step(to_device(next(batches), device), i), warmup=warmup, steps=steps,
+                  sync=(lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None)
+    return {"steps_per_s": r["steps_per_s"], "seconds": r["seconds"]}
 
 
 def endless(loader):
@@ -140,8 +145,9 @@ def endless(loader):
 
 def build_lit(args, dm, device) -> LitVQA:
     torch.manual_seed(0)
-    lit = LitVQA(model=args.model, ntoken=max(args.ntoken, dm.ntoken), num_answers=max(args.num_answers, dm.num_answers),
-                 v_dim=dm.v_dim, emb_dim=args.emb_dim, hidden=args.hidden).to(device).train()
+    model = dataclasses.asdict(ModelConfig(model=args.model, emb_dim=args.emb_dim, hidden=args.hidden))
+    lit = LitVQA(task=TASK, model=model, ntoken=max(args.ntoken, dm.ntoken),
+                 num_answers=max(args.num_answers, dm.num_answers), v_dim=dm.v_dim).to(device).train()
     if args.compile:
         lit.model.compile()
     return lit
@@ -149,20 +155,21 @@ def build_lit(args, dm, device) -> LitVQA:
 
 def measure_one(args, cache: str, device, precision: str, bsz: int) -> list:
     results = []
-    dm = GQADataModule(cache, batch_size=bsz, num_workers=0, seed=0)
+    dm = VQADataModule(TASK, cache, batch_size=bsz, num_workers=0, seed=0)
     dm.setup("fit")
     lit = build_lit(args, dm, device)
     step = make_step(lit, device, precision)
-    one = to_device(next(iter(dm.dataloader_for("train", shuffle=True))), device)
+    # a copy: the loader's batch is valid only until its next one (it reuses its buffers)
+    one = to_device({k: v.clone() for k, v in next(iter(dm.train_dataloader())).items()}, device)
     base = timed(step, itertools.repeat(one), args.warmup, args.steps, device)
     resident = {"precision": precision, "batch_size": bsz, "mode": "resident", "num_workers": None,
                 "feature_cache": None, **base, "samples_per_s": base["steps_per_s"] * bsz, "efficiency": 1.0}
     results.append(resident)
-    report_row(resident)
+    TABLE.row(resident)
     for cache_mode, workers in itertools.product(args.feature_cache.split(","), map(int, args.num_workers.split(","))):
         if cache_mode != "none" and workers != int(args.num_workers.split(",")[0]):
             continue            # resident caches gather in the main process: workers do not apply
-        dm = GQADataModule(cache, batch_size=bsz, num_workers=workers, feature_cache=cache_mode, seed=0)
+        dm = VQADataModule(TASK, cache, batch_size=bsz, num_workers=workers, feature_cache=cache_mode, seed=0)
         dm.setup("fit")
         start = time.perf_counter()
         loader_run = timed(step, endless(dm.train_dataloader()), args.warmup, args.steps, device)
@@ -171,11 +178,12 @@ def measure_one(args, cache: str, device, precision: str, bsz: int) -> list:
                "efficiency": loader_run["steps_per_s"] / base["steps_per_s"],
                "wall_with_startup_s": time.perf_counter() - start}
         results.append(row)
-        report_row(row)
+        TABLE.row(row)
         del dm
     # The ceiling again, after the loader runs (clocks, caches, noise): efficiency is against the mean.
     again = timed(step, itertools.repeat(one), args.warmup, args.steps, device)
-    print(f"{'':>5} {'':>5} {'resident':>9} {'(again)':>22} {again['steps_per_s']:>9.2f}", flush=True)
+    TABLE.row({"precision": precision, "batch_size": bsz, "mode": "resident", "loader": "(again)", **again,
+               "samples_per_s": again["steps_per_s"] * bsz})
     ceiling = (base["steps_per_s"] + again["steps_per_s"]) / 2
     resident.update(steps_per_s=ceiling, samples_per_s=ceiling * bsz, first_steps_per_s=base["steps_per_s"],
                     again_steps_per_s=again["steps_per_s"])
@@ -197,12 +205,6 @@ def measure(args, cache: str, device) -> list:
     return results
 
 
-def report_row(r: dict) -> None:
-    loader = "-" if r["mode"] == "resident" else f"w={r['num_workers']} cache={r['feature_cache']}"
-    print(f"{r['precision']:>5} {r['batch_size']:>5} {r['mode']:>9} {loader:>22} {r['steps_per_s']:>9.2f} "
-          f"{r['samples_per_s']:>11.0f} {100 * r['efficiency']:>7.1f}%", flush=True)
-
-
 def summarise(results: list, args, device) -> dict:
     best = {}
     for r in results:
@@ -219,21 +221,12 @@ def summarise(results: list, args, device) -> dict:
                "resident_samples_per_s": {f"{r['precision']}/{r['batch_size']}": round(r["samples_per_s"])
                                           for r in results if r["mode"] == "resident"},
                "torch": torch.__version__}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "step_speed.json"), "w") as f:
-        json.dump({"summary": summary, "runs": results}, f, indent=1)
-    series = {}
-    for r in results:
-        if r["mode"] == "error":
-            continue
-        label = f"{r['precision']} " + ("resident" if r["mode"] == "resident"
-                                        else f"loader w={r['num_workers']} {r['feature_cache']}")
-        xs, ys = series.setdefault(label, ([], []))
-        xs.append(r["batch_size"])
-        ys.append(r["samples_per_s"])
-    line_plot([("training throughput", "batch size", "samples/s", series)],
-              os.path.join(args.out, "step_speed.png"), title=f"step_speed on {summary['device']}")
-    return summary
+    ok = [r for r in results if r["mode"] != "error"]
+    label = lambda r: f"{r['precision']} " + ("resident" if r["mode"] == "resident"
+                                               else f"loader w={r['num_workers']} {r['feature_cache']}")
+    return report("step_speed", args.out, summary, results, columns=TABLE_COLUMNS, table_rows=ok,
+                  panels=[("training throughput", "batch size", "samples/s", series(ok, label, "batch_size", "samples_per_s"))],
+                  title=f"step_speed on {summary['device']}")
 
 
 def main(argv=None) -> dict:
@@ -249,11 +242,9 @@ def main(argv=None) -> dict:
         cache = build_caches(root, args)
         print(f"[*] {args.model} v_dim={args.v_dim} hidden={args.hidden} boxes={args.boxes} "
               f"on {device}; {args.steps} timed steps after {args.warmup} warm-up", flush=True)
-        print(f"{'prec':>5} {'bsz':>5} {'mode':>9} {'loader':>22} {'steps/s':>9} {'samples/s':>11} {'eff':>8}")
+        TABLE.header()
         results = measure(args, cache, device)
-    summary = summarise(results, args, device)
-    print(json.dumps(summary))
-    return summary
+    return summarise(results, args, device)
 
 
 if __name__ == "__main__":

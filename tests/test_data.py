@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from butd.features import schema
 from butd.features.reader import FeatureStore, StoreError
 from butd.loading import BatchDataset, ShardedBatchSampler, ThreadedLoader, VQADataModule, make_loader
-from helpers import build_gqa_caches, questions_for, write_store
+from helpers import questions_for, write_store
 
 
 def loader(dataset, workers=0, seed=1, epoch=0, batch_size=32):
