@@ -187,3 +187,16 @@ def test_build_model():
     assert isinstance(build_model("film", ntoken=4, num_answers=3, v_dim=8, hidden=8, emb_dim=4), FiLM)
     with pytest.raises(ValueError, match="unknown model 'mcan'"):
         build_model("mcan", ntoken=4, num_answers=3)
+
+
+def test_frozen_embeddings_stay_as_loaded():
+    torch.manual_seed(0)
+    m = BUTD(NTOKEN, ANSWERS, v_dim=V_DIM, emb_dim=EMB, hidden=HIDDEN, freeze_embeddings=True)
+    m.load_embeddings(torch.randn(NTOKEN, EMB))
+    before = m.w_emb.emb.weight.clone()
+    features, spatials, tokens = inputs()
+    opt = torch.optim.Adamax([p for p in m.parameters() if p.requires_grad], lr=0.01)
+    F.cross_entropy(m(features, spatials, tokens), torch.randint(0, ANSWERS, (B,))).backward()
+    opt.step()
+    assert torch.equal(m.w_emb.emb.weight, before) and m.w_emb.emb.weight.grad is None
+    assert m.q_enc.rnn.weight_ih_l0.grad is not None

@@ -18,10 +18,12 @@ class VQAModel(nn.Module):
     def __init__(self, ntoken: int, num_answers: int, v_dim: int = 2048, spatial_dim: int = SPATIAL_DIM,
                  emb_dim: int = 300, hidden: int = 1024, rnn: str = "GRU", rnn_layers: int = 1,
                  bidirectional: bool = False, weight_norm: bool = True, emb_dropout: float = 0.0,
-                 q_dropout: float = 0.0, attention_dropout: float = 0.2, answer_dropout: float = 0.5):
+                 q_dropout: float = 0.0, attention_dropout: float = 0.2, answer_dropout: float = 0.5,
+                 freeze_embeddings: bool = False):
         super().__init__()
         self.v_dim, self.hidden = v_dim, hidden
         self.w_emb = WordEmbedding(ntoken, emb_dim, emb_dropout)
+        self.w_emb.emb.weight.requires_grad_(not freeze_embeddings)
         self.q_enc = QuestionEncoder(emb_dim, hidden, rnn_layers, bidirectional, q_dropout, rnn)
         # the specification's construction order, so a seeded run draws the same initial weights
         self.build_fusion(self.q_enc.out_dim, v_dim + spatial_dim, hidden, attention_dropout, weight_norm)

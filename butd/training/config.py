@@ -115,6 +115,8 @@ class ModelConfig:
     """hidden size of the question encoder, projections and classifier"""
     weight_norm: bool = True
     """weight-normalised linear layers (--no_weight_norm: plain ones)"""
+    freeze_embeddings: bool = False
+    """keep the GloVe word embeddings fixed during training"""
 
     def model_kwargs(self) -> dict:
         """The model constructor's keywords (all but the architecture's name)."""
