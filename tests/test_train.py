@@ -132,6 +132,17 @@ def test_fast_dev_run(trained):
     assert trainer.state.finished and trainer.global_step == 1
 
 
+@pytest.mark.parametrize("logger,pattern", [("csv", "metrics.csv"), ("tensorboard", "events.out.tfevents.")])
+def test_lightning_loggers_write_beside_the_specs_metrics(trained, tmp_path, logger, pattern):
+    _, data, *_ = trained
+    trainer, _ = train.main(["--run_name", "log", *data, "--checkpoint", str(tmp_path), *FAST, "--epochs", "1",
+                             "--max_steps", "2", "--logger", logger])
+    run = trainer.loggers[0].name
+    written = os.listdir(tmp_path / "logs" / run)
+    assert any(name.startswith(pattern) for name in written), written
+    assert metrics_of(trainer)["status"] == "success"
+
+
 def test_resume_continues_at_the_next_epoch(trained):
     _, data, ckpt, first, checkpoints, _ = trained
     last = os.path.join(os.path.dirname(checkpoints.best_model_path), "last.ckpt")
