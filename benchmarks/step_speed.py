@@ -1,22 +1,27 @@
-"""Training-step throughput: the model's ceiling against the real loader feeding it.
+"""Training-step throughput: the model's ceiling, the real loader feeding it, and train.py's own loop.
 
-    python benchmarks/step_speed.py                                  # CPU: small sizes, a few seconds
+    python benchmarks/step_speed.py                                  # CPU: small model, about a minute
     python benchmarks/step_speed.py --device cuda --precision bf16,fp32 --batch_sizes 64,128,256,512 \\
         --images 4000 --num_workers 2,4,8 --feature_cache none,pinned,gpu
 
-For each precision and batch size it times the real training step (``LitVQA.training_step``: the
-BUTD forward, cross-entropy, metric updates; then backward, gradient clipping and the optimiser of
-the default ``OptimConfig`` (0.25, Adamax), as the Trainer does them; nanoGPT's bench.py style,
-without the Trainer around it):
+For each precision and batch size it times the bare training step (``LitVQA.loss_and_score``: the
+model's forward and the task's loss; then backward, gradient clipping and the optimiser of the
+default ``OptimConfig`` (0.25, Adamax); nanoGPT's bench.py style):
   (a) ``resident``: one batch already on the device, repeated: the model's ceiling;
   (b) ``loader``: batches from the real ``VQADataModule`` train loader over a generated store
       (sample TSVs -> converter -> question shards), moved to the device as Lightning does, for
       each ``--num_workers`` x ``--feature_cache`` setting;
-and reports steps/s, samples/s and loader efficiency = (b) / (a). The model is the default
-``ModelConfig`` with ``--model``, ``--hidden`` and ``--emb_dim``, sized as on real GQA
-(``--ntoken``, ``--num_answers``; the sample's own vocabulary is small). Timing
-(``harness.time_loop``): warm-up steps first, then ``torch.cuda.synchronize()`` around the timed
-steps. Prints a table, writes
+and reports steps/s, samples/s and loader efficiency = (b) / (a). Then, at the first precision and
+batch size, ``train.py``'s own loop against a bare one over the same loader:
+  (c) ``trainer``: the LightningModule under the Trainer that ``train.py`` builds
+      (``butd.training.run.make_trainer``: its metrics logger, checkpoint callback, progress bar,
+      clipping and precision), timed from inside by a callback;
+  (d) ``bare``: a plain PyTorch loop with the same model, batches, optimiser and clipping,
+      measured before and after (c);
+and reports loop efficiency = (c) / mean of the two (d) runs: the share of steps/s the Trainer keeps.
+The model is the default ``ModelConfig`` with ``--model``, ``--hidden`` and ``--emb_dim``, sized as on
+real GQA (``--ntoken``, ``--num_answers``; the sample's own vocabulary is small). Timing: warm-up
+steps first, then ``torch.cuda.synchronize()`` around the timed steps. Prints a table, writes
 ``step_speed.png`` and ``step_speed.json`` under ``--out``, and ends with one JSON line.
 """
 from __future__ import annotations
@@ -45,12 +50,14 @@ from butd.training.lit import LitVQA  # noqa: E402
 from harness import RESULTS, Table, report, series, time_loop  # noqa: E402
 
 TASK = "gqa"
+LOOP_TARGET = 0.9   # train.py's loop keeps at least 90% of the bare loop's steps/s
 
 # Full size on a GPU, small on a CPU (where the run is a smoke test of the code path).
 SIZES = {"cuda": dict(v_dim=2048, hidden=1024, emb_dim=300, images=4000, batch_sizes="64,128,256,512",
                       precision="bf16,fp32", steps=50, warmup=10, num_workers="2,4,8"),
-         "cpu": dict(v_dim=64, hidden=128, emb_dim=50, images=200, batch_sizes="32,64",
-                     precision="fp32", steps=8, warmup=2, num_workers="0,1")}
+         # the real feature size with a small model: where per-step overhead shows most
+         "cpu": dict(v_dim=2048, hidden=64, emb_dim=50, images=200, batch_sizes="32",
+                     precision="fp32", steps=40, warmup=5, num_workers="0,1")}
 
 # One row per measurement, printed as it is made and again, complete, at the end.
 TABLE_COLUMNS = [("prec", "precision", ">5"), ("bsz", "batch_size", ">5"), ("mode", "mode", ">9"),
@@ -110,13 +117,13 @@ def build_caches(root: str, args) -> str:
 
 
 def make_step(lit: LitVQA, device: torch.device, precision: str):
-    """One training step as the Trainer runs it (autocast, training_step, backward, clip, step)."""
+    """One bare training step (autocast, forward and loss, backward, clip, optimiser step)."""
     optimiser = lit.configure_optimizers()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     def step(batch, i):
         with autocast:
-            loss = lit.training_step(batch, i)
+            loss = lit.loss_and_score(batch)[0]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lit.parameters(), lit.optim_config.gradient_clip)
         optimiser.step()
@@ -192,6 +199,80 @@ def measure_one(args, cache: str, device, precision: str, bsz: int) -> list:
     return results
 
 
+class _StepTimer:
+    """A callback timing ``steps`` training steps after ``warmup``, from inside the Trainer's loop."""
+
+    def __init__(self, warmup: int, steps: int, device: torch.device):
+        import pytorch_lightning as pl
+
+        timer = self
+
+        class Callback(pl.Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                if trainer.global_step == warmup:
+                    timer.sync()
+                    timer.start = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if trainer.global_step == warmup + steps:
+                    timer.sync()
+                    timer.seconds = time.perf_counter() - timer.start
+
+        self.callback, self.steps, self.device = Callback(), steps, device
+        self.start = self.seconds = None
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workdir: str) -> list:
+    """(c) train.py's Trainer loop against (d) a bare loop, over the same loader and model."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from butd.training.config import TrainConfig, RunConfig, resolved
+    from butd.training.metrics_logger import MetricLogger
+    from butd.training.run import make_trainer
+
+    config = resolved(TrainConfig(RunConfig(run_name="step_speed", log_every=50)))
+    config.data.checkpoint = workdir
+    config.optim.bsz, config.optim.max_steps = bsz, args.warmup + args.steps
+    config.hardware.accelerator, config.hardware.devices = device.type, 1
+    config.hardware.precision = "bf16-mixed" if precision == "bf16" else "32-true"
+    rows = []
+
+    def loader():
+        dm = VQADataModule(TASK, cache, batch_size=bsz, num_workers=0, seed=0)
+        dm.setup("fit")
+        return dm
+
+    def bare():
+        dm = loader()
+        lit = build_lit(args, dm, device)
+        r = timed(make_step(lit, device, precision), endless(dm.train_dataloader()), args.warmup, args.steps, device)
+        rows.append({"precision": precision, "batch_size": bsz, "mode": "bare", "loader": "bare PyTorch loop",
+                     **r, "samples_per_s": r["steps_per_s"] * bsz})
+        TABLE.row(rows[-1])
+        return r["steps_per_s"]
+
+    first = bare()
+    dm = loader()
+    lit = build_lit(args, dm, torch.device("cpu"))
+    timer = _StepTimer(args.warmup, args.steps, device)
+    checkpoints = ModelCheckpoint(dirpath=os.path.join(workdir, "runs", "step_speed"), monitor="val_acc",
+                                  mode="max", save_top_k=3, save_last=True)
+    trainer = make_trainer(config, [MetricLogger("step_speed", workdir)], [checkpoints, timer.callback],
+                           limit_val_batches=0, max_epochs=-1)
+    trainer.fit(lit, datamodule=dm)
+    trainer_steps = args.steps / timer.seconds
+    rows.append({"precision": precision, "batch_size": bsz, "mode": "trainer", "loader": "train.py's Trainer",
+                 "steps_per_s": trainer_steps, "seconds": timer.seconds, "samples_per_s": trainer_steps * bsz})
+    TABLE.row(rows[-1])
+    second = bare()
+    rows[1]["efficiency"] = trainer_steps / ((first + second) / 2)
+    return rows
+
+
 def measure(args, cache: str, device) -> list:
     results = []
     for precision, bsz in itertools.product(args.precision.split(","), map(int, args.batch_sizes.split(","))):
@@ -221,10 +302,18 @@ def summarise(results: list, args, device) -> dict:
                "resident_samples_per_s": {f"{r['precision']}/{r['batch_size']}": round(r["samples_per_s"])
                                           for r in results if r["mode"] == "resident"},
                "torch": torch.__version__}
-    ok = [r for r in results if r["mode"] != "error"]
+    loop = [r for r in results if r["mode"] == "trainer"]
+    if loop:
+        summary["train_loop"] = {"efficiency": round(loop[0]["efficiency"], 4),
+                                 "trainer_steps_per_s": round(loop[0]["steps_per_s"], 2),
+                                 "bare_steps_per_s": [round(r["steps_per_s"], 2) for r in results if r["mode"] == "bare"],
+                                 "batch_size": loop[0]["batch_size"], "precision": loop[0]["precision"],
+                                 "target_met": loop[0]["efficiency"] >= LOOP_TARGET}
+    ok = [r for r in results if r["mode"] in ("resident", "loader")]
     label = lambda r: f"{r['precision']} " + ("resident" if r["mode"] == "resident"
                                                else f"loader w={r['num_workers']} {r['feature_cache']}")
-    return report("step_speed", args.out, summary, results, columns=TABLE_COLUMNS, table_rows=ok,
+    return report("step_speed", args.out, summary, results, columns=TABLE_COLUMNS,
+                  table_rows=[r for r in results if r["mode"] != "error"],
                   panels=[("training throughput", "batch size", "samples/s", series(ok, label, "batch_size", "samples_per_s"))],
                   title=f"step_speed on {summary['device']}")
 
@@ -244,6 +333,8 @@ def main(argv=None) -> dict:
               f"on {device}; {args.steps} timed steps after {args.warmup} warm-up", flush=True)
         TABLE.header()
         results = measure(args, cache, device)
+        precision, bsz = args.precision.split(",")[0], int(args.batch_sizes.split(",")[0])
+        results += measure_train_loop(args, cache, device, precision, bsz, os.path.join(root, "loop"))
     return summarise(results, args, device)
 
 

@@ -15,8 +15,9 @@ lists differ.
 A batch is the loader's dict (``butd.loading.batches``). The loss and the score of a prediction are
 the task's (``Task.loss_and_score``): questions without an answer count in neither.
 
-Logged under the specification's names: ``train_loss`` and ``train_acc`` per step, ``train_epoch_loss``
-and ``train_epoch_acc`` per epoch, ``val_loss`` and ``val_acc`` per validation. Epoch figures are
+Logged under the specification's names: ``train_loss`` and ``train_acc`` on the steps the loggers
+write (every ``log_every_n_steps``), ``train_epoch_loss`` and ``train_epoch_acc`` per epoch, ``val_loss``
+and ``val_acc`` per validation. Epoch figures are
 means over the answered questions of all ranks (sums and counts, synchronised at compute), not means
 of per-step means as in the specification. Gradient clipping is the Trainer's (``gradient_clip_val``).
 """
@@ -76,27 +77,41 @@ class LitVQA(pl.LightningModule):
     def forward(self, batch):
         return self.model(batch["features"], batch["spatials"], batch["tokens"], batch.get("num_boxes"))
 
-    def _loss_and_score(self, batch, stage: str):
-        """Per-batch mean loss and score over answered questions; feeds the epoch metrics."""
+    def loss_and_score(self, batch):
+        """(mean loss, mean score) over a batch's answered questions, and the per-question
+        (loss, score, weight) the epoch metrics sum."""
         losses, scores, weights = self.task.loss_and_score(self(batch), batch)
         count = weights.sum().clamp(min=1)
-        loss, acc = (losses * weights).sum() / count, (scores * weights).sum() / count
-        epoch = "train_epoch_" if stage == "train" else "val_"
-        self.metrics[epoch + "loss"].update(losses, weight=weights)
-        self.metrics[epoch + "acc"].update(scores, weight=weights)
-        return loss, acc
+        return (losses * weights).sum() / count, (scores * weights).sum() / count, (losses, scores, weights)
+
+    def _update(self, stage: str, per_question) -> None:
+        losses, scores, weights = per_question
+        self.metrics[stage + "loss"].update(losses.detach(), weights)
+        self.metrics[stage + "acc"].update(scores, weights)
+
+    def _log_epoch(self, stage: str, prog_bar: bool = False) -> None:
+        # computed (and summed over ranks) once per epoch, not at every step
+        for name in (stage + "loss", stage + "acc"):
+            self.log(name, self.metrics[name].compute(), prog_bar=prog_bar)
+            self.metrics[name].reset()
 
     def training_step(self, batch, batch_idx):
-        loss, acc = self._loss_and_score(batch, "train")
-        self.log_dict({"train_loss": loss, "train_acc": acc}, on_step=True, on_epoch=False)
-        self.log_dict({k: self.metrics[k] for k in ("train_epoch_loss", "train_epoch_acc")},
-                      on_step=False, on_epoch=True)
+        loss, acc, per_question = self.loss_and_score(batch)
+        self._update("train_epoch_", per_question)
+        # only on the steps the loggers write: logging is per-step host work (and, on a GPU, waits)
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0:
+            self.log_dict({"train_loss": loss.detach(), "train_acc": acc}, on_step=True, on_epoch=False)
         return loss
 
+    def on_train_epoch_end(self):
+        self._log_epoch("train_epoch_")
+
     def validation_step(self, batch, batch_idx):
-        self._loss_and_score(batch, "val")
-        self.log_dict({k: self.metrics[k] for k in ("val_loss", "val_acc")},
-                      on_step=False, on_epoch=True, prog_bar=True)
+        self._update("val_", self.loss_and_score(batch)[2])
+
+    def on_validation_epoch_end(self):
+        self._log_epoch("val_", prog_bar=True)
 
     def predict_step(self, batch, batch_idx, dataloader_idx=0):
         logits = self(batch)

@@ -52,6 +52,25 @@ def make_loggers(config: TrainConfig, run: str) -> list:
     return loggers
 
 
+def make_trainer(config: TrainConfig, loggers, callbacks: list, **overrides):
+    """The Trainer of a run (``overrides`` for the step benchmark, which times this very loop)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    hw = config.hardware
+    options = dict(
+        default_root_dir=config.data.checkpoint, max_epochs=config.optim.epochs, max_steps=config.optim.max_steps,
+        gradient_clip_val=config.optim.gradient_clip, gradient_clip_algorithm="norm",
+        accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
+        precision=hw.precision, logger=loggers, fast_dev_run=config.run.fast_dev_run,
+        # the bar redrawn at every step costs more than a small model's step
+        callbacks=[*callbacks, TQDMProgressBar(refresh_rate=max(1, config.run.log_every))],
+        log_every_n_steps=config.run.log_every, benchmark=True,
+        use_distributed_sampler=False)       # the loader's sampler shards itself across ranks
+    options.update(overrides)
+    return pl.Trainer(**options)
+
+
 def train(config: TrainConfig):
     """Train as ``config`` says; returns the Trainer and the ModelCheckpoint callback."""
     import pytorch_lightning as pl
@@ -64,6 +83,7 @@ def train(config: TrainConfig):
     from butd.training.caches import ensure_caches, question_inputs
     from butd.training.config import save_config
     from butd.training.lit import LitVQA
+    from butd.training.resume import MidEpochResume
 
     run = run_name(config)
     rank_zero_info(f"[*] Starting Train Job in Mode {config.data.dataset.upper()} with Run Name: {run}")
@@ -91,14 +111,7 @@ def train(config: TrainConfig):
     loggers[0].log_hyperparams(config.flat())
     checkpoints = ModelCheckpoint(dirpath=run_dir, filename="butd-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
                                   monitor="val_acc", mode="max", save_top_k=3, save_last=True)
-    hw = config.hardware
-    trainer = pl.Trainer(
-        default_root_dir=config.data.checkpoint, max_epochs=config.optim.epochs, max_steps=config.optim.max_steps,
-        gradient_clip_val=config.optim.gradient_clip, gradient_clip_algorithm="norm",
-        accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
-        precision=hw.precision, logger=loggers, callbacks=[checkpoints], fast_dev_run=config.run.fast_dev_run,
-        log_every_n_steps=config.run.log_every, benchmark=True,
-        use_distributed_sampler=False)       # the loader's sampler shards itself across ranks
+    trainer = make_trainer(config, loggers, [checkpoints, MidEpochResume()])
     if trainer.is_global_zero and not config.run.fast_dev_run:
         save_config(run_dir, config)
 
