@@ -1,7 +1,7 @@
 """Evaluate a trained checkpoint: the task's scores by question type, and predictions for submission.
 
     python evaluate.py --checkpoint checkpoints/runs/<run>/butd-epoch=..-val_acc=...ckpt
-    python evaluate.py --checkpoint CKPT --split test --out test-predictions.json
+    python evaluate.py --checkpoint CKPT --split submission --out submission.json   # GQA: upload this
     python evaluate.py --checkpoint CKPT --split val --accelerator gpu --bsz 1024
 
 The task and the data are found through the configuration saved beside the checkpoint (``config.json``
@@ -15,10 +15,18 @@ answer-prior baseline, then writes
 On a split without answers (test) it writes the predictions and says that no score can be computed.
 Default ``--out``: <run dir>/predictions/<split>-predictions.json. The library code is
 butd/evaluation/predict.py.
+
+GQA's test server scores every question of ``submission_all_questions.json`` and fails on a missing
+one: ``--split submission`` (that file, put beside the other question files) is the one to upload;
+``--split test`` covers only the balanced test questions. A user error (a wrong path, a question
+cache that is not the checkpoint's) is one line on stderr and exit status 1.
 """
 from __future__ import annotations
 
 import argparse
+import sys
+
+from butd.cli import run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -41,4 +49,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))   # a user's error: one line and exit status 1

@@ -25,7 +25,9 @@ With SLURM (one task per GPU; in an sbatch script with --nodes=2 --ntasks-per-no
 
 Every flag, its default and its meaning: `python train.py --help`; they come from the configuration
 dataclasses in butd/training/config.py. What a run writes is described in butd/training/run.py.
-Resume an interrupted run, in the same run directory, with --resume <that run's>/last.ckpt.
+Resume an interrupted run, in the same run directory, with --resume <that run's>/last.ckpt: it goes
+on where the run stopped, mid-epoch too (the loader's position is in the checkpoint). A user error (a
+missing file, a stale cache, GPUs that are not there) is one line on stderr and exit status 1.
 
 The --bsz batch is per process: with DDP the global batch is bsz x processes. With --gpus 0 (the
 default) the accelerator is chosen automatically and one device is used; the specification instead
@@ -33,6 +35,9 @@ forced the CPU at --gpus 0 (use --accelerator cpu for that).
 """
 from __future__ import annotations
 
+import sys
+
+from butd.cli import run
 from butd.training.config import parse_config
 from butd.training.run import train
 
@@ -42,4 +47,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))   # a user's error: one line and exit status 1

@@ -47,8 +47,8 @@ def main(argv=None) -> dict:
         summary = questions.build(inputs, args.out or os.path.join(inputs.cache, "questions"), force=args.force,
                                   workers=args.workers)
     # ValueError covers QuestionFileError, GloveFormatError and an incomplete or foreign feature store
-    except (FileNotFoundError, FileExistsError, ValueError, questions.StaleCacheError) as e:
-        sys.exit(f"[!] {e}")
+    except (OSError, ValueError, questions.StaleCacheError) as e:
+        sys.exit(f"[!] {' '.join(str(e).split())}")     # one line, exit status 1
     print(json.dumps(summary))
     return summary
 

@@ -3,14 +3,17 @@
     python converters/tsv_to_zarr.py [--dataset gqa]
         converts the task's feature files: for GQA the specification's two, data/GQA-Features/
         vg_gqa_obj36.tsv and gqa_testdev_obj36.tsv, into data/GQA-Cache/trainval.zarr and testdev.zarr
-    python converters/tsv_to_zarr.py IN.tsv --out OUT.zarr [--workers N] [--dtype float16|float32]
+    python converters/tsv_to_zarr.py IN.tsv [IN2.tsv ...] --out OUT.zarr [--workers N] [--dtype float16|float32]
         [--compressor none|zstd|blosc] [--chunk_images 32] [--layout auto|obj36|anderson]
-        [--on-bad-row error|skip] [--overwrite]
-        converts one file
+        [--feature_dim N] [--on-bad-row error|skip] [--overwrite]
+        converts the given file(s) into one store, rows in file order (e.g. the parts of a feature
+        file split over several .tsv.N files)
 
 Runs on all cores by default. An interrupted conversion (Ctrl-C, kill -9) resumes when the same
 command runs again; --overwrite starts over. With --on-bad-row skip, bad rows are left out and
-listed in OUT.zarr.bad_rows.json. The library code is butd/features/convert/.
+listed in OUT.zarr.bad_rows.json; a skip that would drop more rows than it keeps fails. The feature
+size per box is what most of the first rows agree on, or --feature_dim. Errors are one line on
+stderr, exit status 1. The library code is butd/features/convert/.
 """
 import argparse
 import sys
@@ -25,7 +28,7 @@ from butd.training.config import DataConfig
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("tsv", nargs="?", help="one TSV to convert (default: the specification's two files)")
+    p.add_argument("tsv", nargs="*", help="TSV(s) to convert into one store (default: the task's files)")
     p.add_argument("--out", help="the store to write (required with a TSV)")
     p.add_argument("--dataset", default="gqa", choices=TASK_NAMES, help="whose feature files to convert")
     p.add_argument("--data", default="data/", help="where downloaded data is located")
@@ -37,6 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="none keeps chunks memory-mappable (default)")
     p.add_argument("--chunk_images", type=int, default=DEFAULT_CHUNK_IMAGES, help="images per chunk")
     p.add_argument("--layout", choices=("auto",) + schema.LAYOUTS, default="auto")
+    p.add_argument("--feature_dim", "--feature-dim", type=int, default=None,
+                   help="feature values per box every row must have (default: what most of the first rows have)")
     p.add_argument("--on-bad-row", "--on_bad_row", dest="on_bad_row", choices=BAD_ROW_MODES, default="error")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -52,7 +57,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     options = dict(layout=None if args.layout == "auto" else args.layout, dtype=args.dtype,
                    compressor=args.compressor, chunk_images=args.chunk_images, workers=args.workers,
-                   on_bad_row=args.on_bad_row, overwrite=args.overwrite, progress=not args.quiet)
+                   on_bad_row=args.on_bad_row, overwrite=args.overwrite, progress=not args.quiet,
+                   feature_dim=args.feature_dim)
     try:
         if args.tsv:
             print(convert_tsv(args.tsv, args.out, **options))

@@ -8,6 +8,10 @@ attribute ids); lines may end in "\\n" or "\\r\\n".
 Checking comes in two strengths, both raising ``TSVFormatError`` that names file, line and id:
 ``parse_head`` checks a row's structure from field lengths alone (cheap: no base64 decoding), and
 ``decode_row`` decodes it fully with strict base64.
+
+A file may start with a UTF-8 byte-order mark (some Windows tools write one): its rows start after
+it (``text_start``). A compressed file is refused by name (``check_not_compressed``), not by the
+binary garbage its first "row" would show.
 """
 from __future__ import annotations
 
@@ -43,6 +47,28 @@ ARRAY_COLUMNS = {
     "boxes": (np.dtype("<f4"), 4),
     "features": (np.dtype("<f4"), None),
 }
+
+
+BOM = b"\xef\xbb\xbf"
+# The first bytes of compressed files, and the command that undoes each.
+COMPRESSED = ((b"\x1f\x8b", "gzip", "gunzip -k"), (b"PK\x03\x04", "zip", "unzip"), (b"BZh", "bzip2", "bunzip2 -k"),
+              (b"\xfd7zXZ\x00", "xz", "unxz -k"), (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"))
+
+
+def text_start(path: str) -> int:
+    """Offset of the first row of a TSV: past a leading UTF-8 byte-order mark, if any."""
+    with open(path, "rb") as f:
+        return len(BOM) if f.read(len(BOM)) == BOM else 0
+
+
+def check_not_compressed(path: str) -> None:
+    """Raise ValueError naming the format when ``path`` is a compressed file, not a TSV."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    for magic, name, command in COMPRESSED:
+        if head.startswith(magic):
+            raise ValueError(f"{path}: compressed file ({name}), not a features TSV: decompress it first "
+                             f"(`{command} {path}`) and convert the .tsv")
 
 
 @dataclass
@@ -211,8 +237,11 @@ def parse_head(fields: list, layout: str, path: str, line_no: int,
             unit = num_boxes * dtype.itemsize
             if nbytes == 0 or nbytes % unit or (feature_dim is not None and nbytes != unit * feature_dim):
                 want = f"{feature_dim}" if feature_dim is not None else "a whole number of"
+                # a whole number of other values per box is another feature size, not a cut line
+                hint = f"it has {nbytes // unit}: another feature size (--feature_dim?)" \
+                    if nbytes and not nbytes % unit else "line truncated?"
                 fail(f"{name}: {nbytes} bytes, expected num_boxes ({num_boxes}) x {want} float32 values "
-                     f"per box (line truncated?)")
+                     f"per box ({hint})")
             feature_dim = nbytes // unit
         elif nbytes != num_boxes * per_box * dtype.itemsize:
             fail(f"{name}: {nbytes} bytes, expected num_boxes ({num_boxes}) x {per_box} x "

@@ -67,7 +67,21 @@ class VQADataModule(pl.LightningDataModule):
         # the 6 spatial channels, and the image indicator where a question has several images
         self.spatial_dim = schema.SPATIAL_DIM + (self.task.images_per_question > 1)
         q.check_stores(self.questions_dir, self.cache_dir)
+        if stage in (None, "fit"):
+            self._refuse_empty(manifest, (self.train_split, self.val_split))
         self._ready = True
+
+    def _refuse_empty(self, manifest: dict, splits) -> None:
+        """Never train or validate on nothing: a split without questions (an empty file, or all of
+        them dropped) is an error naming the split and the cache, not an epoch of no batches."""
+        summary = manifest["summary"]
+        for split in splits:
+            if not summary["questions"].get(split):
+                dropped = summary.get("dropped", {}).get(split, 0)
+                why = f" ({dropped} dropped for lack of an image row)" if dropped else ""
+                raise ValueError(f"{self.questions_dir}: the {split} split has no questions{why}; nothing to "
+                                 f"{'train' if split == self.train_split else 'validate'} on. Check the "
+                                 f"{split} question file and rebuild with `{q.BUILD_COMMAND}`")
 
     def questions(self, split: str) -> q.QuestionArrays:
         if split not in self._questions:
@@ -93,16 +107,19 @@ class VQADataModule(pl.LightningDataModule):
             return self.trainer.global_rank, self.trainer.world_size
         return None, None  # no trainer: torch.distributed (or a single process) decides
 
-    def dataloader_for(self, split: str, shuffle: bool = False, drop_last: bool = False):
+    def dataloader_for(self, split: str, shuffle: bool = False, drop_last: bool = False, even: bool = True):
+        """``even=False``: each rank its own share of the questions, none repeated (validation)."""
         rank, world = self._rank_world()
         # resident caches gather in the main process (a GPU or pinned copy cannot be shared with workers)
         workers = self.num_workers if self.feature_cache == "none" else 0
         return make_loader(self.dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed,
                            drop_last=drop_last, num_workers=workers, pin_memory=self.pin_memory,
-                           prefetch_factor=self.prefetch_factor, rank=rank, world_size=world)
+                           prefetch_factor=self.prefetch_factor, rank=rank, world_size=world, even=even)
 
     def train_dataloader(self):
         return self.dataloader_for(self.train_split, shuffle=True)
 
     def val_dataloader(self):
-        return self.dataloader_for(self.val_split)
+        # Validation needs no equal step counts: repeating questions to pad the ranks would count
+        # them twice in val_acc.
+        return self.dataloader_for(self.val_split, even=False)

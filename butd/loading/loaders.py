@@ -16,7 +16,10 @@ default, fastest measured), or DataLoader worker processes.
   page-locked memory.
 
 Lightning: train with ``Trainer(use_distributed_sampler=False)``; Lightning calls the sampler's
-``set_epoch`` each epoch (it finds ``loader.sampler``), which reshuffles.
+``set_epoch`` each epoch (it finds ``loader.sampler``), which reshuffles. Both loaders count the
+batches their consumer has taken (not those gathered ahead) and give Lightning ``state_dict`` /
+``load_state_dict``, which it saves in checkpoints and restores on resume: a run resumed mid-epoch
+goes on with the rest of that epoch's batches.
 """
 from __future__ import annotations
 
@@ -35,6 +38,29 @@ def _whole_batch(batch):
     return batch  # the dataset already returns the finished batch
 
 
+class _Position:
+    """The sampler's position as the consumer sees it, for Lightning's checkpoints: batches of the
+    epoch handed out, counted as they are handed (a batch gathered ahead is not yet taken)."""
+    sampler: ShardedBatchSampler
+    _taken = 0
+
+    def _counted(self, batches):
+        self._taken = self.sampler.start     # read before the pass begins: it resets the sampler's
+        try:
+            for batch in batches:
+                self._taken += 1
+                yield batch
+        finally:
+            batches.close()                  # stops the producer at once when the consumer stops early
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict(self._taken)
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+        self._taken = self.sampler.start
+
+
 class _End:
     """Marks the end of a background thread's batches (or carries its exception)."""
 
@@ -42,7 +68,7 @@ class _End:
         self.error = error
 
 
-class ThreadedLoader:
+class ThreadedLoader(_Position):
     """Gathers the sampler's batches ``depth`` ahead in a background thread into a ring of slots (see
     the module docstring). Exposes ``sampler``, ``batch_sampler``, ``dataset`` and ``len`` so that
     Lightning inspects it, sets the epoch and counts batches as for a DataLoader."""
@@ -62,6 +88,9 @@ class ThreadedLoader:
         return self._ring
 
     def __iter__(self):
+        return self._counted(self._batches())
+
+    def _batches(self):
         ring = self.ring()
         ring.reset()
         out: queue.Queue = queue.Queue()
@@ -96,15 +125,28 @@ class ThreadedLoader:
             ring.reopen()
 
 
+class PositionedDataLoader(_Position, DataLoader):
+    """A DataLoader over a ``ShardedBatchSampler`` that saves and restores its position."""
+
+    def __iter__(self):
+        return self._counted(self._workers())
+
+    def _workers(self):
+        # a generator: the workers are asked for batches at the first next(), after Lightning has
+        # set the epoch and restored the position
+        yield from DataLoader.__iter__(self)
+
+
 def make_loader(dataset: BatchDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
                 drop_last: bool = False, num_workers: int = 0, pin_memory: bool = True,
-                prefetch_factor: int = 2, rank=None, world_size=None):
+                prefetch_factor: int = 2, rank=None, world_size=None, even: bool = True):
     """The loader over ``dataset``: whole batches from a ``ShardedBatchSampler``, gathered by a
-    ``ThreadedLoader`` (``num_workers=0``) or by ``num_workers`` persistent worker processes."""
+    ``ThreadedLoader`` (``num_workers=0``) or by ``num_workers`` persistent worker processes.
+    ``even=False``: every sample exactly once across ranks, for validation (see the sampler)."""
     sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
-                                  rank=rank, world_size=world_size)
+                                  rank=rank, world_size=world_size, even=even)
     if not num_workers:
         return ThreadedLoader(dataset, sampler, depth=prefetch_factor, pin_memory=pin_memory)
-    return DataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_whole_batch,
-                      num_workers=num_workers, persistent_workers=True, prefetch_factor=prefetch_factor,
-                      pin_memory=pin_memory and torch.cuda.is_available())
+    return PositionedDataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_whole_batch,
+                                num_workers=num_workers, persistent_workers=True, prefetch_factor=prefetch_factor,
+                                pin_memory=pin_memory and torch.cuda.is_available())

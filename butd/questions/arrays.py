@@ -29,8 +29,9 @@ class QuestionArrays:
 
     def __post_init__(self):
         n = len(self.question_ids)
-        self.image_ids = np.asarray(self.image_ids, dtype=str).reshape(n, -1)
-        self.image_rows = np.asarray(self.image_rows, dtype=np.int64).reshape(n, -1)
+        # [N] or [N, images]; an empty split keeps its width (reshape cannot infer it from no rows)
+        self.image_ids = _per_question(np.asarray(self.image_ids, dtype=str), n)
+        self.image_rows = _per_question(np.asarray(self.image_rows, dtype=np.int64), n)
         for name, a in [("image_ids", self.image_ids), ("image_rows", self.image_rows), ("tokens", self.tokens),
                         *self.targets.items(), *self.types.items()]:
             if len(a) != n:
@@ -62,3 +63,7 @@ class QuestionArrays:
         types = {k[len(TYPE_PREFIX):]: v for k, v in arrays.items() if k.startswith(TYPE_PREFIX)}
         return cls(arrays["question_ids"], arrays["image_ids"], arrays["image_rows"], arrays["tokens"],
                    targets, types)
+
+
+def _per_question(a: np.ndarray, n: int) -> np.ndarray:
+    return a if a.ndim == 2 else a.reshape(n, -1 if n else 1)

@@ -212,11 +212,14 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
     check_glove_dim(inputs.glove, inputs.emb_dim)
     phase = _Phases(say)
     phase("read", f"[*] reading {task.title} questions from {inputs.questions}")
-    raws = {s: task.read_split(inputs.questions, s) for s in task.split_names}
+    names = present_splits(task, inputs.questions)
+    absent = [s for s in task.split_names if s not in names]
+    if absent:
+        say(f"[*] no question file for the optional split(s) {', '.join(absent)}: left out of the cache")
+    raws = {s: task.read_split(inputs.questions, s) for s in names}
     ans2label, label2ans = task.answer_vocabulary(raws)
 
     phase("tokenize", "[*] tokenizing, resolving image rows")
-    names = task.split_names
     words, lengths = split_batch([q for s in names for q in raws[s].questions])
     counts = np.cumsum([0] + [len(raws[s]) for s in names])
     in_vocab = [task.split(s).vocabulary for s in names]
@@ -242,13 +245,14 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
     del raws, tokens
 
     phase("shards", "[*] writing shards and indexes")
-    # A whole second: a float mtime makes tarfile add a PAX header of its own to every member.
-    shard_counts = shards.write_shards(out, arrays, int(time.time()), workers, progress)
     small = _index_dtype(vocab.ntoken)
-    for split, a in arrays.items():
-        index = a.to_npz()
-        index["tokens"] = a.tokens.astype(small, copy=False)
-        np.savez(os.path.join(out, f"{split}.npz"), **index)
+
+    def save_indexes():   # in this process while the shard writers run
+        for split, a in arrays.items():
+            index = a.to_npz()
+            index["tokens"] = a.tokens.astype(small, copy=False)
+            np.savez(os.path.join(out, f"{split}.npz"), **index)
+    shard_counts = shards.write_shards(out, arrays, int(time.time()), workers, progress, meanwhile=save_indexes)
 
     phase("glove", f"[*] reading GloVe vectors from {inputs.glove}")
     weights, found = read_glove(inputs.glove, vocab.word2idx, inputs.emb_dim)
@@ -260,10 +264,17 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
                 "tokens": round(float(token_counts[found].sum() / max(token_counts.sum(), 1)), 4)}
     say(f"[*] vocabulary {vocab.ntoken} words, {len(label2ans)} answers; GloVe covers "
         f"{coverage['vocabulary']:.1%} of the vocabulary and {coverage['tokens']:.1%} of question tokens")
-    return {"task": task.name, "questions": {s: len(arrays[s]) for s in names}, "dropped": dropped,
-            "shards": shard_counts, "ntoken": vocab.ntoken, "num_answers": len(label2ans),
+    return {"task": task.name, "questions": {s: len(arrays[s]) for s in names}, "absent": absent, "dropped": dropped,
+            "shards": shard_counts, "shard_samples": shards.SHARD_SAMPLES, "ntoken": vocab.ntoken,
+            "num_answers": len(label2ans),
             "max_length": inputs.length, "vocabulary": vocabulary_identity(vocab.idx2word, label2ans),
             "glove_coverage": coverage, "phase_seconds": phase.end()}
+
+
+def present_splits(task, questions_dir: str) -> list:
+    """The task's splits in order, less the optional ones whose question file is absent."""
+    return [s for s in task.split_names
+            if not (task.split(s).optional and not task.question_files(questions_dir, s))]
 
 
 def _split_arrays(task, raw, split, tokens, ans2label, store, drop_missing) -> tuple[QuestionArrays, int]:
@@ -287,7 +298,9 @@ def _image_rows(task, raw, split: str, store: tuple, drop_missing: bool) -> np.n
     missing = np.flatnonzero((rows < 0).any(axis=1))
     if not len(missing):
         return rows
-    examples = ", ".join(f"{raw.question_ids[i]} (image {_images_of(raw, i)})" for i in missing[:5])
+    # one question per image: five questions about one image would show one id five times
+    first_of_image = list({_images_of(raw, i): i for i in reversed(missing[:1000].tolist())}.values())[::-1]
+    examples = ", ".join(f"{raw.question_ids[i]} (image {_images_of(raw, i)})" for i in first_of_image[:5])
     if len(missing) > MAX_MISSING_SHARE * n:
         theirs = ", ".join(store_ids[:5].tolist())
         raise QuestionFileError(
@@ -320,6 +333,9 @@ def load_split(questions_dir: str, split: str, inputs: Optional[Inputs] = None) 
     With ``inputs``, first checks that the cache was built from them (StaleCacheError otherwise).
     """
     manifest = _open(questions_dir, inputs)
+    if split in manifest["summary"].get("absent", []):
+        raise FileNotFoundError(f"{questions_dir}: the {split} split's question file was absent when this cache "
+                                f"was built; put it in the questions directory and rebuild with `{BUILD_COMMAND}`")
     if split not in manifest["summary"]["questions"]:
         raise ValueError(f"unknown split {split!r}; the {manifest['task']} question cache holds "
                          f"{', '.join(manifest['summary']['questions'])}")
@@ -355,6 +371,11 @@ def shard_paths(questions_dir: str, split: str) -> list:
     return [shards.shard_path(questions_dir, split, k) for k in range(count)]
 
 
-def stream_split(questions_dir: str, split: str, shard_shuffle: int = 0, seed: int = 0):
-    """The split's shards as a WebDataset (see ``butd.questions.shards.stream_shards``)."""
-    return shards.stream_shards(shard_paths(questions_dir, split), shard_shuffle, seed)
+def stream_split(questions_dir: str, split: str, shard_shuffle: bool = False, seed: int = 0,
+                 drop_last: bool = False):
+    """The split's shards as a WebDataset, an equal share for each DDP rank and DataLoader worker
+    (see ``butd.questions.shards.stream_shards``)."""
+    summary = read_manifest(questions_dir)["summary"]
+    # Caches from before "shard_samples" was recorded were all written with 2000 per shard.
+    counts = shards.shard_counts(summary["questions"][split], summary.get("shard_samples", 2000))
+    return shards.stream_shards(shard_paths(questions_dir, split), counts, shard_shuffle, seed, drop_last)

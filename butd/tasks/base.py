@@ -26,13 +26,20 @@ import torch
 @dataclass(frozen=True)
 class Split:
     """A question split: the feature store that holds its images, whether its file carries answers
-    (required in a split used for training or scoring), and whether its words and its answers join
-    the word and answer vocabularies."""
+    (required in a split used for training or scoring), whether its words and its answers join
+    the word and answer vocabularies, and whether its file may be absent (``optional``: a split
+    whose file is not there is left out of the question cache, which records it as absent; a
+    split that joins a vocabulary is never optional, or its absence would change the vocabulary)."""
     name: str
     store: str
     answers: bool = True
     vocabulary: bool = True
     answer_vocabulary: bool = True
+    optional: bool = False
+
+    def __post_init__(self):
+        if self.optional and (self.vocabulary or self.answer_vocabulary):
+            raise ValueError(f"split {self.name}: an optional split cannot join a vocabulary")
 
 
 @dataclass
@@ -67,6 +74,7 @@ class Task:
     stores: Dict[str, Tuple[str, ...]]   # store name -> the feature TSV(s) it is converted from
     max_length: int = 40
     images_per_question: int = 1
+    predictions_suffix: str = ".json"    # the extension of the submission file ``write_predictions`` writes
 
     # -- splits and stores -------------------------------------------------------------------------
     def split(self, name: str) -> Split:

@@ -3,6 +3,7 @@
 Files, under the specification's directories (``--gqa_questions``, ``--gqa_features``, ``--gqa_cache``):
 
     GQA-Questions/{train,val,testdev,test}_balanced_questions.json   one object keyed by question id
+    GQA-Questions/submission_all_questions.json   every question the test server scores (optional)
     GQA-Features/vg_gqa_obj36.tsv      train, val *and* test images -> GQA-Cache/trainval.zarr
     GQA-Features/gqa_testdev_obj36.tsv testdev images                -> GQA-Cache/testdev.zarr
 
@@ -15,6 +16,13 @@ id in its split's store, never by position.
 The metric follows the official GQA evaluation script: accuracy overall, by answer type (``open``
 when the structural type is ``query``, ``binary`` otherwise) and by structural and semantic type,
 with counts. Predictions are ``[{"questionId": ..., "prediction": ...}]``.
+
+The GQA server scores ``submission_all_questions.json`` (all test questions, not only the balanced
+ones) and fails on any question id missing from the upload (mac-network#17, lxmert#52). The
+``submission`` split is that file: no answers, its images in the trainval store, its words kept out
+of the vocabulary (so a model's vocabulary is the same with or without it), streamed as the others.
+It is optional: without the file the cache has no ``submission`` split. Upload the predictions of
+``python evaluate.py --checkpoint CKPT --split submission``.
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ from butd.tasks.answers import NO_ANSWER, majority_label, single_label_loss
 from butd.tasks.base import RawQuestions, Split, Task
 
 QUESTION_FILE = "{split}_balanced_questions.json"
+SUBMISSION_FILE = "submission_all_questions.json"
 STRUCTURAL = ("verify", "query", "choose", "logical", "compare")
 SEMANTIC = ("attr", "cat", "global", "obj", "rel")
 GROUPS = ("answer_type", "structural", "semantic")
@@ -44,26 +53,34 @@ class GQA(Task):
     cache_dir = "GQA-Cache"
     # The specification's file order: the vocabulary is built over all four, answers over the first three.
     splits = (Split("train", "trainval"), Split("val", "trainval"), Split("testdev", "testdev"),
-              Split("test", "trainval", answers=False, answer_vocabulary=False))
+              Split("test", "trainval", answers=False, answer_vocabulary=False),
+              Split("submission", "trainval", answers=False, vocabulary=False, answer_vocabulary=False,
+                    optional=True))
     train_split, val_split = "train", "testdev"
     stores = {"trainval": ("vg_gqa_obj36.tsv",), "testdev": ("gqa_testdev_obj36.tsv",)}
     max_length = 40
 
     # -- questions ---------------------------------------------------------------------------------
     def question_files(self, questions_dir: str, split: str) -> list:
-        self.split(split)
+        """The split's file; none for the optional submission split when its file is absent."""
+        if self.split(split).optional:
+            path = os.path.join(questions_dir, SUBMISSION_FILE)
+            return [path] if os.path.exists(path) else []
         return [os.path.join(questions_dir, QUESTION_FILE.format(split=split))]
 
     def read_split(self, questions_dir: str, split: str) -> RawQuestions:
-        path, = self.question_files(questions_dir, split)
-        return read_question_file(path, self.split(split).answers)
+        files = self.question_files(questions_dir, split)
+        if not files:
+            raise FileNotFoundError(f"{os.path.join(questions_dir, SUBMISSION_FILE)}: question file not found "
+                                    f"(the {split} split is read from GQA's {SUBMISSION_FILE})")
+        return read_question_file(files[0], self.split(split).answers)
 
     # -- answers and targets -----------------------------------------------------------------------
     def answer_vocabulary(self, raws: Dict[str, RawQuestions]) -> tuple:
         """The specification's answer vocabulary: keys lower-cased, label2ans keeps the first spelling."""
         ans2label, label2ans = {}, []
         for split in self.splits:
-            if split.answer_vocabulary:
+            if split.answer_vocabulary and split.name in raws:
                 for answer in raws[split.name].answers:
                     key = answer.lower()
                     if key not in ans2label:

@@ -1,5 +1,6 @@
 """The GloVe matrix of a vocabulary, streamed line by line (the 840B file is 5.6 GB) instead of the
-specification's ``readlines()``; only the lines of vocabulary words are parsed."""
+specification's ``readlines()``; only the lines of vocabulary words are parsed. A leading UTF-8
+byte-order mark (some editors write one) is not part of the first word."""
 from __future__ import annotations
 
 import gzip
@@ -8,6 +9,7 @@ from typing import Optional
 
 import numpy as np
 
+BOM = b"\xef\xbb\xbf"
 
 class GloveFormatError(ValueError):
     """A GloVe file whose vectors do not have the expected dimension."""
@@ -38,6 +40,8 @@ def read_glove(path: str, word2idx: dict, emb_dim: int,
     found = np.zeros(len(word2idx), dtype=bool)
     with _open_lines(path) as f:
         for lineno, line in enumerate(islice(f, max_lines), 1):
+            if lineno == 1 and line.startswith(BOM):
+                line = line[len(BOM):]     # else the first word ("the") would never be found
             word, _, rest = line.partition(b" ")
             index = by_bytes.get(word)
             if index is None and lineno > 1:

@@ -8,6 +8,7 @@ caches). In the extra processes of a multi-process launch nothing is built: the 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from butd import questions
@@ -42,21 +43,23 @@ def ensure_caches(inputs: questions.Inputs, features_dir: str, say=print) -> str
     child = is_launcher_child()
     for store, files in task.stores.items():
         path = task.store_path(inputs.cache, store)
-        tsv = os.path.join(features_dir, files[0])
+        tsvs = [os.path.join(features_dir, f) for f in files]
         complete = os.path.exists(path) and schema.read_attrs(path).complete
-        if child or (complete and not os.path.exists(tsv)):
+        if child or (complete and not all(map(os.path.exists, tsvs))):
             if not complete:
                 raise FileNotFoundError(f"{path}: feature store missing or incomplete; in a multi-process "
                                         "launch make the caches first with `python converters/tsv_to_zarr.py "
                                         f"--dataset {task.name}`")
             continue
-        _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {tsv} --out {path}")
-        say(str(convert_tsv(tsv, path)))
+        for tsv in tsvs:
+            _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
+        say(str(convert_tsv(tsvs, path)))
 
     qdir = os.path.join(inputs.cache, "questions")
     command = (f"{questions.BUILD_COMMAND} --dataset {task.name} --questions {inputs.questions} "
                f"--glove {inputs.glove} --cache {inputs.cache}")
     if os.path.exists(inputs.questions) and os.path.exists(inputs.glove):
+        inputs = built_with_drop_missing(inputs, qdir, say)
         if child:
             questions.check_inputs(qdir, inputs)     # the first process has built it
         else:
@@ -69,3 +72,21 @@ def ensure_caches(inputs: questions.Inputs, features_dir: str, say=print) -> str
         _require(inputs.glove, "GloVe file", qdir, command)
     say(f"[*] raw questions or GloVe not found: using the question cache {qdir} unchecked")
     return qdir
+
+
+def built_with_drop_missing(inputs: questions.Inputs, qdir: str, say=print) -> questions.Inputs:
+    """``inputs``, or the same with ``drop_missing=True`` where the cache in ``qdir`` was built from
+    exactly those. The setting is part of a cache's identity: a cache made with
+    ``questions_to_shards.py --drop_missing`` is used as it is, not rebuilt without the setting
+    (which would fail on the very questions it left out)."""
+    if inputs.drop_missing:
+        return inputs
+    dropping = dataclasses.replace(inputs, drop_missing=True)
+    try:
+        manifest = questions.check_inputs(qdir, dropping)
+    except (OSError, ValueError, questions.StaleCacheError):
+        return inputs
+    dropped = sum(manifest["summary"].get("dropped", {}).values())
+    say(f"[*] question cache {qdir} was built with --drop_missing ({dropped} question(s) without an image "
+        "row left out): using it as it is")
+    return dropping

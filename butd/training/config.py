@@ -163,6 +163,8 @@ class HardwareConfig:
     """e.g. bf16-mixed (fastest on recent GPUs)"""
     compile: bool = False
     """torch.compile the model"""
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    """torch.compile mode with --compile: reduce-overhead replays CUDA graphs (fewer kernel launches)"""
 
 
 @dataclass

@@ -52,6 +52,21 @@ def make_loggers(config: TrainConfig, run: str) -> list:
     return loggers
 
 
+def check_devices(config: TrainConfig) -> None:
+    """Refuse, before any work, GPUs that are not there: Lightning would end in a traceback."""
+    import torch
+    hw = config.hardware
+    if hw.accelerator not in ("gpu", "cuda"):
+        return
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wanted = hw.devices if isinstance(hw.devices, int) and hw.devices > 0 else 1
+    if visible < wanted:
+        seen = "no GPU is visible" if not visible else f"only {visible} GPU(s) are visible"
+        raise ValueError(f"{wanted} GPU(s) asked for (--gpus / --accelerator gpu --devices), but {seen} to PyTorch "
+                         "here (check CUDA_VISIBLE_DEVICES and the driver); to train on the CPU use --accelerator cpu, "
+                         "and to run DDP on the CPU --accelerator cpu --devices 2 --strategy ddp")
+
+
 def make_trainer(config: TrainConfig, loggers, callbacks: list, **overrides):
     """The Trainer of a run (``overrides`` for the step benchmark, which times this very loop)."""
     import pytorch_lightning as pl
@@ -85,6 +100,7 @@ def train(config: TrainConfig):
     from butd.training.lit import LitVQA
     from butd.training.resume import MidEpochResume
 
+    check_devices(config)
     run = run_name(config)
     rank_zero_info(f"[*] Starting Train Job in Mode {config.data.dataset.upper()} with Run Name: {run}")
     pl.seed_everything(config.optim.seed, workers=True)
@@ -103,8 +119,8 @@ def train(config: TrainConfig):
                  ntoken=dm.ntoken, num_answers=dm.num_answers, v_dim=dm.v_dim, spatial_dim=dm.spatial_dim,
                  vocabulary=dm.vocabulary)
     lit.model.load_embeddings(dm.glove)
-    if config.hardware.compile:
-        lit.model.compile()       # in place: parameter names (and checkpoints) stay uncompiled
+    if config.hardware.compile:   # in place: parameter names (and checkpoints) stay uncompiled
+        lit.model.compile(mode=config.hardware.compile_mode)
 
     run_dir = os.path.join(config.data.checkpoint, "runs", run)
     loggers = make_loggers(config, run)

@@ -21,8 +21,6 @@ PROGRESS_DIR = "_progress"
 _ARRAYS: dict = {}
 _BUFFERS: dict = {}
 
-_BUFFERS: dict = {}
-
 
 def _arrays(out_path: str, fingerprint: str, names) -> dict:
     # Keyed by the fingerprint too: a store re-made at the same path with other settings (another
@@ -106,16 +104,20 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _fill_chunk(tsv_path: str, attrs: StoreAttrs, offsets, lengths, lines, bufs: dict) -> list:
-    """Decode the rows into ``bufs`` (padding zeroed); returns their image ids."""
+def _fill_chunk(tsv_paths: list, attrs: StoreAttrs, offsets, lengths, lines, files, bufs: dict) -> list:
+    """Decode the rows (row ``i`` at ``offsets[i]`` of ``tsv_paths[files[i]]``) into ``bufs``
+    (padding zeroed); returns their image ids."""
     # spatials are computed from the boxes below
     fields = [f for f in fields_for(attrs.layout) if f.name not in ("spatials", "features")]
     ids = []
-    fd = os.open(tsv_path, os.O_RDONLY)
+    fds = {}
     try:
-        for i, (offset, length, line_no) in enumerate(zip(offsets, lengths, lines)):
-            line = os.pread(fd, int(length), int(offset))
-            row = decode_row(line, attrs.layout, tsv_path, int(line_no), attrs.feature_dim)
+        for i, (offset, length, line_no, f_index) in enumerate(zip(offsets, lengths, lines, files)):
+            path = tsv_paths[int(f_index)]
+            if path not in fds:
+                fds[path] = os.open(path, os.O_RDONLY)
+            line = os.pread(fds[path], int(length), int(offset))
+            row = decode_row(line, attrs.layout, path, int(line_no), attrs.feature_dim)
             ids.append(row.image_id)
             _put_features(bufs, i, row.features)
             for f in fields:
@@ -125,7 +127,8 @@ def _fill_chunk(tsv_path: str, attrs: StoreAttrs, offsets, lengths, lines, bufs:
                 else:
                     bufs[f.name][i] = getattr(row, f.name)
     finally:
-        os.close(fd)
+        for fd in fds.values():
+            os.close(fd)
     n = len(ids)
     # Padded boxes are zero, so their spatials are zero too (0 / w).
     bufs["spatials"][:n] = spatial_features(bufs["boxes"][:n], bufs["img_w"][:n], bufs["img_h"][:n])
@@ -136,10 +139,10 @@ def _fill_chunk(tsv_path: str, attrs: StoreAttrs, offsets, lengths, lines, bufs:
 
 def convert_chunk(task: tuple) -> tuple:
     """Decode one chunk's rows, write every field's chunk, then the chunk's done marker."""
-    tsv_path, out_path, attrs_json, chunk, offsets, lengths, lines = task
+    tsv_paths, out_path, attrs_json, chunk, offsets, lengths, lines, files = task
     attrs = StoreAttrs.from_json(attrs_json)
     bufs = _buffers(attrs)
-    ids = _fill_chunk(tsv_path, attrs, offsets, lengths, lines, bufs)
+    ids = _fill_chunk(tsv_paths, attrs, offsets, lengths, lines, files, bufs)
     write_chunk(out_path, attrs, chunk, bufs, len(ids))
     write_json_atomic(marker_path(out_path, chunk), {
         "chunk": chunk, "rows": len(ids), "lines": [int(lines[0]), int(lines[-1])], "image_ids": ids})

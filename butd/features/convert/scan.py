@@ -1,59 +1,116 @@
-"""Pass 1 of a conversion: scan a features TSV into a plan of its rows (offsets, lines, ids, box
-counts), checking every row's structure without reading its features. See ``butd.features.convert``."""
+"""Pass 1 of a conversion: scan features TSVs into a plan of their rows (file, offsets, lines, ids,
+box counts), checking every row's structure without reading its features. See ``butd.features.convert``."""
 from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
 from butd.features.convert.pool import progress_bar
 from butd.features.schema import TSV_COLUMNS
-from butd.features.tsv import COLUMN_INDEX, TSVFormatError, UnreadField, b64_length, decode_row, \
-    detect_layout, parse_head, split_fields, split_head
+from butd.features.tsv import COLUMN_INDEX, TSVFormatError, UnreadField, b64_length, check_not_compressed, \
+    decode_row, detect_layout, parse_head, split_fields, split_head, text_start
 
 # Scan ranges of at most this many bytes (more ranges than workers keeps the scan bar moving).
 SCAN_RANGE_BYTES = 256 << 20
+# The feature size is the one most of the first rows agree on (never row 1's alone).
+PROBE_ROWS = 16
 
 
 @dataclass
 class Plan:
-    """The rows of the store, in order: where each is in the TSV and what it is."""
+    """The rows of the store, in order: where each is in which TSV and what it is."""
     offsets: np.ndarray      # int64 byte offset of the row's line
     lengths: np.ndarray      # int64 byte length of the line (with its ending)
-    lines: np.ndarray        # int64 1-based line number
+    lines: np.ndarray        # int64 1-based line number in its file
     num_boxes: np.ndarray    # int32
     image_ids: np.ndarray    # str
     bad_rows: list = field(default_factory=list)
+    files: Optional[np.ndarray] = None    # int32 index of the row's TSV in the conversion's list
+
+    def __post_init__(self):
+        if self.files is None:
+            self.files = np.zeros(len(self.offsets), np.int32)
 
     def save(self, path: str) -> None:
         tmp = path + ".tmp.npz"
         np.savez(tmp, offsets=self.offsets, lengths=self.lengths, lines=self.lines,
-                 num_boxes=self.num_boxes, image_ids=self.image_ids.astype(np.str_))
+                 num_boxes=self.num_boxes, image_ids=self.image_ids.astype(np.str_), files=self.files)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str) -> "Plan":
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["offsets"], z["lengths"], z["lines"], z["num_boxes"], z["image_ids"])
+            files = z["files"] if "files" in z.files else None    # a plan of one TSV written before
+            return cls(z["offsets"], z["lengths"], z["lines"], z["num_boxes"], z["image_ids"], files=files)
 
 
+def _first_rows(paths: Sequence[str], layout: Optional[str]) -> list:
+    """(path, line, layout, feature_dim, error, image id) of the first ``PROBE_ROWS`` non-blank lines
+    over the files."""
+    rows = []
+    for path in paths:
+        check_not_compressed(path)
+        with open(path, "rb") as f:
+            f.seek(text_start(path))
+            for line_no, line in enumerate(f, 1):
+                if len(rows) == PROBE_ROWS:
+                    return rows
+                if line.isspace():
+                    continue
+                try:
+                    found = layout or detect_layout(line, path, line_no)
+                    head = parse_head(split_fields(line), found, path, line_no)
+                    rows.append((path, line_no, found, head.feature_dim, None, head.image_id))
+                except TSVFormatError as e:
+                    rows.append((path, line_no, None, None, e, None))
+    return rows
 
-def probe(path: str, layout: Optional[str], skip: bool) -> tuple:
-    """(layout, feature_dim) from the first good row; in error mode the first row must be good."""
-    with open(path, "rb") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.isspace():
-                continue
-            try:
-                found = layout or detect_layout(line, path, line_no)
-                return found, parse_head(split_fields(line), found, path, line_no).feature_dim
-            except TSVFormatError:
-                if not skip:
-                    raise
-    raise ValueError(f"{path}: no valid rows (the file is empty or every row is bad)")
+
+@dataclass
+class Probe:
+    """What the first rows of the TSVs say: the layout and feature size most of them agree on (or
+    the ones given), and the rows themselves: (path, line, layout, feature_dim, error, image id)."""
+    layout: str
+    feature_dim: int
+    rows: list
+
+    def check(self) -> None:
+        """Error mode: every one of the first rows must be good and agree; the first that is not is
+        the error (a row that disagrees is told what the others have)."""
+        agree = sum(1 for r in self.rows if (r[2], r[3]) == (self.layout, self.feature_dim))
+        for path, line_no, found, dim, error, image_id in self.rows:
+            if error is not None:
+                raise error
+            if (found, dim) != (self.layout, self.feature_dim):
+                raise TSVFormatError(path, line_no, image_id, f"{found} layout with {dim} feature values per box, but "
+                                     f"{agree} of the first {len(self.rows)} rows have the {self.layout} layout "
+                                     f"with {self.feature_dim} (pass --feature_dim N if this row is the right one)")
+
+
+def probe(paths: Sequence[str], layout: Optional[str], skip: bool, feature_dim: Optional[int] = None) -> Probe:
+    """The layout and feature size of the TSVs: the ones most of their first ``PROBE_ROWS`` rows
+    agree on, never the first row's alone (or the ``layout``/``feature_dim`` given). Raises where
+    none of those rows is good (in error mode: the first one's error) or two sizes tie."""
+    rows = _first_rows(paths, layout)
+    good = [r for r in rows if r[4] is None]
+    if not good:
+        if rows and not skip:
+            raise rows[0][4]
+        raise ValueError(f"{paths[0]}: no valid rows (the file is empty or every row is bad)"
+                         if len(paths) == 1 else f"{', '.join(paths)}: no valid rows among the first {len(rows)}")
+    layout = layout or Counter(r[2] for r in good).most_common(1)[0][0]
+    dims = Counter(r[3] for r in good if r[2] == layout).most_common()
+    if feature_dim is None:
+        if len(dims) > 1 and dims[0][1] == dims[1][1]:
+            raise ValueError(f"{paths[0]}: the first rows disagree on the feature size ({dims[0][1]} rows of "
+                             f"{dims[0][0]} and {dims[1][1]} of {dims[1][0]} values per box); pass --feature_dim")
+        feature_dim = dims[0][0]
+    return Probe(layout, int(feature_dim), rows)
 
 
 def _scan_range(task: tuple) -> dict:
@@ -70,7 +127,7 @@ def _scan_range(task: tuple) -> dict:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        pos = start if start == 0 else _line_end(fd, start - 1)
+        pos = text_start(path) if start == 0 else _line_end(fd, start - 1)
         while pos < end:
             local += 1
             fast = None if skip else _row_from_head(fd, pos, size, layout, feature_dim, path, local)
@@ -167,51 +224,73 @@ def _line_end(fd: int, pos: int) -> int:
     return pos + len(_read_line(fd, pos))
 
 
-def _merge_scans(path: str, scans: list, skip: bool) -> Plan:
-    """Join the ranges' rows in file order with global line numbers; find duplicate ids."""
-    offsets, lengths, lines, num_boxes, ids, bad = [], [], [], [], [], []
+def _join_ranges(path: str, index: int, scans: list, skip: bool, rows: dict, bad: list) -> None:
+    """Append one file's ranges to ``rows`` in file order, with the file's line numbers."""
     first_line = 0
     for scan in scans:
         for line, image_id, reason in scan["bad"]:
             if not skip:
                 raise TSVFormatError(path, first_line + line, image_id, reason)
             bad.append({"file": path, "line": first_line + line, "image_id": image_id, "reason": reason})
-        offsets += scan["offsets"]
-        lengths += scan["lengths"]
-        lines += [first_line + n for n in scan["lines"]]
-        num_boxes += scan["num_boxes"]
-        ids += scan["ids"]
+        for name in ("offsets", "lengths", "num_boxes", "ids"):
+            rows[name] += scan[name]
+        rows["lines"] += [first_line + n for n in scan["lines"]]
+        rows["files"] += [index] * len(scan["lines"])
         first_line += scan["line_count"]
+
+
+def _merge_scans(paths: Sequence[str], scans_by_file: list, skip: bool) -> Plan:
+    """Join the files' ranges in order (each file with its own line numbers); find duplicate ids,
+    across files too."""
+    rows = {name: [] for name in ("offsets", "lengths", "lines", "num_boxes", "ids", "files")}
+    bad = []
+    for index, (path, scans) in enumerate(zip(paths, scans_by_file)):
+        _join_ranges(path, index, scans, skip, rows, bad)
     seen, keep = {}, []
-    for i, (image_id, line) in enumerate(zip(ids, lines)):
+    for i, (image_id, line, f) in enumerate(zip(rows["ids"], rows["lines"], rows["files"])):
         if image_id in seen:
-            reason = f"duplicate image id: first seen on line {seen[image_id]}"
+            first_file, first_line = seen[image_id]
+            where = f"line {first_line}" if first_file == f else f"{paths[first_file]}:{first_line}"
+            reason = f"duplicate image id: first seen on {where}"
             if not skip:
-                raise TSVFormatError(path, line, image_id, reason)
-            bad.append({"file": path, "line": line, "image_id": image_id, "reason": reason})
+                raise TSVFormatError(paths[f], line, image_id, reason)
+            bad.append({"file": paths[f], "line": line, "image_id": image_id, "reason": reason})
         else:
-            seen[image_id] = line
+            seen[image_id] = (f, line)
             keep.append(i)
+    where = paths[0] if len(paths) == 1 else ", ".join(paths)
     if not keep:
-        raise ValueError(f"{path}: no valid rows (the file is empty or every row is bad)")
+        raise ValueError(f"{where}: no valid rows (the file is empty or every row is bad)")
+    if skip and len(bad) > len(keep):
+        first = bad[0]
+        raise ValueError(f"{where}: {len(bad)} bad rows against {len(keep)} good ones; that is not a few bad rows "
+                         f"but the wrong file or settings (--layout, --feature_dim?); first: {first['file']}:"
+                         f"{first['line']}: {first['reason']}")
     keep = np.asarray(keep)
-    bad.sort(key=lambda b: b["line"])
-    return Plan(np.asarray(offsets, np.int64)[keep], np.asarray(lengths, np.int64)[keep],
-                np.asarray(lines, np.int64)[keep], np.asarray(num_boxes, np.int32)[keep],
-                np.asarray(ids, dtype=np.str_)[keep], bad)
+    order = {p: i for i, p in enumerate(paths)}
+    bad.sort(key=lambda b: (order[b["file"]], b["line"]))
+    return Plan(np.asarray(rows["offsets"], np.int64)[keep], np.asarray(rows["lengths"], np.int64)[keep],
+                np.asarray(rows["lines"], np.int64)[keep], np.asarray(rows["num_boxes"], np.int32)[keep],
+                np.asarray(rows["ids"], dtype=np.str_)[keep], bad, np.asarray(rows["files"], np.int32)[keep])
 
 
-def scan(path: str, size: int, layout: str, feature_dim: int, skip: bool, runner, progress) -> Plan:
+def scan(paths: Sequence[str], sizes: Sequence[int], layout: str, feature_dim: int, skip: bool, runner,
+         progress) -> Plan:
+    """The plan of the rows of ``paths``, in order (file by file)."""
     # Over the workers when there are some: checking rows from their heads is cheap but skip
     # mode's full decoding is not.
-    n_ranges = max(1, min(math.ceil(size / 4096),
-                          max(runner.workers, math.ceil(size / SCAN_RANGE_BYTES))))
-    bounds = [size * i // n_ranges for i in range(n_ranges + 1)]
-    tasks = [(path, bounds[i], bounds[i + 1], layout, feature_dim, skip) for i in range(n_ranges)]
-    scans = [None] * n_ranges
-    with progress_bar(progress, size, f"scan {os.path.basename(path)}") as bar:
-        for i, scan in runner(_scan_range, tasks, ordered=True):
-            scans[i] = scan
-            bar.update(scan["bytes"])
-    return _merge_scans(path, scans, skip)
-
+    total = sum(sizes)
+    n_ranges = max(1, min(math.ceil(total / 4096), max(runner.workers, math.ceil(total / SCAN_RANGE_BYTES))))
+    tasks, owner = [], []
+    for index, (path, size) in enumerate(zip(paths, sizes)):
+        share = max(1, round(n_ranges * size / max(total, 1))) if size else 0
+        bounds = [size * i // share for i in range(share + 1)]
+        tasks += [(path, bounds[i], bounds[i + 1], layout, feature_dim, skip) for i in range(share)]
+        owner += [index] * share
+    scans = [None] * len(tasks)
+    name = os.path.basename(paths[0]) + (f" (+{len(paths) - 1})" if len(paths) > 1 else "")
+    with progress_bar(progress, total, f"scan {name}") as bar:
+        for i, result in runner(_scan_range, tasks, ordered=True):
+            scans[i] = result
+            bar.update(result["bytes"])
+    return _merge_scans(paths, [[s for s, o in zip(scans, owner) if o == index] for index in range(len(paths))], skip)

@@ -1,0 +1,44 @@
+"""What every command line does with an error its user can act on (a wrong path, bad input, a stale
+cache, a device that is not there): one line on stderr that names it, and exit status 1, not a
+traceback. Errors of the code itself still show their traceback.
+
+    if __name__ == "__main__":
+        sys.exit(run(main))
+
+``BUTD_TRACEBACK=1`` shows the traceback of a user error too.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def user_errors() -> tuple:
+    """The exception types that describe the user's input, not a bug: files (OSError), values and
+    formats (ValueError: TSVFormatError, QuestionFileError, GloveFormatError, ...), stale caches,
+    stores that cannot be read as they are, and Lightning's misconfigurations."""
+    from butd.features.reader import StoreError
+    from butd.questions import StaleCacheError
+    errors = [OSError, ValueError, StaleCacheError, StoreError]
+    try:
+        from lightning_fabric.utilities.exceptions import MisconfigurationException
+        errors.append(MisconfigurationException)
+    except ImportError:   # pragma: no cover - Lightning is a dependency
+        pass
+    return tuple(errors)
+
+
+def run(main, argv=None) -> int:
+    """Call ``main(argv)``: its exit status (0 unless it returns an int); a user error is printed as
+    ``error: <message>`` (one line) and gives 1, Ctrl-C gives 130."""
+    try:
+        result = main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    except user_errors() as e:
+        if os.environ.get("BUTD_TRACEBACK"):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,60 @@
+"""Resuming mid-epoch: a run stopped part-way through an epoch (``--max_steps``, a kill after a
+mid-epoch checkpoint) goes on, after ``--resume``, with exactly the rest of that epoch's batches.
+
+The train loaders save their sampler's position in Lightning's checkpoints and restore it
+(``butd.loading.loaders``: ``state_dict``/``load_state_dict``, which Lightning calls on stateful
+train loaders). Lightning's own counters, however, record an epoch cut short by ``max_steps`` as
+finished: a resumed run would start the next epoch, and epoch ``e``'s remaining batches would never
+be trained (with ``--epochs`` already reached, the resume trains nothing and exits 0).
+``MidEpochResume`` puts Lightning's counters back to "batch ``b`` of epoch ``e`` done" whenever the
+saved position says the epoch is unfinished, as if the checkpoint had been written at that batch's
+end (what Lightning itself writes for a mid-epoch checkpoint).
+
+    trainer = pl.Trainer(callbacks=[MidEpochResume(), ...])
+    trainer.fit(lit, datamodule=dm, ckpt_path="runs/<run>/last.ckpt")
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+
+def unfinished_position(checkpoint: dict):
+    """(epoch, batches done) of the train loader's saved position when it is inside an epoch that
+    Lightning's counters record as finished; None otherwise."""
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    states = fit.get("state_dict", {}).get("combined_loader") or []
+    if len(states) != 1 or not states[0].get("batches"):
+        return None
+    epoch, batches = int(states[0]["epoch"]), int(states[0]["batches"])
+    if fit["epoch_progress"]["current"]["processed"] <= epoch:
+        return None      # Lightning already knows the epoch is unfinished
+    return epoch, batches
+
+
+def rewind_to_batch_end(checkpoint: dict, epoch: int, batches: int) -> None:
+    """Set the fit loop's counters in ``checkpoint`` to those of a checkpoint written at the end of
+    batch ``batches`` of epoch ``epoch`` (0-based epoch, batches counted from 1)."""
+    fit = checkpoint["loops"]["fit_loop"]
+    over = fit["epoch_progress"]["current"]["processed"] - epoch      # epochs counted as done too many
+    for progress in fit["epoch_progress"].values():                   # "total" and "current"
+        progress["processed"] -= over
+        progress["completed"] = progress["processed"]
+        progress["ready"] = progress["started"] = progress["processed"] + 1
+    batch = fit["epoch_loop.batch_progress"]
+    for name in ("total", "current"):
+        counts = batch[name]
+        done = counts["processed"] if name == "total" else batches
+        counts.update(ready=done, started=done, processed=done, completed=done - 1)
+    batch["is_last_batch"] = False
+    # Lightning adds the batch that was ending when the checkpoint was written back on restart.
+    fit["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+    checkpoint["epoch"] = epoch
+
+
+class MidEpochResume(pl.Callback):
+    """On resume, continue an epoch that was stopped part-way instead of starting the next one."""
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        position = unfinished_position(checkpoint)
+        if position is not None:
+            rewind_to_batch_end(checkpoint, *position)
