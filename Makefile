@@ -1,9 +1,11 @@
-# The README's commands. `make demo` runs the whole pipeline on a generated sample;
+# The README's commands. `make demo` runs the whole pipeline on a generated GQA sample
+# (`make demo DATASET=vqa2` or `DATASET=nlvr2`: that task's sample);
 # `make test` runs the tests. Both set up the virtual environment first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
+DATASET ?= gqa
 
 .PHONY: install demo test bench clean
 
@@ -19,7 +21,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	$(PY) -m butd.demo --data $(DATA)
+	$(PY) -m butd.demo --data $(DATA) --dataset $(DATASET)
 
 test: install
 	$(PY) -m pytest -q

@@ -1,15 +1,17 @@
-"""The end-to-end demo a newcomer runs first: everything you would do on real GQA, on a generated sample.
+"""The end-to-end demo a newcomer runs first: everything you would do on the real data, on a generated sample.
 
-    make demo                     # the same as: python -m butd.demo --data data
+    make demo                     # GQA; the same as: python -m butd.demo --data data
+    make demo DATASET=vqa2        # VQA v2 (or nlvr2): python -m butd.demo --data data --dataset vqa2
     python -m butd.demo --data /tmp/demo --epochs 6
 
-Steps (each is the real tool, run as you would run it on the real data):
- 1. generate a GQA-shaped sample in the real formats           python -m butd.synthetic.gqa --out data
- 2. convert the feature TSVs into Zarr stores                   python converters/tsv_to_zarr.py
- 3. build the vocabulary, GloVe matrix and question shards      python converters/questions_to_shards.py
- 4. train BUTD on CPU for a few epochs                          python train.py --run_name demo ...
- 5. evaluate the best checkpoint on testdev                     python evaluate.py --checkpoint ...
- 6. plot the training curves                                    python -m butd.evaluation.plots ...
+Steps (each is the real tool, run as you would run it on the real data; <task> is --dataset):
+ 1. generate a sample of the task in its real formats   python -m butd.synthetic.<task> --out data
+ 2. convert the feature TSVs into Zarr stores            python converters/tsv_to_zarr.py --dataset <task>
+ 3. build the vocabulary, GloVe matrix and shards        python converters/questions_to_shards.py --dataset <task>
+ 4. train BUTD on CPU for a few epochs                   python train.py --dataset <task> --run_name demo ...
+ 5. evaluate the best checkpoint on the validation       python evaluate.py --checkpoint ...
+    split (GQA testdev, VQA v2 val2014, NLVR2 dev)
+ 6. plot the training curves                             python -m butd.evaluation.plots ...
 and prints where the checkpoint, metrics, predictions and plots are.
 """
 from __future__ import annotations
@@ -22,7 +24,18 @@ import subprocess
 import sys
 import time
 
+from butd.synthetic import GENERATORS
+from butd.tasks import TASK_NAMES, get_task
+from butd.training.config import DataConfig
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def generator_module(task: str) -> str:
+    """The module that generates ``task``'s sample (``python -m`` runs it)."""
+    if task not in GENERATORS:
+        raise SystemExit(f"no generated sample for {task!r}; there is one for {', '.join(GENERATORS)}")
+    return GENERATORS[task]
 
 
 def _run(step: str, args: list) -> None:
@@ -48,36 +61,32 @@ def _best_checkpoint(runs_dir: str) -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Run the whole pipeline on a generated sample.")
     p.add_argument("--data", default="data", help="where the sample and caches go (default: data/)")
+    p.add_argument("--dataset", default="gqa", choices=TASK_NAMES, help="which task's sample to run (default: gqa)")
     p.add_argument("--checkpoint", default=None, help="checkpoint dir (default: <data>/checkpoints)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--seed", type=int, default=7)
     args = p.parse_args(argv)
     data = os.path.abspath(args.data)
     ckpt_dir = os.path.abspath(args.checkpoint or os.path.join(data, "checkpoints"))
-    paths = {
-        "questions": os.path.join(data, "GQA-Questions"), "features": os.path.join(data, "GQA-Features"),
-        "cache": os.path.join(data, "GQA-Cache"), "glove": os.path.join(data, "GloVe", "glove.6B.300d.txt"),
-    }
+    task = get_task(args.dataset)
+    # The task's directories under --data, where the generator writes and the tools look by default.
+    paths = DataConfig(dataset=task.name, data=data).paths()
+    dataset = ["--dataset", task.name, "--data", data]
     start = time.time()
-    if os.path.exists(os.path.join(paths["features"], "vg_gqa_obj36.tsv")):
-        print(f"[*] sample already in {data} (delete it to regenerate)")
+    if all(os.path.exists(os.path.join(paths["features"], files[0])) for files in task.stores.values()):
+        print(f"[*] {task.title} sample already in {data} (delete it to regenerate)")
     else:
-        _run("1. generate the sample", ["-m", "butd.synthetic.gqa", "--out", data])
-    _run("2. convert features", ["converters/tsv_to_zarr.py", "--features", paths["features"],
-                                 "--cache", paths["cache"]])
-    _run("3. build question shards", ["converters/questions_to_shards.py", "--questions", paths["questions"],
-                                      "--glove", paths["glove"], "--cache", paths["cache"],
-                                      "--out", os.path.join(paths["cache"], "questions")])
+        _run("1. generate the sample", ["-m", generator_module(task.name), "--out", data])
+    _run("2. convert features", ["converters/tsv_to_zarr.py", *dataset])
+    _run("3. build question shards", ["converters/questions_to_shards.py", *dataset])
     # Small model and batches: the sample is small and this runs on CPU in a few minutes.
-    _run("4. train", ["train.py", "--run_name", "demo", "--gqa_questions", paths["questions"],
-                      "--gqa_features", paths["features"], "--gqa_cache", paths["cache"],
-                      "--glove", paths["glove"], "--checkpoint", ckpt_dir, "--epochs", str(args.epochs),
-                      "--hidden", "256", "--bsz", "64", "--seed", str(args.seed), "--num_workers", "0",
-                      "--accelerator", "cpu"])
+    _run("4. train", ["train.py", "--run_name", "demo", *dataset, "--checkpoint", ckpt_dir,
+                      "--epochs", str(args.epochs), "--hidden", "256", "--bsz", "64", "--seed", str(args.seed),
+                      "--num_workers", "0", "--accelerator", "cpu"])
     best = _best_checkpoint(os.path.join(ckpt_dir, "runs"))
-    predictions = os.path.join(ckpt_dir, "predictions", "testdev-predictions.json")
-    _run("5. evaluate on testdev", ["evaluate.py", "--checkpoint", best, "--split", "testdev",
-                                    "--out", predictions])
+    split = task.val_split
+    predictions = os.path.join(ckpt_dir, "predictions", f"{split}-predictions{task.predictions_suffix}")
+    _run(f"5. evaluate on {split}", ["evaluate.py", "--checkpoint", best, "--split", split, "--out", predictions])
     metrics = sorted(glob.glob(os.path.join(ckpt_dir, "metrics", "demo-*-metrics.json")), key=os.path.getmtime)
     curves = os.path.join(ckpt_dir, "plots", "training_curves.png")
     _run("6. plot training curves", ["-m", "butd.evaluation.plots", metrics[-1], "--out", curves])
@@ -86,7 +95,7 @@ def main(argv=None) -> None:
     with open(scores_file) as f:
         scores = json.load(f)
     print(f"\n[*] demo finished in {time.time() - start:.0f} s")
-    print(f"    testdev accuracy   {100 * scores['overall']['accuracy']:.2f}%  "
+    print(f"    {split} accuracy   {100 * scores['overall']['accuracy']:.2f}%  "
           f"(answer-prior baseline, {scores['baseline']}: {100 * scores['baseline_score']:.2f}%)")
     print(f"    checkpoint         {best}")
     print(f"    metrics            {metrics[-1]}")

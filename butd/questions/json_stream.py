@@ -127,3 +127,85 @@ def json_lines(path: str) -> Iterator[Tuple[int, object]]:
                                                 f"{e.msg}") from None
         except UnicodeDecodeError as e:
             raise QuestionFileError(f"{path}: not UTF-8 text ({e})") from None
+
+
+# A top-level key's array: '[' and the first element (or ']'), then ',' and the next (or ']').
+_ARRAY_OPEN = re.compile(_WS + r"\[" + _WS + r"(?:(\])|(?=[^ \t\n\r]))")
+_ARRAY_OPEN_PREFIX = re.compile(_WS + r"(?:\[" + _WS + ")?")
+_ARRAY_NEXT = re.compile(_WS + r"(?:(\])|," + _WS + ")")
+_ARRAY_NEXT_PREFIX = re.compile(_WS)
+_NUMBER_TAIL = re.compile(r"[0-9.eE+\-]*\Z")
+
+
+class _KeyArrayStream(_ObjectStream):
+    """Walks a top-level object and streams the elements of one member's array; every other member
+    (VQA v2's ``info``, ``license``, ...) is decoded and dropped."""
+
+    def __init__(self, f, path: str):
+        super().__init__(f, path)
+        scan = self.scan
+
+        def scan_whole(buf: str, pos: int):
+            # A number cut after its '.' or 'e' by the buffer's end scans as a shorter number that
+            # seems complete: while the rest of the buffer could belong to it, read more first.
+            obj, end = scan(buf, pos)
+            if not self.eof and _NUMBER_TAIL.match(buf, end):
+                raise StopIteration(pos)
+            return obj, end
+        self.scan = scan_whole
+
+    def key_elements(self, key: str):
+        found = False
+        for name, _ in self._members(key):
+            if name == key:
+                found = True
+                yield from self._elements(key)
+        if not found:
+            raise QuestionFileError(f"{self.path}: no top-level {key!r} (expected an object with a "
+                                    f"{key!r} array)")
+
+    def _members(self, key: str):
+        # items(), except that the wanted member's value is left for _elements to stream
+        m = self.match(_FIRST, _FIRST_PREFIX)
+        if m is None:
+            raise self.error(f"expected '{{' (an object with a {key!r} array)")
+        while m.group(1) is None:
+            name = m.group(2)
+            name = json.loads(f'"{name}"') if "\\" in name else name
+            yield name, (None if name == key else self.value())
+            m = self.match(_NEXT, _NEXT_PREFIX)
+            if m is None:
+                raise self.error("expected ',' and a key string, or '}'")
+        end = _END.match(self.buf, self.pos).end()
+        while end == len(self.buf) and not self.eof:
+            self.pos = end
+            self._more()
+            end = _END.match(self.buf, self.pos).end()
+        if end < len(self.buf):
+            raise self.error("unexpected text after the closing '}'", end)
+
+    def _elements(self, key: str):
+        m = self.match(_ARRAY_OPEN, _ARRAY_OPEN_PREFIX)
+        if m is None:
+            raise self.error(f"expected '[': the value of {key!r} must be an array")
+        if m.group(1) is not None:
+            return
+        while True:
+            yield self.value()
+            m = self.match(_ARRAY_NEXT, _ARRAY_NEXT_PREFIX)
+            if m is None:
+                raise self.error(f"expected ',' and the next element of {key!r}, or ']'")
+            if m.group(1) is not None:
+                return
+
+
+def key_array_items(path: str, key: str) -> Iterator[object]:
+    """Each element of the array under the top-level ``key`` of the JSON object in ``path``,
+    streamed (e.g. ``key_array_items("v2_mscoco_val2014_annotations.json", "annotations")``: a
+    200 MB file, one annotation at a time). Raises ``QuestionFileError`` naming the file, line and
+    column of malformed JSON, or the missing key."""
+    with open_text(path) as f:
+        try:
+            yield from _KeyArrayStream(f, path).key_elements(key)
+        except UnicodeDecodeError as e:
+            raise QuestionFileError(f"{path}: not UTF-8 text ({e})") from None
