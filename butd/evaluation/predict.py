@@ -19,7 +19,9 @@ from butd.training.config import load_config
 from butd.training.lit import LitVQA
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: the loader's thread writes into batch buffers made here, and torch
+# refuses in-place writes to inference tensors outside inference mode (the two-image indicator)
+@torch.no_grad()
 def predict(lit: LitVQA, loader, num_questions: int, device: torch.device) -> np.ndarray:
     """Predicted answer label for every question of the loader's split, by question position."""
     predicted = np.full(num_questions, -1, dtype=np.int64)
@@ -37,7 +39,8 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
              bsz: int = 512, num_workers: int = 0, accelerator: str = "auto", say=print) -> dict:
     """Predict ``split`` (default: the task's validation split) with ``checkpoint``, print the task's
     scores beside its answer-prior baseline, write the predictions to ``out`` (default
-    ``<run dir>/predictions/<split>-predictions.json``) and the scores beside them
+    ``<run dir>/predictions/<split>-predictions.json``, ``.csv`` for NLVR2: the task's
+    ``predictions_suffix``) and the scores beside them
     (``<out stem>-scores.json``); returns the scores."""
     config = load_config(checkpoint)
     paths = config.data.paths()
@@ -65,7 +68,7 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
                   baseline_score=baseline_score)
 
     out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "predictions",
-                              f"{split}-predictions.json")
+                              f"{split}-predictions{task.predictions_suffix}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     entries = task.write_predictions(out, arrays, predicted, dm.label2ans, config.data.paths()["questions"])
     scores_file = os.path.splitext(out)[0] + "-scores.json"
