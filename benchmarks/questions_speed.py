@@ -135,7 +135,7 @@ def make_data(root: str, train_questions: int, images: int, seed: int = 0) -> di
     bodies = _bodies(rng, 50_000)
     sizes = {"train": train_questions, **SPLIT_SIZES}
     qid = 10_000_000
-    for split in TASK.split_names:
+    for split in (s for s in TASK.split_names if not TASK.split(s).optional):
         ids = image_ids[TASK.split(split).store]
         path, = TASK.question_files(qdir, split)
         write_questions(path, sizes[split], ids, qid, TASK.split(split).answers, rng, bodies)
