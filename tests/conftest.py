@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny seeded GQA-shaped sample (butd.synthetic.gqa) and its caches, made once
 per session. Builders and reference code shared by several test files live in helpers.py."""
 import pytest
+import torch
 
 from butd.synthetic.gqa import generate
 from helpers import build_gqa_caches
@@ -22,3 +23,13 @@ def gqa_cache(sample_dir, tmp_path_factory):
     cache = tmp_path_factory.mktemp("gqa_cache")
     build_gqa_caches(sample_dir, cache)
     return cache
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's training runs: the test machine's cores are shared, and
+    one thread is faster than two contending."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -68,14 +68,6 @@ def one_line_error(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_thread):
     """A sample and one epoch of training on it (train.py builds the caches on the way)."""
     root = tmp_path_factory.mktemp("faults_sample")

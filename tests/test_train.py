@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -26,15 +25,6 @@ EMB = 32
 FAST = ["--hidden", "128", "--bsz", "32", "--emb_dim", str(EMB), "--accelerator", "cpu",
         "--num_workers", "0", "--log_every", "5"]
 SPEC_KEYS = ("train_loss", "train_acc", "train_epoch_loss", "train_epoch_acc", "val_loss", "val_acc")
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    # The test machine's cores are shared: one intra-op thread is faster than two contending.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

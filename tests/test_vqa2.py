@@ -391,14 +391,6 @@ def test_drop_missing_leaves_out_a_question_without_features_and_the_submission_
 
 # ---- the real samples through convert, cache, train and evaluate -------------------------------------
 
-@pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _real_layout(root):
     """The 10 real COCO rows as the three feature files (7 train, 3 val, the same 3 as test), and
     the real question and annotation files' format, their three questions asked about each image."""

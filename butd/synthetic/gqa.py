@@ -22,10 +22,8 @@ import os
 
 import numpy as np
 
-from butd.synthetic.scene import COLOURS, OBJECTS, SceneModel, write_tsv
+from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
 
-# Words left out of the sample GloVe file, so that coverage reporting and zero rows get exercised.
-GLOVE_MISSING = ("lamp", "orange", "picture")
 
 
 def _question(rng, scene: dict) -> tuple:
@@ -82,13 +80,6 @@ def _questions_for(rng, images, first_qid: int, per_image: int, with_answers: bo
     return out
 
 
-def _write_glove(path: str, rng, words, dim: int) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        for w in words:
-            f.write(w + " " + " ".join(f"{v:.5f}" for v in rng.normal(0, 0.4, dim)) + "\n")
-
-
 def generate(out: str = "data", seed: int = 0, train_images: int = 300, val_images: int = 40,
              test_images: int = 40, testdev_images: int = 60, questions_per_image: int = 10,
              feature_dim: int = 2048, num_boxes: int = 36, emb_dim: int = 300) -> dict:
@@ -129,7 +120,7 @@ def generate(out: str = "data", seed: int = 0, train_images: int = 300, val_imag
         if w not in seen and w not in GLOVE_MISSING:
             seen.add(w)
             ordered.append(w)
-    _write_glove(paths["glove"], rng, ordered, emb_dim)
+    write_glove(paths["glove"], rng, ordered, emb_dim)
     return paths
 
 

@@ -35,8 +35,7 @@ import os
 
 import numpy as np
 
-from butd.synthetic.gqa import GLOVE_MISSING, _write_glove
-from butd.synthetic.scene import COLOURS, OBJECTS, SceneModel, write_tsv
+from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
 from butd.text import split_batch
 
 SPLITS = (("train", "train"), ("dev", "valid"), ("test1", "test"))   # statement file, feature file stem
@@ -198,7 +197,7 @@ def generate(out: str = "data", seed: int = 0, train_sets: int = 200, dev_sets: 
     # GloVe files list frequent words first and hold many words no statement uses.
     words = ["the", ",", ".", "of", "to", "and", "in", "a"] + sorted(set(split_batch(sentences)[0])) + \
         [f"extra{i}" for i in range(50)]
-    _write_glove(paths["glove"], rng, [w for w in dict.fromkeys(words) if w not in GLOVE_MISSING], emb_dim)
+    write_glove(paths["glove"], rng, [w for w in dict.fromkeys(words) if w not in GLOVE_MISSING], emb_dim)
     return paths
 
 

@@ -27,8 +27,7 @@ from collections import Counter
 
 import numpy as np
 
-from butd.synthetic.gqa import GLOVE_MISSING, _write_glove
-from butd.synthetic.scene import COLOURS, OBJECTS, SceneModel, write_tsv
+from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
 from butd.tasks.vqa_answers import NUM_HUMAN_ANSWERS, majority_answer
 from butd.text import split_batch
 
@@ -185,13 +184,13 @@ def add_glove_words(path: str, rng, words: list, dim: int) -> None:
     """Write vectors for ``words``; a GloVe file already there (another task's sample under the
     same --data) keeps its vectors and gains only the words it lacks."""
     if not os.path.exists(path):
-        _write_glove(path, rng, words, dim)
+        write_glove(path, rng, words, dim)
         return
     with open(path) as f:
         known = {line.split(" ", 1)[0] for line in f}
     new = [w for w in words if w not in known]
     if new:
-        _write_glove(path + ".new", rng, new, dim)
+        write_glove(path + ".new", rng, new, dim)
         with open(path, "a") as f, open(path + ".new") as extra:
             f.write(extra.read())
         os.remove(path + ".new")
