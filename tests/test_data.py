@@ -93,6 +93,19 @@ def test_threaded_loader_reuses_a_fixed_ring_of_buffers(store):
     check_aligned(as_tensors(loader), path, qs)
 
 
+def test_worker_loader_fills_a_shared_ring_allocated_once(store):
+    """Worker processes write each batch into a slot of one shared ring; the main process reads the
+    very memory (no per-batch tensors cross processes), and an abandoned pass leaves no worker stuck."""
+    path, qs = store
+    loader = make_loader(BatchDataset(qs, FeatureStore(path)), 16, shuffle=True, seed=2, num_workers=2)
+    size = loader.ring().size
+    slots = {t.data_ptr() for slot in loader.ring().slots for t in slot.values()}
+    pointers = [batch["features"].data_ptr() for batch in loader]
+    assert len(pointers) > size and set(pointers) <= slots and len(set(pointers)) <= size
+    next(iter(loader))                       # a pass left after one batch
+    check_aligned(as_tensors(loader), path, qs)
+
+
 def test_threaded_loader_raises_the_gather_error(tmp_path):
     path = tmp_path / "s.zarr"
     qs = questions_for(write_store(path))

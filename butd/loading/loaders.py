@@ -10,10 +10,10 @@ default, fastest measured), or DataLoader worker processes.
   ready for ``non_blocking`` transfer). The gather releases the GIL, so it overlaps the training
   step. A slot is rewritten only after the consumer has asked for the next batch (and, with CUDA,
   after the copies it queued from the slot have run): nothing is allocated or copied per batch.
-- ``num_workers>0``: a DataLoader with persistent worker processes; each opens the store lazily and
-  shares its pages through the page cache, and gathers into fresh shared-memory tensors, so handing
-  a batch over copies nothing; with CUDA, the DataLoader's pin-memory thread copies it into
-  page-locked memory.
+- ``num_workers>0``: a ``WorkerLoader``: worker processes (each opens the store lazily and shares
+  its pages through the page cache) gather each batch into a slot of a ring of shared-memory
+  buffers allocated once, page-locked in place with CUDA; only the slot's number travels to the
+  main process, which reads the same memory: nothing is allocated or copied per batch either.
 
 Lightning: train with ``Trainer(use_distributed_sampler=False)``; Lightning calls the sampler's
 ``set_epoch`` each epoch (it finds ``loader.sampler``), which reshuffles. Both loaders count the
@@ -23,6 +23,7 @@ goes on with the rest of that epoch's batches.
 """
 from __future__ import annotations
 
+import multiprocessing
 import queue
 import threading
 
@@ -125,28 +126,94 @@ class ThreadedLoader(_Position):
             ring.reopen()
 
 
-class PositionedDataLoader(_Position, DataLoader):
-    """A DataLoader over a ``ShardedBatchSampler`` that saves and restores its position."""
+class _SlotFiller(torch.utils.data.Dataset):
+    """In a worker process: batch ``j`` goes into its slot of the shared ring; only the slot's number
+    and the batch size travel back to the main process, which reads the same memory."""
+
+    def __init__(self, dataset: BatchDataset, ring: SlotRing):
+        self.dataset, self.ring = dataset, ring
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, request) -> tuple:
+        j, indices = request
+        slot, buffers = self.ring.acquire(j, n=len(indices))
+        self.dataset.fill(indices, buffers)
+        return slot, len(indices)
+
+
+class _Numbered:
+    """The sampler's batches numbered within the pass: batch ``j`` uses slot ``j % size``."""
+
+    def __init__(self, sampler: ShardedBatchSampler):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
     def __iter__(self):
-        return self._counted(self._workers())
+        return enumerate(self.sampler)
 
-    def _workers(self):
-        # a generator: the workers are asked for batches at the first next(), after Lightning has
-        # set the epoch and restored the position
-        yield from DataLoader.__iter__(self)
+
+class WorkerLoader(_Position):
+    """Gathers batches in ``num_workers`` worker processes, each straight into a slot of a ring of
+    shared-memory buffers allocated once (page-locked in place with CUDA, so a batch goes from the
+    gather to a ``non_blocking`` copy with no copy between). The workers start with each pass and
+    stop at its end (or when the consumer leaves it early), so an abandoned pass never leaves a
+    worker waiting for a slot. Exposes ``sampler``, ``batch_sampler``, ``dataset`` and ``len`` as
+    ``ThreadedLoader`` does."""
+
+    def __init__(self, dataset: BatchDataset, sampler: ShardedBatchSampler, num_workers: int,
+                 prefetch_factor: int = 2, pin_memory: bool = True):
+        self.dataset, self.sampler, self.batch_sampler = dataset, sampler, sampler
+        self.num_workers, self.prefetch_factor = num_workers, max(1, prefetch_factor)
+        self.pin = pin_memory and torch.cuda.is_available()
+        self.context = multiprocessing.get_context()
+        self._ring = None
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def ring(self) -> SlotRing:
+        # the batches the workers may have ahead, one being filled per worker, one held by the consumer
+        if self._ring is None:
+            size = self.num_workers * (self.prefetch_factor + 1) + 1
+            self._ring = SlotRing(self.dataset.specs(self.sampler.batch_size), size, shared=True,
+                                  mp_context=self.context)
+            if self.pin:
+                for slot in self._ring.slots:
+                    for t in slot.values():
+                        torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
+        return self._ring
+
+    def __iter__(self):
+        return self._counted(self._batches())
+
+    def _batches(self):
+        ring = self.ring()
+        ring.reopen()
+        loader = DataLoader(_SlotFiller(self.dataset, ring), sampler=_Numbered(self.sampler), batch_size=None,
+                            collate_fn=_whole_batch, num_workers=self.num_workers,
+                            prefetch_factor=self.prefetch_factor, multiprocessing_context=self.context)
+        workers = iter(loader)
+        try:
+            views = ((slot, SlotRing.view(ring.slots[slot], n)) for slot, n in workers)
+            yield from ring.handing_back(views, record_event=self.pin)
+        finally:
+            ring.close()        # a worker waiting for a slot gives up
+            del workers         # the workers stop here (the iterator's shutdown joins them)
+            ring.reopen()
 
 
 def make_loader(dataset: BatchDataset, batch_size: int, shuffle: bool = False, seed: int = 0,
                 drop_last: bool = False, num_workers: int = 0, pin_memory: bool = True,
                 prefetch_factor: int = 2, rank=None, world_size=None, even: bool = True):
     """The loader over ``dataset``: whole batches from a ``ShardedBatchSampler``, gathered by a
-    ``ThreadedLoader`` (``num_workers=0``) or by ``num_workers`` persistent worker processes.
+    ``ThreadedLoader`` (``num_workers=0``) or by ``num_workers`` worker processes (``WorkerLoader``).
     ``even=False``: every sample exactly once across ranks, for validation (see the sampler)."""
     sampler = ShardedBatchSampler(len(dataset), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                                   rank=rank, world_size=world_size, even=even)
     if not num_workers:
         return ThreadedLoader(dataset, sampler, depth=prefetch_factor, pin_memory=pin_memory)
-    return PositionedDataLoader(dataset, sampler=sampler, batch_size=None, collate_fn=_whole_batch,
-                                num_workers=num_workers, persistent_workers=True, prefetch_factor=prefetch_factor,
-                                pin_memory=pin_memory and torch.cuda.is_available())
+    return WorkerLoader(dataset, sampler, num_workers, prefetch_factor, pin_memory)
