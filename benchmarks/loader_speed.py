@@ -1,35 +1,57 @@
-"""Loader throughput: this loader against the specification's reads and against a read from RAM.
+"""Loader throughput against the machine's own bounds and the specification's reads, warm and cold.
 
     python benchmarks/loader_speed.py                         # makes its own stores in a temp dir
     python benchmarks/loader_speed.py --store data/GQA-Cache/trainval.zarr --rows 8192
+    python benchmarks/loader_speed.py --gb 0.3 --seconds 1 --compressors zstd --workers 0 2   # quick
 
-Compares, in one run, over the same question rows and worker counts 0..cores:
-- ``loader``: ``butd.loading`` (ShardedBatchSampler -> BatchDataset over the memory-mapped store);
+Stores: without ``--store``, an uncompressed store of ``--gb`` float16 features that look like real
+ones to a compressor (a third zeros, the rest |normal|), a quarter-size one (memory must not grow
+with the store), and the same images in each of ``--compressors``, written in the converter's
+layout (``schema.array_chunking``, ``lifecycle.compressor_codec``).
+
+Warm (every file of the store read once first, so the page cache holds it; each run goes epoch
+after epoch for ``--seconds``, as training does), for the same batches:
+- ``copy`` bound: the batch's bytes copied by one plain ``np.copyto`` per field from RAM into the
+  same preallocated output buffers, on one thread and on every core (the better counts):
+  the machine's copy bandwidth for these bytes. Measured in slices between slices of every warm
+  run, so that each run is compared with the bound of its own moments (other work on a shared
+  machine moves both by tens of percent).
+- ``pread`` bound: ``preadv`` of the same rows into the buffers from ``--io-threads`` threads.
+- ``loader``: ``butd.loading`` (ShardedBatchSampler -> BatchDataset -> FeatureStore) in every mode:
+  the background thread (workers=0), worker processes 1..cores, the pinned cache and, with CUDA,
+  the GPU cache; on the quarter store; on each compressed store.
 - ``spec``: the specification's GQAFeatureDataset reads: one h5py read of a float32 HDF5 per
-  item, ``DataLoader(batch_size, shuffle=True)`` with default collate;
-- ``bound``: ``np.take`` of the same batches (sorted rows) from an in-RAM array of the store's dtype
-  into a preallocated buffer: the copy every loader has to make, without any loader around it.
+  item, ``DataLoader(batch_size, shuffle=True)`` with default collate, workers 0..cores.
 
-Reported per run: samples/s, GB/s (of the bytes that method reads), time to first batch (worker
-start included), and peak memory of the process tree (``harness.PeakMemory``, from ``/proc/<pid>/smaps_rollup``):
+Cold (the store's pages dropped before each run: ``echo 1 > /proc/sys/vm/drop_caches`` as root,
+else ``posix_fadvise(DONTNEED)`` on each of its files), one pass reading every image once (a first
+epoch, a freshly converted store): the ``pread`` bound; ``gather`` (``FeatureStore.gather`` alone
+into preallocated buffers); the loader thread and the most workers; each compressed store.
+
+Reported per run: samples/s, GB/s (of the bytes that method delivers), the ratio to the run's bound
+(``copy`` warm, ``pread`` cold), time to first batch (worker start and resident caches included),
+and peak memory of the process tree (``harness.PeakMemory``, from ``/proc/<pid>/smaps_rollup``):
 RSS counts every store page a process has touched through its memory maps, although those pages
 are the kernel's page cache, shared by all workers and evictable. PSS here is anonymous plus
 shared-memory PSS summed over the tree: the memory the processes really allocated (batches in
-flight, buffers, interpreters), each shared page counted once, page cache left out; reported as the
-peak and as what the run added to the main process's own before it (the benchmark holds arrays). Without ``--store`` the loader also runs on a second store a quarter
-the size: its PSS is the same, i.e. memory does not grow with the store. The run prints a table,
-writes ``loader_speed.png`` and ``loader_speed.json`` under ``--out``, and ends with one JSON line.
-The store files are freshly written, so all methods read from a warm page cache.
+flight, buffers, interpreters), each shared page counted once, page cache left out; reported as
+the peak and as what the run added to the main process's own before it. The run prints a table
+and the load average, writes ``loader_speed.png`` and ``loader_speed.json`` under ``--out``, and
+ends with one JSON line whose ``targets_met`` checks: the loader thread and the best worker count
+each >= 80% of the copy bound, >= 5x the specification, the cold gather >= 80% of the cold pread
+bound, zstd >= 50% of the uncompressed store (warm and cold), the first batch within 2 s.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import os
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import h5py
 import numpy as np
@@ -37,23 +59,28 @@ import torch
 import zarr
 from torch.utils.data import DataLoader, Dataset
 
-from butd.features import schema
+from butd.features import batch_io, schema
 from butd.features.convert import DEFAULT_CHUNK_IMAGES
+from butd.features.convert.lifecycle import compressor_codec
 from butd.features.reader import FeatureStore
 from butd.loading import BatchDataset, ShardedBatchSampler, make_loader
 from butd.questions import QuestionArrays
 from harness import MB, RESULTS, PeakMemory, report, rollup, series, time_loop
 
 GB = 1e9
-TARGETS = {"speedup_vs_spec": 5.0, "fraction_of_bound": 0.8, "first_batch_s": 2.0}
+TARGETS = {"speedup_vs_spec": 5.0, "vs_copy": 0.8, "cold_gather_vs_pread": 0.8, "zstd_vs_none": 0.5,
+           "first_batch_s": 2.0}
+ZERO_FRACTION = 0.34   # of real obj36 float16 features (tests/data/coco_train2014_obj36_10rows.tsv)
 
 
 # -- data ------------------------------------------------------------------------------------------
 
-def generate_store(path: str, num_images: int, boxes: int, dim: int, dtype: str, chunk_images: int) -> None:
-    """A complete, schema-conformant uncompressed store of random features, written through zarr a
-    block at a time (blocks repeat one random block: content does not change reading speed)."""
-    attrs = schema.StoreAttrs(layout="obj36", dtype=dtype, compressor="none", feature_dim=dim, max_boxes=boxes,
+def generate_store(path: str, num_images: int, boxes: int, dim: int, dtype: str, chunk_images: int,
+                   compressor: str = "none") -> None:
+    """A complete store in the converter's layout, written through zarr a block at a time (blocks
+    repeat one seeded random block: a store of any compressor holds the same images). Features are
+    |normal| with ``ZERO_FRACTION`` zeros, like real ones to a compressor."""
+    attrs = schema.StoreAttrs(layout="obj36", dtype=dtype, compressor=compressor, feature_dim=dim, max_boxes=boxes,
                               num_images=num_images, chunk_images=chunk_images, source={"path": "generated"},
                               fingerprint="loader-benchmark", complete=True)
     group = zarr.open_group(path, mode="w")
@@ -61,16 +88,48 @@ def generate_store(path: str, num_images: int, boxes: int, dim: int, dtype: str,
     block = 16 * chunk_images
     for field in schema.fields_for("obj36"):
         shape = field.shape(attrs)
-        array = group.create_array(field.name, shape=shape, chunks=(chunk_images,) + shape[1:],
-                                   dtype=field.numpy_dtype(attrs), compressors=None,
-                                   config={"write_empty_chunks": True})
-        values = rng.standard_normal((block,) + shape[1:], dtype=np.float32).astype(field.numpy_dtype(attrs))
+        array = group.create_array(field.name, shape=shape, **schema.array_chunking(field, attrs),
+                                   dtype=field.numpy_dtype(attrs), compressors=compressor_codec(compressor),
+                                   fill_value=0, config={"write_empty_chunks": True})
+        values = np.abs(rng.standard_normal((block,) + shape[1:], dtype=np.float32))
+        if field.name == "features":
+            values *= rng.random(values.shape, dtype=np.float32) >= ZERO_FRACTION
+        values = values.astype(field.numpy_dtype(attrs))
         for lo in range(0, num_images, block):
             array[lo:lo + block] = values[: min(block, num_images - lo)]
     ids = group.create_array(schema.IMAGE_IDS, shape=(num_images,), chunks=(chunk_images,), dtype=str)
     ids[:] = np.array([f"bench{i}" for i in range(num_images)])
     group.attrs.update(attrs.to_json())
     os.sync()  # finish writeback now, not while the runs read
+
+
+def store_files(path: str) -> list:
+    return [os.path.join(d, f) for d, _, files in os.walk(path) for f in files]
+
+
+def warm_up(path: str) -> None:
+    """Read every file of the store once, so that its pages are in the page cache."""
+    for name in store_files(path):
+        with open(name, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def drop_cache(path: str) -> str:
+    """Drop the store's pages from the page cache; returns how."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+        return "drop_caches"
+    except OSError:   # not root: drop this store's clean pages file by file
+        for name in store_files(path):
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        return "fadvise"
 
 
 def write_spec_hdf5(store: FeatureStore, rows: int, path: str) -> None:
@@ -119,27 +178,64 @@ class SpecStyleDataset(Dataset):
 
 # -- measuring ------------------------------------------------------------------------------------
 
-def time_batches(batches, seconds: float, count) -> dict:
-    """Pull batches for about ``seconds`` after the first; ``count(batch)`` gives its samples."""
+def time_batches(batches, seconds: float, count, bound: "CopyBound | None" = None, drain: int = 0,
+                 slices: int = 4) -> dict:
+    """Pull batches for about ``seconds`` after the first; ``count(batch)`` gives its samples. With
+    ``bound``, the seconds are cut into ``slices``, each after a measurement of the bound (so that
+    run and bound see the same moment of a shared machine) and after ``drain`` untimed batches (those
+    a loader prefetched while the bound ran); the result's ``bound`` is their mean."""
     def counts():   # iter(batches), which starts the workers, runs at the first next(): timed as the first batch
         for batch in batches:
             yield count(batch)
 
     gc.collect()
     before = rollup(os.getpid())[1]
-    with PeakMemory() as mem:
+    work, spent, first = 0.0, 1e-9, 0.0
+    bounds = []
+    # smaps_rollup walks the page tables under the process's mmap lock: 20 ms for 1.4 GB mapped on
+    # the 2-core VM, which every 50 ms would slow the loader by a third; peaks here change slowly
+    with PeakMemory(interval=1.0) as mem:
         pulled = counts()
-        r = time_loop(lambda i: next(pulled), warmup=1, seconds=seconds)
+        try:
+            first = time_loop(lambda i: next(pulled), warmup=1, steps=0)["warmup_s"]
+            n = slices if bound is not None else 1
+            for _ in range(n):
+                if bound is not None:
+                    bounds.append(bound.measure(seconds / n / 2)["samples_per_s"])
+                    for _ in range(drain):
+                        next(pulled)
+                r = time_loop(lambda i: next(pulled), seconds=seconds / n)
+                work, spent = work + r["work"], spent + r["seconds"]
+                if r["seconds"] < seconds / n:   # the batches ran out (one pass)
+                    break
+        except StopIteration:
+            pass
         pulled.close()  # drops the loader's iterator: with the collection, ends its workers inside the measurement
         gc.collect()
-    return {"samples_per_s": r["work"] / r["seconds"], "first_batch_s": r["warmup_s"], "peak_rss_mb": mem.rss / MB,
-            "peak_pss_mb": mem.pss / MB, "added_pss_mb": (mem.pss - before) / MB}
+    out = {"samples_per_s": work / spent, "first_batch_s": first, "peak_rss_mb": mem.rss / MB,
+           "peak_pss_mb": mem.pss / MB, "added_pss_mb": (mem.pss - before) / MB}
+    if bounds:
+        out.update(bound=float(np.mean(bounds)), vs_bound=out["samples_per_s"] / float(np.mean(bounds)))
+    return out
 
 
-def run_loader(store_path: str, questions: QuestionArrays, batch_size: int, workers: int, seconds: float) -> dict:
-    dataset = BatchDataset(questions, FeatureStore(store_path))
-    loader = make_loader(dataset, batch_size, shuffle=True, seed=1, num_workers=workers)
-    return time_batches(loader, seconds, lambda b: len(b["index"]))
+def epochs(batches, sampler: ShardedBatchSampler, repeat: bool):
+    """``batches`` (drawn from ``sampler``) epoch after epoch, reshuffled, while ``repeat``; else one
+    epoch. Warm runs repeat, as training does: a process's one-time costs (first touch of each
+    mapped page) are then paid once, not in every timed second; cold runs read each image once."""
+    for epoch in itertools.count():
+        sampler.set_epoch(epoch)
+        yield from batches
+        if not repeat:
+            return
+
+
+def run_loader(store_path: str, questions: QuestionArrays, batch_size: int, workers: int, seconds: float,
+               cache: str = "none", repeat: bool = True, bound: "CopyBound | None" = None) -> dict:
+    dataset = BatchDataset(questions, FeatureStore(store_path, cache=cache))
+    loader = make_loader(dataset, batch_size, shuffle=True, seed=1, num_workers=workers, prefetch_factor=2)
+    ahead = 2 + 2 if workers == 0 else 2 * workers + 1   # the ring's slots / the workers' prefetch
+    return time_batches(epochs(loader, loader.sampler, repeat), seconds, lambda b: len(b["index"]), bound, ahead)
 
 
 def run_spec(h5_path: str, questions: QuestionArrays, batch_size: int, workers: int, seconds: float) -> dict:
@@ -148,40 +244,126 @@ def run_spec(h5_path: str, questions: QuestionArrays, batch_size: int, workers: 
     return time_batches(loader, seconds, lambda b: len(b[0]))
 
 
-def run_bound(store: FeatureStore, rows: int, questions: QuestionArrays, batch_size: int, seconds: float) -> dict:
-    """np.take of the same (sorted) batches from RAM into preallocated buffers."""
-    ram = {k: np.empty(shape, torch.empty((), dtype=dt).numpy().dtype)
-           for k, (shape, dt) in store.batch_shapes(rows).items()}
-    step = 8 * store.attrs.chunk_images
-    for lo in range(0, rows, step):
-        store.gather(np.arange(lo, min(lo + step, rows)), ram["features"][lo:lo + step], ram["spatials"][lo:lo + step])
-    outs = {k: np.empty((batch_size,) + a.shape[1:], a.dtype) for k, a in ram.items()}
+def loader_rows(questions: QuestionArrays, batch_size: int, repeat: bool):
+    """The image rows of the loader's batches (the same sampler and seed as ``run_loader``), sorted."""
     sampler = ShardedBatchSampler(len(questions), batch_size, shuffle=True, seed=1)
+    for batch in epochs(sampler, sampler, repeat):
+        yield np.sort(questions.image_rows[batch, 0])
+
+
+def batch_buffers(store: FeatureStore, batch_size: int) -> dict:
+    """Output buffers of one batch, allocated once like the loader's slots."""
+    return {name: torch.empty(shape, dtype=dtype) for name, (shape, dtype) in store.batch_shapes(batch_size).items()}
+
+
+def run_gather(store_path: str, questions: QuestionArrays, batch_size: int, seconds: float, repeat: bool,
+               bound: "CopyBound | None" = None) -> dict:
+    """``FeatureStore.gather`` of the loader's batches into preallocated buffers, without a loader."""
+    store = FeatureStore(store_path)
+    out = batch_buffers(store, batch_size)
 
     def batches():
-        for batch in sampler:
-            r = np.sort(questions.image_rows[batch, 0])
-            for k, a in ram.items():
-                np.take(a, r, axis=0, out=outs[k][: len(r)])
-            yield len(r)
+        for rows in loader_rows(questions, batch_size, repeat):
+            store.gather(rows, out["features"][:len(rows)], out["spatials"][:len(rows)])
+            yield len(rows)
 
-    return time_batches(batches(), seconds, lambda n: n)
+    return time_batches(batches(), seconds, lambda n: n, bound)
 
 
-# -- report ------------------------------------------------------------------------------------------
+def run_pread(store_path: str, questions: QuestionArrays, batch_size: int, seconds: float, threads: int,
+              repeat: bool, bound: "CopyBound | None" = None) -> dict:
+    """The disk's bound: each row of the loader's batches read by a plain ``preadv`` into the
+    preallocated buffers, the batch's rows spread over ``threads`` threads."""
+    store = FeatureStore(store_path)
+    if set(store.layouts.values()) != {"raw"}:
+        raise ValueError(f"{store_path}: the pread bound reads uncompressed stores only")
+    out = {n: memoryview(t.numpy().reshape(-1).view(np.uint8)) for n, t in batch_buffers(store, batch_size).items()}
+    fields = [f for f in schema.FIELDS if f.name in out]
+    row_bytes = {f.name: int(np.prod(f.shape(store.attrs)[1:])) * f.numpy_dtype(store.attrs).itemsize for f in fields}
+    fds, C = {}, store.attrs.chunk_images
+
+    def fd(field, c):
+        if (field.name, c) not in fds:
+            fds.setdefault((field.name, c), os.open(schema.chunk_file(store_path, field, c), os.O_RDONLY))
+        return fds[(field.name, c)]
+
+    def part(rows, lo, hi):
+        for i in range(lo, hi):
+            c, local = divmod(int(rows[i]), C)
+            for f in fields:
+                rb = row_bytes[f.name]
+                os.preadv(fd(f, c), [out[f.name][i * rb:(i + 1) * rb]], local * rb)
+
+    def batches():
+        with ThreadPoolExecutor(threads) as pool:
+            for rows in loader_rows(questions, batch_size, repeat):
+                k = min(threads, len(rows))
+                bounds = [(len(rows) * j // k, len(rows) * (j + 1) // k) for j in range(k)]
+                list(pool.map(lambda b, rows=rows: part(rows, *b), bounds))
+                yield len(rows)
+
+    try:
+        return time_batches(batches(), seconds, lambda n: n, bound)
+    finally:
+        for descriptor in set(fds.values()):
+            os.close(descriptor)
+
+
+class CopyBound:
+    """The machine's copy bandwidth for a batch's bytes: one ``np.copyto`` per field (per thread)
+    from RAM into the same kind of preallocated buffers the loader fills. The source rotates over
+    four batches' worth of memory, more than a CPU cache holds."""
+
+    def __init__(self, store: FeatureStore, batch_size: int, threads: int):
+        self.out = {n: t.numpy() for n, t in batch_buffers(store, batch_size).items()}
+        self.src = {n: torch.ones((4 * batch_size,) + a.shape[1:], dtype=torch.from_numpy(a[:0]).dtype).numpy()
+                    for n, a in self.out.items()}
+        self.B, self.threads = batch_size, threads
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
+
+    def _copy(self, i: int, threads: int) -> int:
+        base = (i % 3) * self.B
+        bounds = [(self.B * j // threads, self.B * (j + 1) // threads) for j in range(threads)]
+
+        def part(lo, hi):
+            for n, a in self.out.items():
+                np.copyto(a[lo:hi], self.src[n][base + lo:base + hi])
+
+        if threads == 1:
+            part(0, self.B)
+        else:
+            list(self.pool.map(lambda b: part(*b), bounds))
+        return self.B
+
+    def measure(self, seconds: float) -> dict:
+        """Samples/s of the better of one thread and ``threads`` threads, each timed ``seconds / 2``."""
+        gc.collect()
+        best = 0.0
+        for t in sorted({1, self.threads}):
+            r = time_loop(lambda i, t=t: self._copy(i, t), warmup=1, seconds=seconds / 2)
+            best = max(best, r["work"] / r["seconds"])
+        return {"samples_per_s": best}
+
+
+# -- the runs ------------------------------------------------------------------------------------------
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", help="an existing store to read (default: generate one)")
+    ap.add_argument("--store", help="an existing store to read (default: generate them)")
     ap.add_argument("--gb", type=float, default=1.2, help="size of the generated store's features")
     ap.add_argument("--rows", type=int, help="use only the first ROWS images (default: all)")
     ap.add_argument("--boxes", type=int, default=36)
     ap.add_argument("--feature-dim", type=int, default=2048)
     ap.add_argument("--dtype", default="float16", choices=schema.FEATURE_DTYPES)
     ap.add_argument("--chunk-images", type=int, default=DEFAULT_CHUNK_IMAGES)
+    ap.add_argument("--compressors", nargs="*", default=["zstd", "blosc"], choices=schema.COMPRESSORS[1:],
+                    help="compressed copies of the generated store to measure (default: zstd blosc)")
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--seconds", type=float, default=3.0, help="time each run for about this long")
+    ap.add_argument("--seconds", type=float, default=3.0, help="time each warm run for about this long")
+    ap.add_argument("--cold-seconds", type=float, default=10.0, help="at most this long per cold pass")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold runs")
     ap.add_argument("--workers", type=int, nargs="*", help="worker counts (default 0..cores)")
+    ap.add_argument("--io-threads", type=int, default=batch_io.IO_THREADS, help="threads of the pread bound")
     ap.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
     ap.add_argument("--workdir", help="where generated files go (default: a temp dir, removed after)")
     args = ap.parse_args(argv)
@@ -195,91 +377,185 @@ def main(argv=None) -> dict:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run(args, workers: list, workdir: str) -> dict:
-    itemsize = np.dtype(args.dtype).itemsize
-    stores = {}
+def _make_stores(args, workdir: str) -> dict:
     if args.store:
-        stores["store"] = args.store
-    else:
-        n = int(args.gb * GB / (args.boxes * args.feature_dim * itemsize))
-        for name, images in (("store", n), ("quarter", n // 4)):
-            t = time.perf_counter()
-            stores[name] = os.path.join(workdir, f"{name}.zarr")
-            generate_store(stores[name], images, args.boxes, args.feature_dim, args.dtype, args.chunk_images)
-            print(f"[*] generated {stores[name]}: {images} images in {time.perf_counter() - t:.1f} s", flush=True)
+        return {"store": args.store}
+    itemsize = np.dtype(args.dtype).itemsize
+    n = int(args.gb * GB / (args.boxes * args.feature_dim * itemsize))
+    stores = {}
+    for name, images, compressor in [("store", n, "none"), ("quarter", n // 4, "none")] + \
+                                    [(c, n, c) for c in args.compressors]:
+        t = time.perf_counter()
+        stores[name] = os.path.join(workdir, f"{name}.zarr")
+        generate_store(stores[name], images, args.boxes, args.feature_dim, args.dtype, args.chunk_images, compressor)
+        print(f"[*] generated {stores[name]}: {images} images, {dir_gb(stores[name]):.2f} GB on disk, "
+              f"in {time.perf_counter() - t:.1f} s", flush=True)
+    return stores
+
+
+def dir_gb(path: str) -> float:
+    return sum(os.path.getsize(f) for f in store_files(path)) / GB
+
+
+def _run(args, workers: list, workdir: str) -> dict:
+    load_before = os.getloadavg()
+    stores = _make_stores(args, workdir)
     store = FeatureStore(stores["store"])
     rows = min(args.rows or store.num_images, store.num_images)
-    sample_bytes = {"loader": store.max_boxes * (store.feature_dim * itemsize + schema.SPATIAL_DIM * 4)}
-    sample_bytes["bound"] = sample_bytes["loader"]
-    sample_bytes["spec"] = store.max_boxes * (store.feature_dim + schema.SPATIAL_DIM) * 4
+    sample_bytes = store.max_boxes * (store.feature_dim * np.dtype(store.attrs.dtype).itemsize + schema.SPATIAL_DIM * 4)
+    spec_bytes = store.max_boxes * (store.feature_dim + schema.SPATIAL_DIM) * 4
     questions = random_questions(rows * 4, rows)
+    once = random_questions(rows, rows)   # cold passes: every image once
+    once.image_rows[:, 0] = np.random.default_rng(2).permutation(rows)
     t = time.perf_counter()
     h5_path = os.path.join(workdir, "spec36.hdf5")
     write_spec_hdf5(store, rows, h5_path)
     os.sync()  # finish writeback now, not while the runs read
     print(f"[*] wrote the specification-style float32 HDF5 ({rows} images) in {time.perf_counter() - t:.1f} s",
           flush=True)
-
+    threads = os.cpu_count() or 1
+    copy = CopyBound(store, args.batch_size, threads)
     results = []
 
-    def record(method, store_name, w, r):
-        r.update(method=method, store=store_name, workers=w, gb_per_s=r["samples_per_s"] * sample_bytes[method] / GB)
+    def record(method, store_name, temp, w, r, bound=None):
+        r.update(method=method, store=store_name, temp=temp, workers=w,
+                 gb_per_s=r["samples_per_s"] * (spec_bytes if method == "spec" else sample_bytes) / GB)
+        if bound:
+            r.update(bound=bound, vs_bound=r["samples_per_s"] / bound)
         results.append(r)
-        print(f"  {method:7s} {store_name:8s} workers={w}: {r['samples_per_s']:9.0f} samples/s", flush=True)
+        ratio = f" ({r['vs_bound']:.2f} of {'copy' if temp == 'warm' else 'pread'} bound)" if bound else ""
+        print(f"  {temp} {method:7s} {store_name:8s} workers={w}: {r['samples_per_s']:9.0f} samples/s{ratio}", flush=True)
 
+    def warm(method, store_name, w, fn, *fn_args, **kw):
+        warm_up(stores[store_name])
+        r = fn(*fn_args, **kw, **({} if method == "spec" else {"bound": copy}))
+        record(method, store_name, "warm", w, r, r.get("bound"))
+
+    def cold(method, store_name, w, fn, *fn_args, bound=None, **kw):
+        how = drop_cache(stores[store_name])
+        r = fn(*fn_args, **kw)
+        r["dropped_by"] = how
+        record(method, store_name, "cold", w, r, bound)
+        return r
+
+    S, B = args.seconds, args.batch_size
+    warm("pread", "store", args.io_threads, run_pread, stores["store"], questions, B, S, args.io_threads, True)
+    warm("gather", "store", 0, run_gather, stores["store"], questions, B, S, True)
     for store_name, path in stores.items():
-        n_rows = rows if store_name == "store" else FeatureStore(path).num_images
-        qs = questions if store_name == "store" else random_questions(n_rows * 4, n_rows)
-        for w in workers:
-            record("loader", store_name, w, run_loader(path, qs, args.batch_size, w, args.seconds))
+        if store_name == "store" or store_name == "quarter":
+            n_rows = rows if store_name == "store" else FeatureStore(path).num_images
+            qs = questions if store_name == "store" else random_questions(n_rows * 4, n_rows)
+            for w in workers:
+                warm("loader", store_name, w, run_loader, path, qs, B, w, S)
+        else:   # compressed: the thread and the most workers
+            for w in sorted({0, max(workers)}):
+                warm("loader", store_name, w, run_loader, path, questions, B, w, S)
+    warm("pinned", "store", 0, run_loader, stores["store"], questions, B, 0, S, cache="pinned")
+    if torch.cuda.is_available():
+        warm("gpu", "store", 0, run_loader, stores["store"], questions, B, 0, S, cache="gpu")
     for w in workers:
-        record("spec", "store", w, run_spec(h5_path, questions, args.batch_size, w, args.seconds))
-    record("bound", "store", 0, run_bound(store, rows, questions, args.batch_size, args.seconds))
-    return report_all(results, args, rows, store)
+        warm("spec", "store", w, run_spec, h5_path, questions, B, w, S)
+    if not args.no_cold:
+        C = args.cold_seconds
+        pread = cold("pread", "store", args.io_threads, run_pread, stores["store"], once, B, C, args.io_threads, False)
+        bound = pread["samples_per_s"]
+        cold("gather", "store", 0, run_gather, stores["store"], once, B, C, False, bound=bound)
+        for w in sorted({0, max(workers)}):
+            cold("loader", "store", w, run_loader, stores["store"], once, B, w, C, repeat=False, bound=bound)
+        for name in stores:
+            if name not in ("store", "quarter"):
+                cold("loader", name, 0, run_loader, stores[name], once, B, 0, C, repeat=False, bound=bound)
+    return report_all(results, args, rows, store, stores, threads, load_before)
 
 
-def report_all(results: list, args, rows: int, store: FeatureStore) -> dict:
+def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict, threads: int, load_before) -> dict:
+    load_after = os.getloadavg()
     print(f"\nstore: {store.path} rows used: {rows}, {store.max_boxes}x{store.feature_dim} {store.attrs.dtype}, "
-          f"batch {args.batch_size}")
+          f"batch {args.batch_size}, copy bound on 1 or {threads} threads; load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after")
 
-    def best(method, store_name="store"):
-        return max((r for r in results if r["method"] == method and r["store"] == store_name),
-                   key=lambda r: r["samples_per_s"])
+    def runs(method, store_name="store", temp="warm"):
+        return [r for r in results if (r["method"], r["store"], r["temp"]) == (method, store_name, temp)]
 
-    loader, spec, bound = best("loader"), best("spec"), best("bound")
-    mine = [r for r in results if r["method"] == "loader"]
+    def best(method, store_name="store", temp="warm"):
+        found = runs(method, store_name, temp)
+        return max(found, key=lambda r: r["samples_per_s"]) if found else None
+
+    def rnd(x, nd=3):
+        return None if x is None else round(x, nd)
+
+    loader, spec = best("loader"), best("spec")
+    thread = next(r for r in runs("loader") if r["workers"] == 0)
+    procs = [r for r in runs("loader") if r["workers"] > 0]
+    mine = [r for r in results if r["method"] in ("loader", "pinned", "gpu")]
+    streaming = [r for r in mine if r["method"] == "loader"]   # resident caches read the store first
     summary = {
         "benchmark": "loader_speed", "store_gb": round(store.num_images * store.max_boxes * store.feature_dim
                                                         * np.dtype(store.attrs.dtype).itemsize / GB, 2),
-        "rows": rows, "batch_size": args.batch_size,
+        "rows": rows, "batch_size": args.batch_size, "gather_threads": batch_io.default_threads(),
+        "load_avg_1min": [round(load_before[0], 2), round(load_after[0], 2)],
+        "copy_bound_samples_per_s": round(float(np.median([r["bound"] for r in results
+                                                            if r["temp"] == "warm" and "bound" in r]))),
+        "pread_warm_samples_per_s": round(best("pread")["samples_per_s"]),
+        "gather_vs_copy": rnd(best("gather")["vs_bound"]),
         "loader_samples_per_s": round(loader["samples_per_s"]), "loader_workers": loader["workers"],
         "loader_gb_per_s": round(loader["gb_per_s"], 2),
+        "thread_vs_copy": rnd(thread["vs_bound"]),
+        "workers_vs_copy": {r["workers"]: rnd(r["vs_bound"]) for r in procs},
+        "pinned_vs_copy": rnd(best("pinned")["vs_bound"]),
+        "gpu_vs_copy": rnd(best("gpu")["vs_bound"]) if best("gpu") else None,
         "spec_samples_per_s": round(spec["samples_per_s"]), "spec_workers": spec["workers"],
-        "bound_samples_per_s": round(bound["samples_per_s"]),
         "speedup_vs_spec": round(loader["samples_per_s"] / spec["samples_per_s"], 2),
-        "fraction_of_bound": round(loader["samples_per_s"] / bound["samples_per_s"], 3),
-        "first_batch_s_max": round(max(r["first_batch_s"] for r in mine), 3),
+        "first_batch_s_max": round(max(r["first_batch_s"] for r in streaming), 3),
+        "resident_first_batch_s": {r["method"]: round(r["first_batch_s"], 2) for r in mine if r["method"] != "loader"},
         "added_pss_mb_by_store": {s: round(max(r["added_pss_mb"] for r in mine if r["store"] == s))
-                                 for s in sorted({r["store"] for r in mine})},
+                                  for s in sorted({r["store"] for r in mine})},
         "peak_rss_mb_by_store": {s: round(max(r["peak_rss_mb"] for r in mine if r["store"] == s))
                                  for s in sorted({r["store"] for r in mine})},
     }
-    summary["targets_met"] = {
+    compressed = [name for name in stores if name not in ("store", "quarter")]
+    for name in compressed:
+        summary[f"{name}_gb_on_disk"] = round(dir_gb(stores[name]), 2)
+        summary[f"{name}_vs_none_warm"] = rnd(best("loader", name)["samples_per_s"] / loader["samples_per_s"])
+    if runs("pread", temp="cold"):
+        cold_thread = next(r for r in runs("loader", temp="cold") if r["workers"] == 0)
+        summary.update({
+            "pread_cold_samples_per_s": round(best("pread", temp="cold")["samples_per_s"]),
+            "gather_cold_samples_per_s": round(best("gather", temp="cold")["samples_per_s"]),
+            "cold_gather_vs_pread": rnd(best("gather", temp="cold")["vs_bound"]),
+            "cold_loader_vs_pread": {r["workers"]: rnd(r["vs_bound"]) for r in runs("loader", temp="cold")},
+            "cold_dropped_by": best("pread", temp="cold")["dropped_by"]})
+        for name in compressed:
+            summary[f"{name}_vs_none_cold"] = rnd(best("loader", name, "cold")["samples_per_s"]
+                                                  / cold_thread["samples_per_s"])
+    met = {
+        "thread_vs_copy>=0.8": summary["thread_vs_copy"] >= TARGETS["vs_copy"],
+        "workers_vs_copy>=0.8": bool(procs) and max(summary["workers_vs_copy"].values()) >= TARGETS["vs_copy"],
         "speedup_vs_spec>=5": summary["speedup_vs_spec"] >= TARGETS["speedup_vs_spec"],
-        "fraction_of_bound>=0.8": summary["fraction_of_bound"] >= TARGETS["fraction_of_bound"],
         "first_batch<2s": summary["first_batch_s_max"] < TARGETS["first_batch_s"]}
-    ws = sorted({r["workers"] for r in results})
-    label = lambda r: None if r["method"] == "bound" else \
+    if "cold_gather_vs_pread" in summary:
+        met["cold_gather_vs_pread>=0.8"] = summary["cold_gather_vs_pread"] >= TARGETS["cold_gather_vs_pread"]
+    for key in ("zstd_vs_none_warm", "zstd_vs_none_cold"):
+        if key in summary:
+            met[f"{key}>=0.5"] = summary[key] >= TARGETS["zstd_vs_none"]
+    summary["targets_met"] = met
+    ws = sorted({r["workers"] for r in results if r["method"] in ("loader", "spec")})
+    label = lambda r: None if r["method"] in ("pread", "gather") or r["temp"] == "cold" else \
         r["method"] + ("" if r["store"] == "store" else f" ({r['store']} store)")
     speed = series(results, label, "workers", "samples_per_s")
-    speed["bound (in-RAM np.take)"] = (ws, [bound["samples_per_s"]] * len(ws))
+    speed["copy bound (median)"] = (ws, [summary["copy_bound_samples_per_s"]] * len(ws))
+    if "pread_cold_samples_per_s" in summary:
+        speed["cold pread bound"] = (ws, [summary["pread_cold_samples_per_s"]] * len(ws))
+        speed["cold loader"] = series(runs("loader", temp="cold"), lambda r: "x", "workers", "samples_per_s").get("x")
     return report("loader_speed", args.out, summary, results, columns=[
-        ("method", "method", "<8"), ("store", "store", "<8"), ("workers", "workers", "7d"),
-        ("samples/s", "samples_per_s", "10.0f"), ("GB/s", "gb_per_s", "6.2f"), ("1st batch s", "first_batch_s", "11.2f"),
-        ("peak RSS MB", "peak_rss_mb", "11.0f"), ("peak PSS MB", "peak_pss_mb", "11.0f"),
-        ("added PSS MB", "added_pss_mb", "12.0f")], panels=[
+        ("temp", "temp", "<5"), ("method", "method", "<7"), ("store", "store", "<8"), ("workers", "workers", "7d"),
+        ("samples/s", "samples_per_s", "10.0f"), ("GB/s", "gb_per_s", "6.2f"), ("bound", "bound", "8.0f"),
+        ("vs bound", "vs_bound", "8.2f"),
+        ("1st batch s", "first_batch_s", "11.2f"), ("peak RSS MB", "peak_rss_mb", "11.0f"),
+        ("peak PSS MB", "peak_pss_mb", "11.0f"), ("added PSS MB", "added_pss_mb", "12.0f")], panels=[
         ("throughput", "DataLoader workers", "samples/s", speed),
-        ("anon+shm PSS the run added", "DataLoader workers", "MB", series(results, label, "workers", "added_pss_mb"))])
+        ("anon+shm PSS the run added", "DataLoader workers", "MB",
+         series(results, label, "workers", "added_pss_mb"))])
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""FeatureStore: memmap / zarr / resident-cache gathers agree with a direct zarr read; broken stores
-fail with errors naming the file and the images."""
+"""FeatureStore: memmap / first-layout compressed / resident-cache gathers agree with a direct zarr
+read; broken stores fail with errors naming the file and the images. (Every layout and read mode:
+test_gather.py.)"""
 import os
 
 import numpy as np
@@ -24,7 +25,7 @@ ROWS = [36, 0, 7, 8, 8, 20, 3, 35, 16]  # unsorted, repeated, chunk edges and th
 def test_memmap_gather_matches_zarr(store_path, sort):
     rows = sorted(ROWS) if sort else ROWS
     store = FeatureStore(store_path)
-    assert store.raw == {"features": True, "spatials": True}
+    assert store.layouts == {"features": "raw", "spatials": "raw"}
     f, s = store.gather(rows)
     ref_f, ref_s = direct(store_path, rows)
     assert f.dtype == torch.float16 and s.dtype == torch.float32
@@ -42,11 +43,11 @@ def test_gather_into_given_buffers(store_path):
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
-def test_compressed_store_goes_through_zarr(tmp_path, dtype):
+def test_first_compressed_layout_still_reads(tmp_path, dtype):
     path = tmp_path / "z.zarr"
-    write_store(path, compressor="zstd", dtype=dtype)
-    store = FeatureStore(path, chunk_cache=2)
-    assert store.raw == {"features": False, "spatials": False}
+    write_store(path, compressor="zstd", dtype=dtype)   # a compressed block per chunk, before sharding
+    store = FeatureStore(path)
+    assert store.layouts == {"features": "chunked", "spatials": "chunked"}
     for rows in (ROWS, sorted(ROWS)):
         f, s = store.gather(rows)
         np.testing.assert_array_equal(f.numpy(), direct(path, rows)[0])
@@ -124,12 +125,3 @@ def test_corrupt_chunk_names_file_and_images(tmp_path, damage, compressor):
 def test_row_past_store(store_path):
     with pytest.raises(IndexError, match=r"row 37 .*37 images"):
         FeatureStore(store_path).gather([1, 37])
-
-
-def test_few_file_descriptors_evict_old_maps(store_path, monkeypatch):
-    import butd.features.reader as store_module
-    monkeypatch.setattr(store_module, "_allow_open_files", lambda wanted, spare=256: 2)
-    store = FeatureStore(store_path)
-    for _ in range(2):  # every chunk, twice: maps are closed and reopened on the way
-        np.testing.assert_array_equal(store.gather(ROWS)[0].numpy(), direct(store_path, ROWS)[0])
-    assert len(store._reader.maps) == 2

@@ -5,36 +5,36 @@
 
 How a batch is read depends on the store and on ``cache``:
 
-- ``cache="none"``, uncompressed store (the converter's default): every chunk file of ``features``
-  and ``spatials`` is memory-mapped (``np.memmap``) the first time a batch needs it, and a batch is
-  one ``np.take`` per touched chunk straight into the output buffer. The pages live in the OS page
-  cache, so every DataLoader worker shares one copy of the store; nothing is read into private
-  memory except the batch itself.
-- ``cache="none"``, compressed store: chunks are decoded through zarr and kept in a small LRU cache
-  (``chunk_cache`` chunks per process). Random batches touch almost every chunk, so this path is a
-  fallback for stores that must stay small on disk, not the fast one.
-- ``cache="pinned"``: the whole of ``features`` and ``spatials`` is copied, chunk by chunk, into one
-  page-locked host tensor (plain memory without CUDA) the first time a batch is gathered (PyTorch's
-  pinned allocator rounds the size up to a power of two: budget up to 2x the store); batches
-  are then ``index_select`` from RAM. ``cache="gpu"``: the same, resident on ``device`` (default: the
-  current CUDA device), and batches are gathered there. Both are built in the process that gathers;
-  use them from the main process (``num_workers=0``), which ``butd.loading`` does.
+- ``cache="none"`` (the default): rows are copied from the chunk files straight into the output
+  buffer by ``butd.features.batch_io``: from memory maps of the page cache when the store's pages are
+  cached (one ``np.take`` per copying thread, about a plain ``memcpy``), with ``preadv`` from many
+  I/O threads when they are not (the first epoch, a store larger than RAM), chosen batch by batch
+  (``read_mode="auto"``; ``"map"`` or ``"read"`` force one). The pages live in the OS page cache, so
+  every DataLoader worker shares one copy of the store; nothing is read into private memory except
+  the batch itself. Compressed stores decode only the images a batch asks for (one image per inner
+  chunk of a shard, see ``butd.features.schema``), in parallel; stores of the first compressed
+  layout (a compressed block per chunk) decode whole chunks, also in parallel.
+- ``cache="pinned"``: the whole of ``features`` and ``spatials`` is read into one page-locked host
+  tensor (plain memory without CUDA) the first time a batch is gathered (PyTorch's pinned allocator
+  rounds the size up to a power of two: budget up to 2x the store); batches are then copied from
+  RAM on the copying threads. ``cache="gpu"``: the same, resident on ``device`` (default: the
+  current CUDA device), and batches are ``index_select``-ed there. Both are built in the process
+  that gathers; use them from the main process (``num_workers=0``), which ``butd.loading`` does.
 
-Nothing is opened in ``__init__`` beyond reading the store's JSON metadata: memory maps, zarr arrays
-and resident caches are created lazily in the process that gathers (zarr's event loop is not
-fork-safe) and are dropped when the store is pickled to a worker.
+Nothing is opened in ``__init__`` beyond reading the store's JSON metadata: memory maps, file
+descriptors, threads and resident caches are created lazily in the process that gathers and are
+dropped when the store is pickled to a worker (or found in a forked one).
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
-from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from butd.features import schema
+from butd.features import batch_io, schema
 
 CACHES = ("none", "pinned", "gpu")
 # The two fields a training batch needs; the rest of the store (boxes, ids, ...) is for analysis.
@@ -53,13 +53,6 @@ def _array_meta(path: str, field: schema.Field) -> dict:
             return json.load(f)
     except (OSError, ValueError) as e:
         raise StoreError(f"{meta_path}: cannot read the metadata of array '{field.name}' ({e}); {_REMAKE}") from None
-
-
-def _is_raw(meta: dict) -> bool:
-    """True when chunk files are plain little-endian C-order bytes that np.memmap can read."""
-    codecs = meta.get("codecs", [])
-    return (len(codecs) == 1 and codecs[0].get("name") == "bytes"
-            and codecs[0].get("configuration", {}).get("endian", "little") == "little")
 
 
 def open_attrs(path: str) -> tuple[schema.StoreAttrs, dict]:
@@ -83,83 +76,18 @@ def open_attrs(path: str) -> tuple[schema.StoreAttrs, dict]:
                 f"{os.path.join(path, field.name, 'zarr.json')}: array '{field.name}' is "
                 f"{meta.get('data_type')} {meta.get('shape')} in chunks {got_chunks}, the store's "
                 f"attributes promise {want_dtype} {want_shape} in chunks {want_chunks}; {_REMAKE}")
+        try:
+            batch_io.layout(meta, tuple(want_shape[1:]), os.path.join(path, field.name, "zarr.json"))
+        except ValueError as e:
+            raise StoreError(f"{e}; {_REMAKE}") from None
         metas[field.name] = meta
     return attrs, metas
 
 
-class _ChunkReader:
-    """Whole chunks of one store, by (field, chunk): memory maps for raw chunks, zarr plus an LRU
-    of decoded chunks otherwise. One per process."""
-
-    def __init__(self, store: "FeatureStore", chunk_cache: int):
-        self.store = store
-        self.maps: OrderedDict = OrderedDict()
-        self.max_maps = _allow_open_files(len(BATCH_FIELDS) * store.attrs.num_chunks)
-        self.arrays: dict = {}
-        self.lru: OrderedDict = OrderedDict()
-        self.lru_size = chunk_cache
-        # the train and val loaders' threads may share one store (e.g. train/val both in trainval)
-        self.lock = threading.Lock()
-
-    def chunk(self, field: schema.Field, c: int) -> np.ndarray:
-        with self.lock:
-            return self._chunk(field, c)
-
-    def _chunk(self, field: schema.Field, c: int) -> np.ndarray:
-        key = (field.name, c)
-        if self.store.raw[field.name]:
-            m = self.maps.get(key)
-            if m is None:
-                m = self.maps[key] = self._map(field, c)
-                if len(self.maps) > self.max_maps:
-                    self.maps.popitem(last=False)
-            return m
-        if key in self.lru:
-            self.lru.move_to_end(key)
-            return self.lru[key]
-        block = self._decode(field, c)
-        self.lru[key] = block
-        if len(self.lru) > self.lru_size:
-            self.lru.popitem(last=False)
-        return block
-
-    def _map(self, field: schema.Field, c: int) -> np.memmap:
-        attrs, fname = self.store.attrs, schema.chunk_file(self.store.path, field, c)
-        shape = (attrs.chunk_images,) + field.shape(attrs)[1:]
-        dtype = field.numpy_dtype(attrs)
-        want = int(np.prod(shape)) * dtype.itemsize
-        try:
-            size = os.path.getsize(fname)
-        except OSError as e:
-            raise self.store.chunk_error(fname, c, f"missing or unreadable ({e.strerror})") from None
-        if size != want:
-            raise self.store.chunk_error(fname, c, f"{size} bytes, expected {want} "
-                                         f"({shape} {dtype}); the file is truncated or corrupt")
-        try:
-            return np.memmap(fname, dtype=dtype, mode="r", shape=shape)
-        except (OSError, ValueError) as e:
-            raise self.store.chunk_error(fname, c, f"cannot be memory-mapped ({e})") from None
-
-    def _decode(self, field: schema.Field, c: int) -> np.ndarray:
-        import zarr  # only the compressed path needs zarr in the reading process
-        fname = schema.chunk_file(self.store.path, field, c)
-        # zarr reads a missing chunk as the fill value; for a complete store that is corruption
-        if not os.path.exists(fname):
-            raise self.store.chunk_error(fname, c, "missing")
-        arr = self.arrays.get(field.name)
-        if arr is None:
-            arr = self.arrays[field.name] = zarr.open_array(os.path.join(self.store.path, field.name), mode="r")
-        lo = c * self.store.attrs.chunk_images
-        try:
-            return np.ascontiguousarray(arr[lo:lo + self.store.attrs.chunk_images])
-        except Exception as e:  # zarr/numcodecs raise assorted decode errors
-            raise self.store.chunk_error(fname, c, f"cannot be decoded ({type(e).__name__}: {e})") from None
-
-
 def _allow_open_files(wanted: int, spare: int = 256) -> int:
-    """How many chunk maps this process may keep open. Each np.memmap holds a file descriptor
-    (Python's mmap dups it), and a full GQA store has thousands of chunks, so raise the soft limit
-    towards the hard one; past that, the oldest maps are closed and reopened when needed."""
+    """How many chunk files this process may keep open. Reads from cold stores keep a descriptor per
+    chunk file, and a full GQA store has thousands of chunks, so raise the soft limit towards the
+    hard one; past that, the oldest are closed and reopened when needed."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < wanted + spare:
@@ -172,25 +100,28 @@ def _allow_open_files(wanted: int, spare: int = 256) -> int:
     return wanted if soft == resource.RLIM_INFINITY else max(16, min(wanted, soft - spare))
 
 
-def _segments(chunks: np.ndarray):
-    """(start, end) of each run of equal values in ``chunks``."""
-    bounds = np.flatnonzero(chunks[1:] != chunks[:-1]) + 1
-    return zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(chunks)].tolist())
-
-
 class FeatureStore:
-    """Batched reads of ``features`` and ``spatials`` from one store; see the module docstring."""
+    """Batched reads of ``features`` and ``spatials`` from one store; see the module docstring.
 
-    def __init__(self, path, cache: str = "none", device=None, chunk_cache: int = 16):
+    ``threads``: copying threads per gather (default: the cores this process may use, divided among
+    DataLoader workers); ``io_threads``: blocking reads in flight for pages not in the page cache;
+    ``read_mode``: ``"auto"``, ``"map"`` or ``"read"`` (``butd.features.batch_io``). ``layouts`` says
+    how each field is stored: ``"raw"``, ``"sharded"`` or ``"chunked"``."""
+
+    def __init__(self, path, cache: str = "none", device=None, threads: int | None = None,
+                 io_threads: int = batch_io.IO_THREADS, read_mode: str = "auto"):
         if cache not in CACHES:
             raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
+        if read_mode not in batch_io.MODES:
+            raise ValueError(f"read_mode must be one of {batch_io.MODES}, got {read_mode!r}")
         self.path = os.fspath(path)
         self.cache = cache
         self.device = device
-        self.chunk_cache = chunk_cache
-        self.attrs, metas = open_attrs(self.path)
-        self.raw = {name: _is_raw(meta) for name, meta in metas.items()}
+        self.threads, self.io_threads, self.read_mode = threads, io_threads, read_mode
+        self.attrs, self._metas = open_attrs(self.path)
         self._fields = {f.name: f for f in BATCH_FIELDS}
+        self.layouts = {f.name: batch_io.layout(self._metas[f.name], f.shape(self.attrs)[1:], "")[0]
+                        for f in BATCH_FIELDS}
         self._num_boxes = None
         self._reset()
 
@@ -272,30 +203,37 @@ class FeatureStore:
                 raise RuntimeError(f"{self.path}: FeatureStore(cache={self.cache!r}) was filled in another "
                                    "process; resident caches are gathered in the process that built "
                                    "them (use num_workers=0)")
-            self._reader = _ChunkReader(self, self.chunk_cache)
+            self._reader = self._new_reader()
             self._pid = os.getpid()
         if self.cache != "none" and self._resident is None:
             self._resident = self._load_resident()
 
-    def _load_resident(self) -> dict:
-        """Copy the whole store, chunk by chunk, into one tensor per field (pinned host or GPU)."""
-        C, N = self.attrs.chunk_images, self.num_images
-        device = self._device()
-        resident = {}
+    def _new_reader(self) -> batch_io.BatchReader:
+        fields = {name: batch_io.field_reader(self.path, f, self.attrs, self._metas[name], self.chunk_error)
+                  for name, f in self._fields.items()}
+        return batch_io.BatchReader(fields, threads=self.threads, io_threads=self.io_threads,
+                                    mode=self.read_mode, max_open=_allow_open_files(len(fields) * self.attrs.num_chunks))
+
+    def _load_resident(self, step_chunks: int = 16) -> dict:
+        """Read the whole store, ``step_chunks`` chunks at a time, into one tensor per field (pinned
+        host or GPU; the GPU's through a host buffer of one step)."""
+        device, N = self._device(), self.num_images
+        resident, staging = {}, {}
+        step = min(N, step_chunks * self.attrs.chunk_images)
         for name, (shape, dtype) in self.batch_shapes(N).items():
             if device is None:
-                t = torch.empty(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
+                resident[name] = torch.empty(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
             else:
-                t = torch.empty(shape, dtype=dtype, device=device)
-            for c in range(self.attrs.num_chunks):
-                block = self._reader.chunk(self._fields[name], c)[: min(C, N - c * C)]
-                dst = t[c * C: c * C + len(block)]
-                if dst.is_cuda:  # np.array: a writable copy of the read-only map for torch
-                    dst.copy_(torch.from_numpy(np.array(block)))
-                else:
-                    dst.numpy()[:] = block
-            resident[name] = t
-        self._reader = _ChunkReader(self, self.chunk_cache)  # drop the maps: the copy is all we need
+                resident[name] = torch.empty(shape, dtype=dtype, device=device)
+                staging[name] = torch.empty((step,) + shape[1:], dtype=dtype, pin_memory=True)
+        for lo in range(0, N, step):
+            rows = np.arange(lo, min(N, lo + step))
+            outs = {n: (staging[n] if device is not None else resident[n][lo:])[:len(rows)].numpy()
+                    for n in resident}
+            self._reader.gather(rows, outs)
+            for n in staging:
+                resident[n][lo:lo + len(rows)].copy_(staging[n][:len(rows)])
+        self._reader = self._new_reader()  # drop the maps and descriptors: the copy is all we need
         return resident
 
     def _device(self):
@@ -315,38 +253,32 @@ class FeatureStore:
     def gather(self, rows, features_out=None, spatials_out=None):
         """Features [n, K, D] (store dtype) and spatials [n, K, 6] float32 of ``rows``, in the order
         given, as torch tensors (written into ``*_out`` when given: torch tensors or numpy arrays
-        of the right shape and dtype). Rows sorted ascending read fastest (one ``np.take`` per
-        chunk straight into the output); unsorted rows are grouped by chunk and scattered."""
+        of the right shape and dtype). Raises IndexError for a row outside the store and StoreError,
+        naming the chunk file and its images, for a damaged store."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         self._check_rows(rows)
         self._process_state()
         outs = {"features": features_out, "spatials": spatials_out}
-        if self._resident is not None:
-            return self._gather_resident(rows, outs)
+        if self._resident is not None and self._resident["features"].is_cuda:
+            return self._gather_on_device(rows, outs)
         shapes = self.batch_shapes(len(rows))
         for name, out in outs.items():
             if out is None:
                 shape, dtype = shapes[name]
                 outs[name] = torch.empty(shape, dtype=dtype)
         arrays = {n: (o.numpy() if isinstance(o, torch.Tensor) else o) for n, o in outs.items()}
-        self._gather_chunks(rows, arrays)
+        # the reads write through the buffer's bytes: a strided output is filled through a copy
+        direct = {n: a if a.flags.c_contiguous else np.empty(a.shape, a.dtype) for n, a in arrays.items()}
+        if self._resident is not None:
+            self._reader.take({n: self._resident[n].numpy() for n in direct}, rows, direct)
+        else:
+            self._reader.gather(rows, direct)
+        for n, a in arrays.items():
+            if direct[n] is not a:
+                a[...] = direct[n]
         return tuple(torch.from_numpy(o) if isinstance(o, np.ndarray) else o for o in outs.values())
 
-    def _gather_chunks(self, rows: np.ndarray, arrays: dict):
-        C = self.attrs.chunk_images
-        in_order = bool(np.all(rows[1:] >= rows[:-1]))
-        order = None if in_order else np.argsort(rows, kind="stable")
-        srows = rows if in_order else rows[order]
-        chunks, local = np.divmod(srows, C)
-        for s, e in _segments(chunks):
-            for name, out in arrays.items():
-                block = self._reader.chunk(self._fields[name], int(chunks[s]))
-                if in_order:
-                    np.take(block, local[s:e], axis=0, out=out[s:e])
-                else:
-                    out[order[s:e]] = block[local[s:e]]
-
-    def _gather_resident(self, rows: np.ndarray, outs: dict):
+    def _gather_on_device(self, rows: np.ndarray, outs: dict):
         index = torch.from_numpy(rows)
         results = []
         for name, out in outs.items():

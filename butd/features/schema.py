@@ -7,6 +7,12 @@ Every other axis is a single chunk, so chunk ``i`` of an array holds images
 that block is the raw little-endian file ``<array>/c/<i>/0/...`` and can be memory-mapped; the
 last chunk is stored full-size (zarr pads it with the fill value).
 
+Compressed stores shard the fields a training batch reads (``SHARDED_FIELDS``): chunk ``i`` is the
+same file, but a zarr v3 shard holding each of its images as its own compressed inner chunk, with
+an index of ``(offset, nbytes)`` at the end (``array_chunking``). A batch touches nearly every chunk
+of a store, yet decodes only the images it asks for. Stores written before sharding (one
+compressed block per chunk) are still read, a whole chunk at a time.
+
 The group's attributes (``StoreAttrs``) say what the store holds and whether it is complete: a
 store whose ``complete`` flag is not true must never be read as training data.
 """
@@ -66,6 +72,8 @@ FIELDS = (
     Field("attrs_id", ("boxes",), "int64", ("obj36",)),
     Field("attrs_conf", ("boxes",), "float32", ("obj36",)),
 )
+# Fields a batch reads image by image: compressed stores keep one image per inner chunk of a shard.
+SHARDED_FIELDS = ("features", "spatials")
 # Image ids are variable-length strings, stored as a zarr array of dtype str (chunked like the rest).
 IMAGE_IDS = "image_ids"
 
@@ -73,6 +81,16 @@ IMAGE_IDS = "image_ids"
 def fields_for(layout: str) -> tuple:
     """The numeric fields a store of this TSV layout holds."""
     return tuple(f for f in FIELDS if layout in f.layouts)
+
+
+def array_chunking(field: Field, attrs: StoreAttrs) -> dict:
+    """The chunking of ``field``'s zarr array, as ``create_array`` keywords: chunks of
+    ``chunk_images`` images; in compressed stores, ``SHARDED_FIELDS`` are shards of ``chunk_images``
+    images made of one-image inner chunks (the same chunk files, each image compressed on its own)."""
+    block = (attrs.chunk_images,) + field.shape(attrs)[1:]
+    if attrs.compressor != "none" and field.name in SHARDED_FIELDS:
+        return {"chunks": (1,) + block[1:], "shards": block}
+    return {"chunks": block}
 
 
 @dataclass
