@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Evaluate a BUTD/FiLM checkpoint on a split of its task.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by train.py")
     p.add_argument("--split", default=None, help="default: the task's validation split (GQA: testdev)")
-    p.add_argument("--out", default=None, help="predictions file (default <run dir>/predictions/<split>-predictions.json)")
+    p.add_argument("--out", default=None, help="predictions file (default <run dir>/predictions/<split>-predictions.json, .csv for NLVR2)")
     p.add_argument("--cache", "--gqa_cache", dest="cache", default=None,
                    help="override the cache directory saved with the run")
     p.add_argument("--bsz", type=int, default=512)
