@@ -29,3 +29,11 @@ def majority_label(train_labels: np.ndarray) -> int:
     if not len(answered):
         raise ValueError("no answered training question: the majority answer is undefined")
     return int(np.bincount(answered).argmax())
+
+
+def majority_baseline(train_labels: np.ndarray, gold_labels: np.ndarray, label2ans, what: str = "answer") -> tuple:
+    """(description, accuracy) of always predicting the most frequent training label on
+    ``gold_labels`` (None where none is answered): a single-label task's answer prior."""
+    majority = majority_label(train_labels)
+    gold = gold_labels[gold_labels != NO_ANSWER]
+    return f"majority {what} {label2ans[majority]!r}", float((gold == majority).mean()) if len(gold) else None

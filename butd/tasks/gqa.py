@@ -35,7 +35,7 @@ import numpy as np
 
 from butd.evaluation.scores import by_type, format_table, mean_score
 from butd.questions.json_stream import QuestionFileError, object_items
-from butd.tasks.answers import NO_ANSWER, majority_label, single_label_loss
+from butd.tasks.answers import NO_ANSWER, majority_baseline, single_label_loss
 from butd.tasks.base import RawQuestions, Split, Task
 
 QUESTION_FILE = "{split}_balanced_questions.json"
@@ -113,10 +113,7 @@ class GQA(Task):
         return format_table(scores, GROUPS)
 
     def baseline(self, train, questions, label2ans: Sequence[str]) -> tuple:
-        majority = majority_label(train.targets["labels"])
-        gold = questions.targets["labels"]
-        gold = gold[gold != NO_ANSWER]
-        return f"majority answer {label2ans[majority]!r}", float((gold == majority).mean()) if len(gold) else None
+        return majority_baseline(train.targets["labels"], questions.targets["labels"], label2ans, "answer")
 
     def write_predictions(self, path: str, questions, predicted: np.ndarray, label2ans: Sequence[str],
                           questions_dir=None) -> int:

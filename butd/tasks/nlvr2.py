@@ -28,7 +28,7 @@ import numpy as np
 
 from butd.evaluation.scores import format_table, mean_score
 from butd.questions.json_stream import QuestionFileError, json_lines
-from butd.tasks.answers import NO_ANSWER, majority_label, single_label_loss
+from butd.tasks.answers import NO_ANSWER, majority_baseline, single_label_loss
 from butd.tasks.base import RawQuestions, Split, Task
 
 QUESTION_FILE = "{split}.json"
@@ -84,10 +84,7 @@ class NLVR2(Task):
                 f"consistency={scores['consistency']['sentences']['accuracy']}")
 
     def baseline(self, train, questions, label2ans: Sequence[str]) -> tuple:
-        majority = majority_label(train.targets["labels"])
-        gold = questions.targets["labels"]
-        gold = gold[gold != NO_ANSWER]
-        return f"majority label {label2ans[majority]!r}", float((gold == majority).mean()) if len(gold) else None
+        return majority_baseline(train.targets["labels"], questions.targets["labels"], label2ans, "label")
 
     def write_predictions(self, path: str, questions, predicted: np.ndarray, label2ans: Sequence[str],
                           questions_dir=None) -> int:
