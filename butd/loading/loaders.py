@@ -40,8 +40,9 @@ def _whole_batch(batch):
 
 
 class _Position:
-    """The sampler's position as the consumer sees it, for Lightning's checkpoints: batches of the
-    epoch handed out, counted as they are handed (a batch gathered ahead is not yet taken)."""
+    """What both loaders share: iterating their ``_batches()`` while keeping the sampler's position
+    as the consumer sees it, for Lightning's checkpoints: batches of the epoch handed out, counted
+    as they are handed (a batch gathered ahead is not yet taken)."""
     sampler: ShardedBatchSampler
     _taken = 0
 
@@ -53,6 +54,12 @@ class _Position:
                 yield batch
         finally:
             batches.close()                  # stops the producer at once when the consumer stops early
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        return self._counted(self._batches())
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict(self._taken)
@@ -79,17 +86,11 @@ class ThreadedLoader(_Position):
         self.pin = pin_memory and torch.cuda.is_available()
         self._ring = None
 
-    def __len__(self) -> int:
-        return len(self.sampler)
-
     def ring(self) -> SlotRing:
         # depth batches queued, one being filled, one held by the consumer
         if self._ring is None:
             self._ring = SlotRing(self.dataset.specs(self.sampler.batch_size), self.depth + 2, pin=self.pin)
         return self._ring
-
-    def __iter__(self):
-        return self._counted(self._batches())
 
     def _batches(self):
         ring = self.ring()
@@ -172,9 +173,6 @@ class WorkerLoader(_Position):
         self.context = multiprocessing.get_context()
         self._ring = None
 
-    def __len__(self) -> int:
-        return len(self.sampler)
-
     def ring(self) -> SlotRing:
         # the batches the workers may have ahead, one being filled per worker, one held by the consumer
         if self._ring is None:
@@ -186,9 +184,6 @@ class WorkerLoader(_Position):
                     for t in slot.values():
                         torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
         return self._ring
-
-    def __iter__(self):
-        return self._counted(self._batches())
 
     def _batches(self):
         ring = self.ring()
