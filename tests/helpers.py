@@ -1,6 +1,7 @@
 """What several test files share: the real samples in tests/data, independent statements of the
 specification's reading code, and builders of small seeded stores, TSVs and question arrays."""
 import base64
+import contextlib
 import csv
 import os
 import sys
@@ -162,3 +163,22 @@ def build_gqa_caches(sample_dir, cache, chunk_images=8, **question_options):
     out = os.path.join(str(cache), "questions")
     questions.build(inputs, out, workers=1, progress=False)
     return out
+
+
+@contextlib.contextmanager
+def interrupted_after(monkeypatch, chunks_written: int):
+    """Inside: a conversion stops with KeyboardInterrupt (a Ctrl-C) once ``chunks_written`` chunks
+    are written; after it, chunks are written as usual again."""
+    from butd.features.convert import chunks
+    write_chunk, calls = chunks.write_chunk, []
+
+    def interrupted(*args):
+        if len(calls) == chunks_written:
+            raise KeyboardInterrupt
+        calls.append(args[2])
+        write_chunk(*args)
+    monkeypatch.setattr(chunks, "write_chunk", interrupted)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(chunks, "write_chunk", write_chunk)

@@ -16,7 +16,8 @@ from butd.features import schema
 from butd.features.convert import convert_stores, convert_tsv
 from butd.tasks import get_task
 from butd.features.tsv import TSVFormatError
-from helpers import REAL_TSV, make_rows, make_tsv, read_store, spec_rows, spec_spatials, store_files
+from helpers import (REAL_TSV, interrupted_after, make_rows, make_tsv, read_store, spec_rows, spec_spatials,
+                     store_files)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "converters", "tsv_to_zarr.py")
@@ -138,20 +139,11 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, monkeypatch):
     make_tsv(tmp_path / "f.tsv", n=40)
     tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
     convert_tsv(tsv, str(tmp_path / "ref.zarr"), chunk_images=4, workers=1, progress=False)
-    write_chunk, calls = chunks.write_chunk, []
-
-    def interrupted_after_3(*args):
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        calls.append(args[2])
-        write_chunk(*args)
-    monkeypatch.setattr(chunks, "write_chunk", interrupted_after_3)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after(monkeypatch, 3), pytest.raises(KeyboardInterrupt):
         convert_tsv(tsv, out, chunk_images=4, workers=1, progress=False)
     assert schema.read_attrs(out).complete is False
     with pytest.raises(ValueError, match="incomplete"):
         schema.read_image_ids(out)
-    monkeypatch.setattr(chunks, "write_chunk", write_chunk)
     summary = convert_tsv(tsv, out, chunk_images=4, workers=2, progress=False)
     assert (summary.chunks_resumed, summary.chunks_converted) == (3, 7)
     assert store_files(out) == store_files(tmp_path / "ref.zarr")

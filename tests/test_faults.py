@@ -38,7 +38,7 @@ from butd.synthetic.gqa import generate  # noqa: E402
 from butd.synthetic.scene import format_row, write_tsv  # noqa: E402
 from butd.tasks import get_task  # noqa: E402
 from butd.text.glove import read_glove  # noqa: E402
-from helpers import REAL_TSV, make_rows, questions_for, read_store, write_store  # noqa: E402
+from helpers import REAL_TSV, interrupted_after, make_rows, questions_for, read_store, write_store  # noqa: E402
 
 EMB = 32
 # 19 train images x 5 questions = 95 train questions: 6 steps of 16 per epoch; 35 testdev questions.
@@ -480,7 +480,6 @@ def test_several_tsvs_make_the_store_of_their_concatenation(tmp_path, capsys):
 
 
 def test_several_tsvs_errors_name_the_right_file_and_resume(tmp_path, monkeypatch):
-    from butd.features.convert import chunks
     rows = make_rows(n=12)
     lines = [format_row(r) for r in rows]
     a, b = str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv")
@@ -497,17 +496,8 @@ def test_several_tsvs_errors_name_the_right_file_and_resume(tmp_path, monkeypatc
     with open(b, "w") as f:
         f.writelines(lines[6:])
     out = str(tmp_path / "s.zarr")
-    write_chunk, calls = chunks.write_chunk, []
-
-    def interrupted(*args):
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        calls.append(args[2])
-        write_chunk(*args)
-    monkeypatch.setattr(chunks, "write_chunk", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
         convert_tsv([a, b], out, chunk_images=2, workers=1, progress=False)
-    monkeypatch.setattr(chunks, "write_chunk", write_chunk)
     summary = convert_tsv([a, b], out, chunk_images=2, workers=2, progress=False)
     assert (summary.chunks_resumed, summary.chunks_converted, summary.rows) == (2, 4, 12)
     assert schema.read_image_ids(out).tolist() == [r.image_id for r in rows]
