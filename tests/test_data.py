@@ -94,6 +94,15 @@ def test_threaded_loader_reuses_a_fixed_ring_of_buffers(store):
     check_aligned(as_tensors(loader), path, qs)
 
 
+class _FilledBy(BatchDataset):
+    """Also writes the filling process's id into the batch's ``tokens``."""
+
+    def fill(self, indices, out):
+        batch = super().fill(indices, out)
+        batch["tokens"][:, 0] = os.getpid()
+        return batch
+
+
 def test_worker_loader_fills_a_shared_ring_allocated_once(store):
     """Worker processes write each batch into a slot of one shared ring; the main process reads the
     very memory (no per-batch tensors cross processes), and an abandoned pass leaves no worker stuck."""
@@ -105,6 +114,28 @@ def test_worker_loader_fills_a_shared_ring_allocated_once(store):
     assert len(pointers) > size and set(pointers) <= slots and len(set(pointers)) <= size
     next(iter(loader))                       # a pass left after one batch
     check_aligned(as_tensors(loader), path, qs)
+
+
+def test_worker_processes_serve_every_pass_and_a_pass_left_early_does_not_disturb_the_next(store):
+    """The same workers (kept store, kept page mappings) fill every epoch; passes left after 1 and
+    after ring-size + 1 batches (workers then wait for slots the consumer never hands back) are
+    followed by complete, correct ones."""
+    path, qs = store
+    loader = make_loader(_FilledBy(qs, FeatureStore(path)), 8, shuffle=True, seed=2, num_workers=2)
+    fillers = lambda batches: {int(b["tokens"][0, 0]) for b in batches}
+    first = fillers(loader)
+    assert len(first) == 2 and os.getpid() not in first
+    for leave_after in (1, loader.ring().size + 1, 1):
+        loader.sampler.set_epoch(leave_after)
+        passing = iter(loader)
+        for _ in range(leave_after):
+            next(passing)
+        passing.close()
+        batches = as_tensors(loader)
+        assert fillers(batches) == first
+        for b in batches:
+            b["tokens"][:, 0] = torch.from_numpy(qs.tokens[b["index"].numpy(), 0])
+        check_aligned(batches, path, qs)
 
 
 def test_threaded_loader_raises_the_gather_error(tmp_path):

@@ -6,7 +6,7 @@ import threading
 import pytest
 import torch
 
-from butd.loading.slots import SlotRing
+from butd.loading.slots import SlotRing, StalePass
 
 SPECS = {"features": ((4, 3), torch.float32), "index": ((4,), torch.int64)}
 
@@ -175,3 +175,33 @@ def test_a_released_pinned_slot_is_rewritten_only_after_its_copy_event():
     assert event.query()  # acquire synchronized it
     t["x"].fill_(2.0)
     assert dev.eq(1.0).all().item()
+
+
+def test_a_new_pass_ends_the_old_one_without_sharing_a_slot_with_its_writers():
+    """Persistent producers: a waiting acquire of an ended pass raises, a written slot of it is freed
+    by start_pass, and a slot still being written is freed only when its producer says it is done."""
+    ring = SlotRing(SPECS, 3, shared=True)
+    old = ring.start_pass()
+    ring.acquire(0, gen=old), ring.acquire(1, gen=old)
+    ring.filled(0, old)                     # written, its slot number on its way to the consumer
+    waiting = []                            # batch 3 waits for slot 0, which the consumer never releases
+    t = threading.Thread(target=lambda: waiting.append(pytest.raises(StalePass, ring.acquire, 3, gen=old)))
+    t.start()
+    new = ring.start_pass()                 # the consumer left the old pass early
+    t.join(2)
+    assert waiting and not t.is_alive()
+    with pytest.raises(StalePass, match=f"pass {old}"):
+        ring.acquire(2, gen=old)
+    assert ring.acquire(0, gen=new, timeout=0.1)[0] == 0      # written: freed by start_pass
+    with pytest.raises(RuntimeError, match="slot 1 for batch 1.*ended pass is being written"):
+        ring.acquire(1, gen=new, timeout=0.1)                 # the old batch 1 is still being written there
+    ring.filled(1, old)
+    assert ring.acquire(1, gen=new, timeout=0.1)[0] == 1
+    ring.filled(1, new, ok=False)                             # a failed write frees its slot too
+    ring.end_pass(old)                                        # a late end of an old pass changes nothing
+    ring.filled(0, new)
+    ring.release(0)
+    assert ring.acquire(2, gen=new, timeout=0.1)[0] == 2
+    ring.end_pass(new)
+    with pytest.raises(StalePass):
+        ring.acquire(3, gen=new, timeout=1)

@@ -10,10 +10,11 @@ default, fastest measured), or DataLoader worker processes.
   ready for ``non_blocking`` transfer). The gather releases the GIL, so it overlaps the training
   step. A slot is rewritten only after the consumer has asked for the next batch (and, with CUDA,
   after the copies it queued from the slot have run): nothing is allocated or copied per batch.
-- ``num_workers>0``: a ``WorkerLoader``: worker processes (each opens the store lazily and shares
-  its pages through the page cache) gather each batch into a slot of a ring of shared-memory
-  buffers allocated once, page-locked in place with CUDA; only the slot's number travels to the
-  main process, which reads the same memory: nothing is allocated or copied per batch either.
+- ``num_workers>0``: a ``WorkerLoader``: persistent worker processes (each opens the store lazily
+  and shares its pages through the page cache) gather each batch into a slot of a ring of
+  shared-memory buffers allocated once, page-locked in place with CUDA; only the slot's number
+  travels to the main process, which reads the same memory: nothing is allocated or copied per
+  batch either.
 
 Lightning: train with ``Trainer(use_distributed_sampler=False)``; Lightning calls the sampler's
 ``set_epoch`` each epoch (it finds ``loader.sampler``), which reshuffles. Both loaders count the
@@ -128,8 +129,8 @@ class ThreadedLoader(_Position):
 
 
 class _SlotFiller(torch.utils.data.Dataset):
-    """In a worker process: batch ``j`` goes into its slot of the shared ring; only the slot's number
-    and the batch size travel back to the main process, which reads the same memory."""
+    """In a worker process: batch ``j`` of pass ``gen`` goes into its slot of the shared ring; only the
+    slot's number and the batch size travel back to the main process, which reads the same memory."""
 
     def __init__(self, dataset: BatchDataset, ring: SlotRing):
         self.dataset, self.ring = dataset, ring
@@ -138,32 +139,41 @@ class _SlotFiller(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, request) -> tuple:
-        j, indices = request
-        slot, buffers = self.ring.acquire(j, n=len(indices))
-        self.dataset.fill(indices, buffers)
+        gen, j, indices = request
+        slot, buffers = self.ring.acquire(j, n=len(indices), gen=gen)
+        ok = False
+        try:
+            self.dataset.fill(indices, buffers)
+            ok = True
+        finally:
+            self.ring.filled(slot, gen, ok)
         return slot, len(indices)
 
 
 class _Numbered:
-    """The sampler's batches numbered within the pass: batch ``j`` uses slot ``j % size``."""
+    """The sampler's batches numbered within the pass and tagged with it: ``(gen, j, indices)``; batch
+    ``j`` uses slot ``j % size``."""
 
     def __init__(self, sampler: ShardedBatchSampler):
-        self.sampler = sampler
+        self.sampler, self.gen = sampler, 0
 
     def __len__(self) -> int:
         return len(self.sampler)
 
     def __iter__(self):
-        return enumerate(self.sampler)
+        gen = self.gen
+        return ((gen, j, indices) for j, indices in enumerate(self.sampler))
 
 
 class WorkerLoader(_Position):
     """Gathers batches in ``num_workers`` worker processes, each straight into a slot of a ring of
     shared-memory buffers allocated once (page-locked in place with CUDA, so a batch goes from the
-    gather to a ``non_blocking`` copy with no copy between). The workers start with each pass and
-    stop at its end (or when the consumer leaves it early), so an abandoned pass never leaves a
-    worker waiting for a slot. Exposes ``sampler``, ``batch_sampler``, ``dataset`` and ``len`` as
-    ``ThreadedLoader`` does."""
+    gather to a ``non_blocking`` copy with no copy between). The workers start with the first pass
+    and serve every later one (each keeps its store open and its pages mapped, which a new process
+    would touch again at a fraction of the speed); they end when the loader is garbage-collected.
+    A pass left early ends its generation of the ring, so a worker waiting for a slot for it gives
+    up at once and the next pass starts clean. Exposes ``sampler``, ``batch_sampler``, ``dataset``
+    and ``len`` as ``ThreadedLoader`` does."""
 
     def __init__(self, dataset: BatchDataset, sampler: ShardedBatchSampler, num_workers: int,
                  prefetch_factor: int = 2, pin_memory: bool = True):
@@ -171,7 +181,7 @@ class WorkerLoader(_Position):
         self.num_workers, self.prefetch_factor = num_workers, max(1, prefetch_factor)
         self.pin = pin_memory and torch.cuda.is_available()
         self.context = multiprocessing.get_context()
-        self._ring = None
+        self._ring = self._workers = None
 
     def ring(self) -> SlotRing:
         # the batches the workers may have ahead, one being filled per worker, one held by the consumer
@@ -185,20 +195,26 @@ class WorkerLoader(_Position):
                         torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
         return self._ring
 
+    def workers(self) -> DataLoader:
+        """The DataLoader whose persistent workers fill the ring (made once, its workers started by
+        the first pass)."""
+        if self._workers is None:
+            self._workers = DataLoader(
+                _SlotFiller(self.dataset, self.ring()), sampler=_Numbered(self.sampler), batch_size=None,
+                collate_fn=_whole_batch, num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
+                persistent_workers=True, multiprocessing_context=self.context)
+        return self._workers
+
     def _batches(self):
-        ring = self.ring()
-        ring.reopen()
-        loader = DataLoader(_SlotFiller(self.dataset, ring), sampler=_Numbered(self.sampler), batch_size=None,
-                            collate_fn=_whole_batch, num_workers=self.num_workers,
-                            prefetch_factor=self.prefetch_factor, multiprocessing_context=self.context)
-        workers = iter(loader)
+        ring, loader = self.ring(), self.workers()
+        # before iter(): iter() waits for the workers to finish what an earlier pass left them, and
+        # those of its batches still waiting for a slot must give up instead of waiting on
+        gen = loader.sampler.gen = ring.start_pass()
         try:
-            views = ((slot, SlotRing.view(ring.slots[slot], n)) for slot, n in workers)
+            views = ((slot, SlotRing.view(ring.slots[slot], n)) for slot, n in iter(loader))
             yield from ring.handing_back(views, record_event=self.pin)
         finally:
-            ring.close()        # a worker waiting for a slot gives up
-            del workers         # the workers stop here (the iterator's shutdown joins them)
-            ring.reopen()
+            ring.end_pass(gen)
 
 
 def make_loader(dataset: BatchDataset, batch_size: int, shuffle: bool = False, seed: int = 0,

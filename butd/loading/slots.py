@@ -11,6 +11,14 @@ producer writes the batch there; the consumer reads it and calls ``release(slot)
 ``handing_back``, which releases a batch when the next one is requested). Because the turn is tied to
 ``j``, producers running out of order (several DataLoader workers) cannot overtake each other.
 
+Passes of persistent producers: DataLoader workers that outlive a pass may still be waiting for a
+slot, or writing one, when the consumer leaves the pass early and starts the next. ``start_pass``
+begins a new generation of batch numbers; a producer names the generation of its batch in
+``acquire(j, gen=...)`` and calls ``filled(slot, gen)`` when it has written it. An acquire of an
+ended pass raises at once (instead of waiting for a slot nobody will release), a slot written for an
+ended pass is freed by ``start_pass`` or, if its producer is still writing, by its ``filled``; so the
+new pass's batch ``j`` never shares a slot with a batch still being written.
+
 Threads and processes: with ``shared=False`` the slots are ordinary (optionally page-locked) tensors
 and waiting uses ``threading``; use it for a producer thread in the consumer's process. With
 ``shared=True`` the tensors live in shared memory (``share_memory_()``) and the bookkeeping in
@@ -32,6 +40,7 @@ import time
 import torch
 
 _POLL_S = 0.1  # waits are cut into short polls so KeyboardInterrupt gets through
+STALE = -2     # held[s] of a slot a producer of an ended pass is still writing
 
 
 class SlotRing:
@@ -62,11 +71,12 @@ class SlotRing:
             self._cond = ctx.Condition()
             # turn[s]: uses of slot s finished (released); held[s]: batch holding it, or -1
             self._turn, self._held = ctx.RawArray("q", size), ctx.RawArray("q", [-1] * size)
-            self._closed = ctx.RawValue("b", 0)
+            self._done = ctx.RawArray("b", size)         # done[s]: the batch holding it is written
+            self._closed, self._gen = ctx.RawValue("b", 0), ctx.RawValue("q", 0)
         else:
             self._cond = threading.Condition()
-            self._turn, self._held = [0] * size, [-1] * size
-            self._closed = _Flag()
+            self._turn, self._held, self._done = [0] * size, [-1] * size, [0] * size
+            self._closed, self._gen = _Flag(), _Flag()
         self._events: list = [None] * size  # single process only: event to await before reuse
 
     def slot_of(self, j: int) -> int:
@@ -78,18 +88,22 @@ class SlotRing:
         """``{name: t[:n]}``: the first ``n`` rows of each tensor (a batch smaller than the slot)."""
         return {k: t[:n] for k, t in tensors.items()}
 
-    def acquire(self, j: int, n: int | None = None, timeout: float | None = None) -> tuple[int, dict]:
+    def acquire(self, j: int, n: int | None = None, timeout: float | None = None,
+                gen: int | None = None) -> tuple[int, dict]:
         """Wait for slot ``j % size`` to be free for batch ``j`` and hold it; returns ``(slot, tensors)``,
         the tensors cut to their first ``n`` rows if ``n`` is given. The caller writes the batch into
-        them. Raises ``RuntimeError`` (naming slot and batch) if ``timeout`` seconds (default: no
-        limit) pass first, if the ring is closed, or if ``j`` is behind the slot's turn (batch numbers
-        restarted without ``reset()``)."""
+        them. ``gen``: the pass (``start_pass``) the batch belongs to. Raises ``RuntimeError``
+        (naming slot and batch) if ``timeout`` seconds (default: no limit) pass first, if the ring is
+        closed, if ``j`` is behind the slot's turn (batch numbers restarted without ``reset()``), or
+        ``StalePass`` if pass ``gen`` has ended."""
         s, turn = j % self.size, j // self.size
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 if self._closed.value:
                     raise RuntimeError(f"SlotRing is closed: cannot acquire slot {s} for batch {j}")
+                if gen is not None and gen != self._gen.value:
+                    raise StalePass(f"batch {j} belongs to pass {gen}, which has ended (now {self._gen.value})")
                 if self._turn[s] > turn or self._held[s] == j:
                     raise RuntimeError(f"batch {j} already used slot {s} (slot turn {self._turn[s]}): batch "
                                        "numbers must keep increasing; call reset() before restarting them")
@@ -98,15 +112,49 @@ class SlotRing:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     holder = self._held[s]
-                    state = f"slot held by batch {holder}" if holder != -1 else "not yet acquired"
+                    state = {-1: "not yet acquired", STALE: "a batch of an ended pass is being written there"
+                             }.get(holder, f"slot held by batch {holder}")
                     raise RuntimeError(f"timed out after {timeout}s waiting for slot {s} for batch {j}: "
                                        f"batch {j - self.size} has not been released ({state})")
                 self._cond.wait(_POLL_S if left is None else min(_POLL_S, left))
-            self._held[s] = j
+            self._held[s], self._done[s] = j, 0
             event, self._events[s] = self._events[s], None
         if event is not None:  # a queued copy may still read the slot
             event.synchronize()
         return s, (self.slots[s] if n is None else self.view(self.slots[s], n))
+
+    def filled(self, slot: int, gen: int, ok: bool = True) -> None:
+        """The producer has written ``slot`` for pass ``gen`` (``ok=False``: it failed to). The slot
+        stays held for the consumer, unless the pass has ended or the write failed: then it is free."""
+        with self._cond:
+            if ok and gen == self._gen.value:
+                self._done[slot] = 1
+            else:
+                self._held[slot] = -1
+                self._cond.notify_all()
+
+    def start_pass(self) -> int:
+        """Begin a pass: batch numbers start at 0 under a new generation, returned for ``acquire(gen=)``
+        and ``filled``. Earlier passes end: their waiting acquires raise ``StalePass``, their written
+        slots are freed now, those still being written when their producer calls ``filled``. Call
+        when the consumer holds no batch of an earlier pass."""
+        with self._cond:
+            self._gen.value += 1
+            for s in range(self.size):
+                self._turn[s] = 0
+                if self._held[s] != -1:    # by a batch of an ended pass: free once written
+                    self._held[s] = -1 if self._done[s] else STALE
+            self._events = [None] * self.size
+            self._cond.notify_all()
+            return self._gen.value
+
+    def end_pass(self, gen: int) -> None:
+        """End pass ``gen`` if it is the current one (a consumer leaving it, early or at its end):
+        producers waiting for a slot for it raise ``StalePass`` instead of waiting on."""
+        with self._cond:
+            if self._gen.value == gen:
+                self._gen.value += 1
+                self._cond.notify_all()
 
     def release(self, slot: int, event=None) -> None:
         """The consumer is done with ``slot``; ``event`` (a ``torch.cuda.Event`` recorded after the last
@@ -178,3 +226,7 @@ class SlotRing:
 
 class _Flag:
     value = 0
+
+
+class StalePass(RuntimeError):
+    """A producer asked for a slot for a batch of a pass that has ended."""
