@@ -13,7 +13,10 @@ Warm (every file of the store read once first, so the page cache holds it; each 
 after epoch for ``--seconds``, as training does), for the same batches:
 - ``copy`` bound: the batch's bytes copied by one plain ``np.copyto`` per field from RAM into the
   same preallocated output buffers, on one thread and on every core (the better counts):
-  the machine's copy bandwidth for these bytes. Measured in slices between slices of every warm
+  the machine's copy bandwidth for these bytes. A loader writes its batches into a ring of slots
+  (4 for the thread, ``workers * 3 + 1`` for workers), so its bound copies into as many buffers in
+  turn: a batch written into the buffer the previous one filled finds part of it still in the CPU
+  cache (10-15% faster on the 2-core VM, reported as ``copy_one_buffer_vs_ring``). Measured in slices between slices of every warm
   run, so that each run is compared with the bound of its own moments (other work on a shared
   machine moves both by tens of percent).
 - ``pread`` bound: ``preadv`` of the same rows into the buffers from ``--io-threads`` threads.
@@ -182,11 +185,12 @@ class SpecStyleDataset(Dataset):
 # -- measuring ------------------------------------------------------------------------------------
 
 def time_batches(batches, seconds: float, count, bound: "CopyBound | None" = None, drain: int = 0,
-                 slices: int = 4) -> dict:
+                 slices: int = 4, buffers: int = 1) -> dict:
     """Pull batches for about ``seconds`` after the first; ``count(batch)`` gives its samples. With
-    ``bound``, the seconds are cut into ``slices``, each after a measurement of the bound (so that
-    run and bound see the same moment of a shared machine) and after ``drain`` untimed batches (those
-    a loader prefetched while the bound ran); the result's ``bound`` is their mean."""
+    ``bound``, the seconds are cut into ``slices``, each after a measurement of the bound into
+    ``buffers`` buffers in turn (so that run and bound see the same moment of a shared machine) and
+    after ``drain`` untimed batches (those a loader prefetched while the bound ran); the result's
+    ``bound`` is their mean."""
     def counts():   # iter(batches), which starts the workers, runs at the first next(): timed as the first batch
         for batch in batches:
             yield count(batch)
@@ -204,7 +208,7 @@ def time_batches(batches, seconds: float, count, bound: "CopyBound | None" = Non
             n = slices if bound is not None else 1
             for _ in range(n):
                 if bound is not None:
-                    bounds.append(bound.measure(seconds / n / 2)["samples_per_s"])
+                    bounds.append(bound.measure(seconds / n / 2, buffers)["samples_per_s"])
                     for _ in range(drain):
                         next(pulled)
                 r = time_loop(lambda i: next(pulled), seconds=seconds / n)
@@ -238,7 +242,9 @@ def run_loader(store_path: str, questions: QuestionArrays, batch_size: int, work
     dataset = BatchDataset(questions, FeatureStore(store_path, cache=cache))
     loader = make_loader(dataset, batch_size, shuffle=True, seed=1, num_workers=workers, prefetch_factor=2)
     ahead = 2 + 2 if workers == 0 else 2 * workers + 1   # the ring's slots / the workers' prefetch
-    return time_batches(epochs(loader, loader.sampler, repeat), seconds, lambda b: len(b["index"]), bound, ahead)
+    buffers = loader.ring().size if cache != "gpu" else 1
+    return time_batches(epochs(loader, loader.sampler, repeat), seconds, lambda b: len(b["index"]), bound, ahead,
+                        buffers=buffers)
 
 
 def run_spec(h5_path: str, questions: QuestionArrays, batch_size: int, workers: int, seconds: float) -> dict:
@@ -314,22 +320,23 @@ def run_pread(store_path: str, questions: QuestionArrays, batch_size: int, secon
 
 class CopyBound:
     """The machine's copy bandwidth for a batch's bytes: one ``np.copyto`` per field (per thread)
-    from RAM into the same kind of preallocated buffers the loader fills. The source rotates over
-    four batches' worth of memory, more than a CPU cache holds."""
+    from RAM into the same kind of preallocated buffers the loader fills, as many as its ring has,
+    in turn. The source rotates over four batches' worth of memory, more than a CPU cache holds."""
 
     def __init__(self, store: FeatureStore, batch_size: int, threads: int):
-        self.out = {n: t.numpy() for n, t in batch_buffers(store, batch_size).items()}
+        self.store, self.outs = store, []
+        first = {n: t.numpy() for n, t in batch_buffers(store, batch_size).items()}
         self.src = {n: torch.ones((4 * batch_size,) + a.shape[1:], dtype=torch.from_numpy(a[:0]).dtype).numpy()
-                    for n, a in self.out.items()}
+                    for n, a in first.items()}
         self.B, self.threads = batch_size, threads
         self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
 
-    def _copy(self, i: int, threads: int) -> int:
-        base = (i % 3) * self.B
+    def _copy(self, i: int, threads: int, buffers: int) -> int:
+        base, out = (i % 3) * self.B, self.outs[i % buffers]
         bounds = [(self.B * j // threads, self.B * (j + 1) // threads) for j in range(threads)]
 
         def part(lo, hi):
-            for n, a in self.out.items():
+            for n, a in out.items():
                 np.copyto(a[lo:hi], self.src[n][base + lo:base + hi])
 
         if threads == 1:
@@ -338,12 +345,15 @@ class CopyBound:
             list(self.pool.map(lambda b: part(*b), bounds))
         return self.B
 
-    def measure(self, seconds: float) -> dict:
-        """Samples/s of the better of one thread and ``threads`` threads, each timed ``seconds / 2``."""
+    def measure(self, seconds: float, buffers: int = 1) -> dict:
+        """Samples/s of the better of one thread and ``threads`` threads, each timed ``seconds / 2``,
+        copying into ``buffers`` output buffers in turn."""
+        while len(self.outs) < buffers:
+            self.outs.append({n: t.numpy() for n, t in batch_buffers(self.store, self.B).items()})
         gc.collect()
         best = 0.0
         for t in sorted({1, self.threads}):
-            r = time_loop(lambda i, t=t: self._copy(i, t), warmup=1, seconds=seconds / 2)
+            r = time_loop(lambda i, t=t: self._copy(i, t, buffers), warmup=buffers, seconds=seconds / 2)
             best = max(best, r["work"] / r["seconds"])
         return {"samples_per_s": best}
 
@@ -418,6 +428,12 @@ def _run(args, workers: list, workdir: str) -> dict:
           flush=True)
     threads = os.cpu_count() or 1
     copy = CopyBound(store, args.batch_size, threads)
+    # what a ring costs the bound itself: one buffer, or four (the thread's ring), interleaved
+    by_buffers = {b: [] for b in (1, 4)}
+    for _ in range(3):
+        for b in by_buffers:
+            by_buffers[b].append(copy.measure(args.seconds / 6, b)["samples_per_s"])
+    copy_one_buffer_vs_ring = float(np.median(by_buffers[1]) / np.median(by_buffers[4]))
     results = []
 
     def record(method, store_name, temp, w, r, bound=None):
@@ -472,10 +488,11 @@ def _run(args, workers: list, workdir: str) -> dict:
         for name in stores:
             if name not in ("store", "quarter"):
                 cold("loader", name, 0, run_loader, stores[name], once, B, 0, C, repeat=False, bound=bound)
-    return report_all(results, args, rows, store, stores, threads, load_before)
+    return report_all(results, args, rows, store, stores, threads, load_before, copy_one_buffer_vs_ring)
 
 
-def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict, threads: int, load_before) -> dict:
+def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict, threads: int, load_before,
+               copy_one_buffer_vs_ring: float) -> dict:
     load_after = os.getloadavg()
     print(f"\nstore: {store.path} rows used: {rows}, {store.max_boxes}x{store.feature_dim} {store.attrs.dtype}, "
           f"batch {args.batch_size}, copy bound on 1 or {threads} threads; load average {load_before[0]:.2f} before, "
@@ -503,6 +520,7 @@ def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict
         "load_avg_1min": [round(load_before[0], 2), round(load_after[0], 2)],
         "copy_bound_samples_per_s": round(float(np.median([r["bound"] for r in results
                                                             if r["temp"] == "warm" and "bound" in r]))),
+        "copy_one_buffer_vs_ring": rnd(copy_one_buffer_vs_ring),
         "pread_warm_samples_per_s": round(best("pread")["samples_per_s"]),
         "gather_vs_copy": rnd(best("gather")["vs_bound"]),
         "loader_samples_per_s": round(loader["samples_per_s"]), "loader_workers": loader["workers"],
