@@ -20,6 +20,10 @@ after epoch for ``--seconds``, as training does), for the same batches:
   run, so that each run is compared with the bound of its own moments (other work on a shared
   machine moves both by tens of percent).
 - ``pread`` bound: ``preadv`` of the same rows into the buffers from ``--io-threads`` threads.
+- ``decode`` bound, for each compressed store: its codec decoding each row's compressed blocks,
+  read into RAM beforehand, straight into the output buffers on every core: the most any reader of
+  that store delivers warm on this machine (a compressed store stays far below the uncompressed
+  one where the codec decodes slower than the machine copies).
 - ``loader``: ``butd.loading`` (ShardedBatchSampler -> BatchDataset -> FeatureStore) in every mode:
   the background thread (workers=0), worker processes 1..cores, the pinned cache and, with CUDA,
   the GPU cache; on the quarter store; on each compressed store; with two images per question
@@ -44,13 +48,18 @@ and the load average, writes ``loader_speed.png`` and ``loader_speed.json`` unde
 ends with one JSON line whose ``targets_met`` checks: the loader thread and the best worker count
 each >= 80% of the copy bound, >= 5x the specification, the cold gather >= 80% of the cold pread
 bound, zstd >= 50% of the uncompressed store (warm and cold), the first batch within 2 s, and
-two-image questions at >= 80% of the one-image thread's samples/s per image read.
+two-image questions at >= 80% of the one-image thread's samples/s per image read. Beside the
+zstd target it reports what bounds a compressed store: ``<name>_decode_bound_vs_none_warm`` (the
+codec's own speed against the uncompressed loader: the most any reader could reach),
+``<name>_vs_decode_bound_warm`` (how close the loader comes to it) and
+``<name>_pinned_vs_none_warm`` (the store decoded once into the pinned cache).
 """
 from __future__ import annotations
 
 import argparse
 import gc
 import itertools
+import json
 import os
 import shutil
 import sys
@@ -358,6 +367,57 @@ class CopyBound:
         return {"samples_per_s": best}
 
 
+class DecodeBound:
+    """The codec's own speed on a compressed store's batches: the compressed block of each row of
+    each field, read into RAM beforehand, decoded by its codec straight into the output buffers,
+    the rows spread over ``threads`` threads (numcodecs releases the GIL). No reader of that
+    store can deliver more, warm, on these cores."""
+
+    def __init__(self, store_path: str, batch_size: int, threads: int):
+        store = FeatureStore(store_path)
+        if set(store.layouts.values()) != {"sharded"}:
+            raise ValueError(f"{store_path}: the decode bound reads stores of one compressed image per inner chunk")
+        self.fields, self.frames, C = {}, {}, store.attrs.chunk_images
+
+        def error(file, chunk, what):
+            return ValueError(f"{file}: {what}")
+
+        for f in schema.FIELDS:
+            if f.name not in store.layouts:
+                continue
+            with open(os.path.join(store_path, f.name, "zarr.json")) as meta:
+                reader = self.fields[f.name] = batch_io.field_reader(store_path, f, store.attrs, json.load(meta), error)
+            frames = self.frames[f.name] = []
+            for c in range(store.attrs.num_chunks):
+                index = reader.shard_index(c)
+                for offset, nbytes in index[: min(C, store.num_images - c * C)].tolist():
+                    frames.append(os.pread(reader.fd(c), nbytes, offset))
+        self.outs = [{n: t.numpy() for n, t in batch_buffers(store, batch_size).items()}]
+        self.store, self.B = store, batch_size
+        self.pool = ThreadPoolExecutor(threads)
+        self.threads = threads
+
+    def run(self, rows_of_batches, seconds: float, buffers: int = 1) -> dict:
+        while len(self.outs) < buffers:
+            self.outs.append({n: t.numpy() for n, t in batch_buffers(self.store, self.B).items()})
+
+        def part(rows, out, lo, hi):
+            for name, reader in self.fields.items():
+                frames, dest = self.frames[name], out[name]
+                for i in range(lo, hi):
+                    reader.codec.decode(frames[rows[i]], dest[i])
+
+        def batches():
+            for i, rows in enumerate(rows_of_batches):
+                k = min(self.threads, len(rows))
+                spans = [(len(rows) * j // k, len(rows) * (j + 1) // k) for j in range(k)]
+                out = self.outs[i % buffers]
+                list(self.pool.map(lambda span, rows=rows.tolist(): part(rows, out, *span), spans))
+                yield len(rows)
+
+        return time_batches(batches(), seconds, lambda n: n)
+
+
 # -- the runs ------------------------------------------------------------------------------------------
 
 def main(argv=None) -> dict:
@@ -466,9 +526,14 @@ def _run(args, workers: list, workdir: str) -> dict:
             qs = questions if store_name == "store" else random_questions(n_rows * 4, n_rows)
             for w in workers:
                 warm("loader", store_name, w, run_loader, path, qs, B, w, S)
-        else:   # compressed: the thread and the most workers
+        else:   # compressed: the codec's own speed, the thread and the most workers
+            warm_up(path)
+            record("decode", store_name, "warm", threads, DecodeBound(path, B, threads).run(
+                loader_rows(questions, B, True), S, buffers=4))
             for w in sorted({0, max(workers)}):
                 warm("loader", store_name, w, run_loader, path, questions, B, w, S)
+            # with the RAM for it: decoded once into the pinned cache, then read at memory speed
+            warm("pinned", store_name, 0, run_loader, path, questions, B, 0, S, cache="pinned")
     # two images per question (NLVR2): half the questions per batch, the same images per batch
     warm_up(stores["store"])
     record("pairs", "store", "warm", 0, run_loader(stores["store"], random_questions(rows * 2, rows, images=2),
@@ -534,7 +599,8 @@ def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict
         "spec_samples_per_s": round(spec["samples_per_s"]), "spec_workers": spec["workers"],
         "speedup_vs_spec": round(loader["samples_per_s"] / spec["samples_per_s"], 2),
         "first_batch_s_max": round(max(r["first_batch_s"] for r in streaming), 3),
-        "resident_first_batch_s": {r["method"]: round(r["first_batch_s"], 2) for r in mine if r["method"] != "loader"},
+        "resident_first_batch_s": {r["method"] + ("" if r["store"] == "store" else f" ({r['store']})"):
+                                   round(r["first_batch_s"], 2) for r in mine if r["method"] != "loader"},
         "added_pss_mb_by_store": {s: round(max(r["added_pss_mb"] for r in mine if r["store"] == s))
                                   for s in sorted({r["store"] for r in mine})},
         "peak_rss_mb_by_store": {s: round(max(r["peak_rss_mb"] for r in mine if r["store"] == s))
@@ -544,6 +610,11 @@ def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict
     for name in compressed:
         summary[f"{name}_gb_on_disk"] = round(dir_gb(stores[name]), 2)
         summary[f"{name}_vs_none_warm"] = rnd(best("loader", name)["samples_per_s"] / loader["samples_per_s"])
+        summary[f"{name}_vs_decode_bound_warm"] = rnd(best("loader", name)["samples_per_s"]
+                                                      / best("decode", name)["samples_per_s"])
+        summary[f"{name}_decode_bound_vs_none_warm"] = rnd(best("decode", name)["samples_per_s"]
+                                                           / loader["samples_per_s"])
+        summary[f"{name}_pinned_vs_none_warm"] = rnd(best("pinned", name)["samples_per_s"] / loader["samples_per_s"])
     if runs("pread", temp="cold"):
         cold_thread = next(r for r in runs("loader", temp="cold") if r["workers"] == 0)
         summary.update({
@@ -568,7 +639,7 @@ def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict
             met[f"{key}>=0.5"] = summary[key] >= TARGETS["zstd_vs_none"]
     summary["targets_met"] = met
     ws = sorted({r["workers"] for r in results if r["method"] in ("loader", "spec")})
-    label = lambda r: None if r["method"] in ("pread", "gather") or r["temp"] == "cold" else \
+    label = lambda r: None if r["method"] in ("pread", "gather", "decode") or r["temp"] == "cold" else \
         r["method"] + ("" if r["store"] == "store" else f" ({r['store']} store)")
     speed = series(results, label, "workers", "samples_per_s")
     speed["copy bound (median)"] = (ws, [summary["copy_bound_samples_per_s"]] * len(ws))

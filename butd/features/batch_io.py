@@ -279,7 +279,11 @@ class ShardedField(_Field):
         chunks, local = np.divmod(rows, self.C)
         return [(self, c, l, out[i]) for i, (c, l) in enumerate(zip(chunks.tolist(), local.tolist()))]
 
-    def _index(self, c: int, nowait: bool, scratch):
+    def shard_index(self, c: int, nowait: bool = False, scratch=None):
+        """Shard ``c``'s index: ``[chunk_images, 2]`` uint64 (byte offset, byte count) of each image's
+        compressed block (offset ``EMPTY``: never written), checked against its crc32c; ``None`` if
+        ``nowait`` and it is not in the page cache. Raises the store's error for a damaged shard."""
+        scratch = scratch if scratch is not None else threading.local()
         index = self.indexes.get(c)
         if index is None:
             size = os.fstat(self.fd(c)).st_size
@@ -300,7 +304,7 @@ class ShardedField(_Field):
 
     def run(self, unit: tuple, nowait: bool, scratch) -> tuple | None:
         _, c, local, dest = unit
-        index = self._index(c, nowait, scratch)
+        index = self.shard_index(c, nowait, scratch)
         if index is None:
             return unit
         offset, nbytes = (int(v) for v in index[local])
