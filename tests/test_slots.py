@@ -205,3 +205,12 @@ def test_a_new_pass_ends_the_old_one_without_sharing_a_slot_with_its_writers():
     ring.end_pass(new)
     with pytest.raises(StalePass):
         ring.acquire(3, gen=new, timeout=1)
+
+
+def test_a_producer_whose_consumer_has_ended_stops_waiting():
+    """A worker orphaned by a killed main process must not wait for a slot forever."""
+    ring = SlotRing(SPECS, 1, shared=True)
+    ring.acquire(0)
+    ring._owner = 2 ** 22 + 1     # as seen from a process whose parent is another than the ring's reader
+    with pytest.raises(RuntimeError, match=r"pid \d+\) has ended: batch 1 will never get slot 0"):
+        ring.acquire(1, timeout=5)

@@ -34,6 +34,7 @@ travel, so ``release`` synchronizes it in the consumer before marking the slot f
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 
@@ -61,6 +62,7 @@ class SlotRing:
             raise ValueError("pin=True and shared=True cannot be combined: page-locked memory cannot be "
                              "shared between processes; pin in the consumer instead")
         self.size, self.shared = size, shared
+        self._owner = os.getpid() if shared else None   # the consumer; producers are its children
         self.slots = [{k: torch.empty(tuple(s), dtype=d, pin_memory=pin) for k, (s, d) in specs.items()}
                       for _ in range(size)]
         if shared:
@@ -109,6 +111,9 @@ class SlotRing:
                                        "numbers must keep increasing; call reset() before restarting them")
                 if self._turn[s] == turn and self._held[s] == -1:
                     break
+                if self._owner is not None and self._owner not in (os.getpid(), os.getppid()):
+                    raise RuntimeError(f"the process that reads this SlotRing (pid {self._owner}) has ended: "
+                                       f"batch {j} will never get slot {s}")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     holder = self._held[s]
