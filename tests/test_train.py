@@ -146,21 +146,23 @@ def test_resume_continues_at_the_next_epoch(trained):
     assert trainer.current_epoch == 9 and trainer.global_step == first.global_step * 9 // 8
 
 
-def test_ddp_two_processes_on_cpu(trained, tmp_path):
+@pytest.mark.parametrize("workers,epochs", [(0, 1), (1, 2)])
+def test_ddp_two_processes_on_cpu(trained, tmp_path, workers, epochs):
+    """Each rank with its loader thread, or with a worker process serving both epochs."""
     root, data, *_ = trained
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "train.py", "--run_name", "ddp", *data, "--checkpoint", str(tmp_path), *FAST,
-           "--devices", "2", "--strategy", "ddp", "--epochs", "1"]
+           "--devices", "2", "--strategy", "ddp", "--epochs", str(epochs), "--num_workers", str(workers)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     [name] = os.listdir(tmp_path / "metrics")
     with open(tmp_path / "metrics" / name) as f:
         events = json.load(f)
-    assert events["status"] == "success" and len(events["val_acc"]) == 1
+    assert events["status"] == "success" and len(events["val_acc"]) == epochs
     # Each rank trains on its own half of the questions: half the steps of one process.
     n = len(questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "train"))
-    [steps] = events["train_epoch_acc_step"]
-    assert abs(steps - n / (2 * 32)) <= 1, (steps, n)
+    steps = events["train_epoch_acc_step"]
+    assert all(abs(s - n * (e + 1) / (2 * 32)) <= 1 for e, s in enumerate(steps)), (steps, n)
     [run] = os.listdir(tmp_path / "runs")
     assert any(n.startswith("butd-epoch=00") for n in os.listdir(tmp_path / "runs" / run))
 
