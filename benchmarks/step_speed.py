@@ -16,9 +16,9 @@ batch size, ``train.py``'s own loop against a bare one over the same loader:
   (c) ``trainer``: the LightningModule under the Trainer that ``train.py`` builds
       (``butd.training.run.make_trainer``: its metrics logger, checkpoint callback, progress bar,
       clipping and precision), timed from inside by a callback;
-  (d) ``bare``: a plain PyTorch loop with the same model, batches, optimiser and clipping,
-      measured before and after (c);
-and reports loop efficiency = (c) / mean of the two (d) runs: the share of steps/s the Trainer keeps.
+  (d) ``bare``: a plain PyTorch loop with the same model, batches, optimiser and clipping;
+runs of (d) and (c) alternate, ``--loop_rounds`` of (c) between ``--loop_rounds + 1`` of (d), and
+loop efficiency = median (c) / median (d): the share of steps/s the Trainer keeps.
 The model is the default ``ModelConfig`` with ``--model``, ``--hidden`` and ``--emb_dim``, sized as on
 real GQA (``--ntoken``, ``--num_answers``; the sample's own vocabulary is small). Timing: warm-up
 steps first, then ``torch.cuda.synchronize()`` around the timed steps. Prints a table, writes
@@ -35,6 +35,7 @@ import tempfile
 import time
 import warnings
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,10 +55,10 @@ LOOP_TARGET = 0.9   # train.py's loop keeps at least 90% of the bare loop's step
 
 # Full size on a GPU, small on a CPU (where the run is a smoke test of the code path).
 SIZES = {"cuda": dict(v_dim=2048, hidden=1024, emb_dim=300, images=4000, batch_sizes="64,128,256,512",
-                      precision="bf16,fp32", steps=50, warmup=10, num_workers="2,4,8"),
+                      precision="bf16,fp32", steps=50, warmup=10, num_workers="2,4,8", loop_steps=400),
          # the real feature size with a small model: where per-step overhead shows most
          "cpu": dict(v_dim=2048, hidden=64, emb_dim=50, images=200, batch_sizes="32",
-                     precision="fp32", steps=40, warmup=5, num_workers="0,1")}
+                     precision="fp32", steps=40, warmup=5, num_workers="0,1", loop_steps=200)}
 
 # One row per measurement, printed as it is made and again, complete, at the end.
 TABLE_COLUMNS = [("prec", "precision", ">5"), ("bsz", "batch_size", ">5"), ("mode", "mode", ">9"),
@@ -88,6 +89,9 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true")
     p.add_argument("--steps", type=int, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, help="untimed steps first")
+    p.add_argument("--loop_rounds", type=int, default=3, help="train.py-loop runs, each followed by a bare one")
+    p.add_argument("--loop_steps", type=int, help="timed steps of each train.py-loop and bare-loop run "
+                   "(longer than --steps: the loop efficiency compares runs made one after another)")
     p.add_argument("--store_dir", help="reuse/keep the generated sample and caches here (default: a temp dir)")
     p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
     args = p.parse_args(argv)
@@ -236,7 +240,7 @@ def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workd
 
     config = resolved(TrainConfig(RunConfig(run_name="step_speed", log_every=50)))
     config.data.checkpoint = workdir
-    config.optim.bsz, config.optim.max_steps = bsz, args.warmup + args.steps
+    config.optim.bsz, config.optim.max_steps = bsz, args.warmup + args.loop_steps
     config.hardware.accelerator, config.hardware.devices = device.type, 1
     config.hardware.precision = "bf16-mixed" if precision == "bf16" else "32-true"
     rows = []
@@ -249,27 +253,36 @@ def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workd
     def bare():
         dm = loader()
         lit = build_lit(args, dm, device)
-        r = timed(make_step(lit, device, precision), endless(dm.train_dataloader()), args.warmup, args.steps, device)
+        r = timed(make_step(lit, device, precision), endless(dm.train_dataloader()), args.warmup, args.loop_steps,
+                  device)
         rows.append({"precision": precision, "batch_size": bsz, "mode": "bare", "loader": "bare PyTorch loop",
                      **r, "samples_per_s": r["steps_per_s"] * bsz})
         TABLE.row(rows[-1])
         return r["steps_per_s"]
 
-    first = bare()
-    dm = loader()
-    lit = build_lit(args, dm, torch.device("cpu"))
-    timer = _StepTimer(args.warmup, args.steps, device)
-    checkpoints = ModelCheckpoint(dirpath=os.path.join(workdir, "runs", "step_speed"), monitor="val_acc",
-                                  mode="max", save_top_k=3, save_last=True)
-    trainer = make_trainer(config, [MetricLogger("step_speed", workdir)], [checkpoints, timer.callback],
-                           limit_val_batches=0, max_epochs=-1)
-    trainer.fit(lit, datamodule=dm)
-    trainer_steps = args.steps / timer.seconds
-    rows.append({"precision": precision, "batch_size": bsz, "mode": "trainer", "loader": "train.py's Trainer",
-                 "steps_per_s": trainer_steps, "seconds": timer.seconds, "samples_per_s": trainer_steps * bsz})
-    TABLE.row(rows[-1])
-    second = bare()
-    rows[1]["efficiency"] = trainer_steps / ((first + second) / 2)
+    def under_trainer():
+        dm = loader()
+        lit = build_lit(args, dm, torch.device("cpu"))
+        timer = _StepTimer(args.warmup, args.loop_steps, device)
+        checkpoints = ModelCheckpoint(dirpath=os.path.join(workdir, "runs", "step_speed"), monitor="val_acc",
+                                      mode="max", save_top_k=3, save_last=True)
+        trainer = make_trainer(config, [MetricLogger("step_speed", workdir)], [checkpoints, timer.callback],
+                               limit_val_batches=0, max_epochs=-1)
+        trainer.fit(lit, datamodule=dm)
+        steps = args.loop_steps / timer.seconds
+        rows.append({"precision": precision, "batch_size": bsz, "mode": "trainer", "loader": "train.py's Trainer",
+                     "steps_per_s": steps, "seconds": timer.seconds, "samples_per_s": steps * bsz})
+        TABLE.row(rows[-1])
+        return steps
+
+    # interleaved, bare first and last: a shared machine's drift moves both alike
+    bares, trainers = [bare()], []
+    for _ in range(args.loop_rounds):
+        trainers.append(under_trainer())
+        bares.append(bare())
+    first_trainer = next(r for r in rows if r["mode"] == "trainer")
+    first_trainer.update(efficiency=float(np.median(trainers) / np.median(bares)),
+                         trainer_runs=trainers, bare_runs=bares)
     return rows
 
 
@@ -305,7 +318,7 @@ def summarise(results: list, args, device) -> dict:
     loop = [r for r in results if r["mode"] == "trainer"]
     if loop:
         summary["train_loop"] = {"efficiency": round(loop[0]["efficiency"], 4),
-                                 "trainer_steps_per_s": round(loop[0]["steps_per_s"], 2),
+                                 "trainer_steps_per_s": [round(r["steps_per_s"], 2) for r in loop],
                                  "bare_steps_per_s": [round(r["steps_per_s"], 2) for r in results if r["mode"] == "bare"],
                                  "batch_size": loop[0]["batch_size"], "precision": loop[0]["precision"],
                                  "target_met": loop[0]["efficiency"] >= LOOP_TARGET}
