@@ -1,6 +1,8 @@
 """BatchDataset / loaders / VQADataModule: every batch is the store's rows for its questions, whatever the
 worker count, store compression or feature cache; broken inputs fail naming what is wrong."""
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -118,7 +120,7 @@ def test_worker_loader_fills_a_shared_ring_allocated_once(store):
 
 def test_worker_processes_serve_every_pass_and_a_pass_left_early_does_not_disturb_the_next(store):
     """The same workers (kept store, kept page mappings) fill every epoch; passes left after 1 and
-    after ring-size + 1 batches (workers then wait for slots the consumer never hands back) are
+    after ring-size + 1 batches (with batches of the left pass still queued or being written) are
     followed by complete, correct ones."""
     path, qs = store
     loader = make_loader(_FilledBy(qs, FeatureStore(path)), 8, shuffle=True, seed=2, num_workers=2)
@@ -136,6 +138,35 @@ def test_worker_processes_serve_every_pass_and_a_pass_left_early_does_not_distur
         for b in batches:
             b["tokens"][:, 0] = torch.from_numpy(qs.tokens[b["index"].numpy(), 0])
         check_aligned(batches, path, qs)
+
+
+class _Slow(_FilledBy):
+    def fill(self, indices, out):
+        time.sleep(0.05)   # workers are caught writing a slot
+        return super().fill(indices, out)
+
+
+def test_a_worker_killed_mid_pass_fails_that_pass_and_the_next_starts_fresh_workers(store):
+    """A worker killed (e.g. by the OOM killer) while writing a slot: that pass raises, and the next
+    pass, with new workers, reuses the dead writer's slot instead of waiting for it forever."""
+    path, qs = store
+    loader = make_loader(_Slow(qs, FeatureStore(path)), 8, shuffle=True, seed=2, num_workers=2)
+    passing = iter(loader)
+    victim = int(next(passing)["tokens"][0, 0])
+    os.kill(victim, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        for _ in passing:
+            pass
+    done = []
+    thread = threading.Thread(target=lambda: done.append(as_tensors(loader)), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert done, "the pass after a killed worker hangs"
+    batches, = done
+    assert victim not in {int(b["tokens"][0, 0]) for b in batches}
+    for b in batches:
+        b["tokens"][:, 0] = torch.from_numpy(qs.tokens[b["index"].numpy(), 0])
+    check_aligned(batches, path, qs)
 
 
 def test_threaded_loader_raises_the_gather_error(tmp_path):

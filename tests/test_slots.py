@@ -1,4 +1,5 @@
 """SlotRing: slots allocated once, reuse only after release, across threads and processes."""
+import itertools
 import multiprocessing
 import queue
 import threading
@@ -54,13 +55,11 @@ def test_batches_out_of_order_wait_for_their_turn_and_misuse_raises():
         ring.release(0)
     with pytest.raises(RuntimeError, match="batch 0 already used slot 0"):
         ring.acquire(0, timeout=0.05)
-    ring.reset()
-    assert ring.acquire(0, timeout=0.05)[0] == 0
-    with pytest.raises(RuntimeError, match="held"):
-        ring.reset()
-    ring.close()
-    with pytest.raises(RuntimeError, match="closed"):
-        ring.acquire(1, timeout=1)
+    gen = ring.start_pass()
+    assert ring.acquire(0, timeout=0.05, gen=gen)[0] == 0
+    ring.end_pass(gen)
+    with pytest.raises(StalePass, match=f"batch 1 belongs to pass {gen}"):
+        ring.acquire(1, timeout=1, gen=gen)
 
 
 def test_smaller_last_batch_is_a_view_of_the_first_rows():
@@ -93,7 +92,7 @@ def test_handing_back_releases_the_previous_batch_on_next_and_the_last_on_close(
     assert next(batches)["index"][0] == 2 and held() == [2, -1]
     batches.close()
     assert held() == [-1, -1]
-    ring.reset()
+    ring.start_pass()
     assert [b["index"][0].item() for b in ring.handing_back(produce(5))] == list(range(5))
     assert held() == [-1, -1]
 
@@ -214,3 +213,27 @@ def test_a_producer_whose_consumer_has_ended_stops_waiting():
     ring._owner = 2 ** 22 + 1     # as seen from a process whose parent is another than the ring's reader
     with pytest.raises(RuntimeError, match=r"pid \d+\) has ended: batch 1 will never get slot 0"):
         ring.acquire(1, timeout=5)
+
+
+def test_a_pass_closed_after_the_next_has_started_takes_and_releases_nothing():
+    """Lightning may drop an epoch's iterator only after the next epoch's has started: the old
+    consumer must neither free the new pass's slots nor take its batches."""
+    ring = SlotRing(SPECS, 2)
+
+    def produce(gen):
+        for j in itertools.count():
+            s, t = ring.acquire(j, timeout=1, gen=gen)
+            t["index"][:] = j
+            ring.filled(s, gen)
+            yield s, t
+
+    old = ring.start_pass()
+    a = ring.handing_back(produce(old), gen=old)
+    next(a)
+    new = ring.start_pass()
+    b = ring.handing_back(produce(new), gen=new)
+    assert next(b)["index"][0] == 0 and ring._held[0] == 0
+    with pytest.raises(StopIteration):
+        next(a)                  # the old pass ended: nothing more from it, and its slot is not released
+    a.close()
+    assert ring._held[0] == 0 and next(b)["index"][0] == 1 and next(b)["index"][0] == 2

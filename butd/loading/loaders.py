@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from butd.loading.batches import BatchDataset
 from butd.loading.sampler import ShardedBatchSampler
-from butd.loading.slots import SlotRing
+from butd.loading.slots import SlotRing, StalePass
 
 
 def _whole_batch(batch):
@@ -77,6 +77,18 @@ class _End:
         self.error = error
 
 
+def _fill(dataset: BatchDataset, ring: SlotRing, gen: int, j: int, indices) -> tuple[int, dict]:
+    """Batch ``j`` of pass ``gen`` written into its slot; returns the slot and the batch."""
+    slot, buffers = ring.acquire(j, n=len(indices), gen=gen)
+    ok = False
+    try:
+        batch = dataset.fill(indices, buffers)
+        ok = True
+    finally:
+        ring.filled(slot, gen, ok)
+    return slot, batch
+
+
 class ThreadedLoader(_Position):
     """Gathers the sampler's batches ``depth`` ahead in a background thread into a ring of slots (see
     the module docstring). Exposes ``sampler``, ``batch_sampler``, ``dataset`` and ``len`` so that
@@ -95,18 +107,18 @@ class ThreadedLoader(_Position):
 
     def _batches(self):
         ring = self.ring()
-        ring.reset()
+        gen = ring.start_pass()
         out: queue.Queue = queue.Queue()
-        stop = threading.Event()
 
         def produce():
             try:
                 for j, indices in enumerate(self.sampler):
-                    slot, buffers = ring.acquire(j, n=len(indices))
-                    out.put((slot, self.dataset.fill(indices, buffers)))
+                    out.put(_fill(self.dataset, ring, gen, j, indices))
+                out.put(_End())
+            except StalePass:       # the consumer has left the pass
                 out.put(_End())
             except BaseException as e:  # re-raised in the consumer's thread
-                out.put(_End(None if stop.is_set() else e))
+                out.put(_End(e))
 
         def batches():
             while True:
@@ -120,12 +132,10 @@ class ThreadedLoader(_Position):
         thread = threading.Thread(target=produce, name="butd-batches", daemon=True)
         thread.start()
         try:
-            yield from ring.handing_back(batches(), record_event=self.pin)
+            yield from ring.handing_back(batches(), record_event=self.pin, gen=gen)
         finally:
-            stop.set()
-            ring.close()        # a producer waiting for a slot gives up
+            ring.end_pass(gen)      # a producer waiting for a slot gives up
             thread.join()
-            ring.reopen()
 
 
 class _SlotFiller(torch.utils.data.Dataset):
@@ -140,14 +150,7 @@ class _SlotFiller(torch.utils.data.Dataset):
 
     def __getitem__(self, request) -> tuple:
         gen, j, indices = request
-        slot, buffers = self.ring.acquire(j, n=len(indices), gen=gen)
-        ok = False
-        try:
-            self.dataset.fill(indices, buffers)
-            ok = True
-        finally:
-            self.ring.filled(slot, gen, ok)
-        return slot, len(indices)
+        return _fill(self.dataset, self.ring, gen, j, indices)[0], len(indices)
 
 
 class _Numbered:
@@ -212,7 +215,10 @@ class WorkerLoader(_Position):
         gen = loader.sampler.gen = ring.start_pass()
         try:
             views = ((slot, SlotRing.view(ring.slots[slot], n)) for slot, n in iter(loader))
-            yield from ring.handing_back(views, record_event=self.pin)
+            yield from ring.handing_back(views, record_event=self.pin, gen=gen)
+        except Exception:
+            self._workers = None    # a worker failed or died: the next pass starts fresh ones
+            raise
         finally:
             ring.end_pass(gen)
 

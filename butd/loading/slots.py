@@ -7,24 +7,28 @@ buffers are allocated once and each is reused only after the consumer has said i
 
 Life of a slot: batch number ``j`` always uses slot ``j % size``. ``acquire(j)`` blocks until the
 slot's previous batch (``j - size``) has been released, marks it held, and returns its tensors; the
-producer writes the batch there; the consumer reads it and calls ``release(slot)`` (or iterates with
-``handing_back``, which releases a batch when the next one is requested). Because the turn is tied to
-``j``, producers running out of order (several DataLoader workers) cannot overtake each other.
+producer writes the batch there and says so (``filled``); the consumer reads it and calls
+``release(slot)`` (or iterates with ``handing_back``, which releases a batch when the next one is
+requested). Because the turn is tied to ``j``, producers running out of order (several DataLoader
+workers) cannot overtake each other.
 
-Passes of persistent producers: DataLoader workers that outlive a pass may still be waiting for a
-slot, or writing one, when the consumer leaves the pass early and starts the next. ``start_pass``
-begins a new generation of batch numbers; a producer names the generation of its batch in
-``acquire(j, gen=...)`` and calls ``filled(slot, gen)`` when it has written it. An acquire of an
-ended pass raises at once (instead of waiting for a slot nobody will release), a slot written for an
-ended pass is freed by ``start_pass`` or, if its producer is still writing, by its ``filled``; so the
-new pass's batch ``j`` never shares a slot with a batch still being written.
+Passes: a pass (an epoch) numbers its batches from 0 under a generation that ``start_pass`` begins
+and returns; producers name it in ``acquire(j, gen=...)`` and ``filled(slot, gen)``, the consumer in
+``handing_back(..., gen=...)``. A pass ends when the next starts or when its consumer leaves it
+(``end_pass``), early or not; producers may outlive it (persistent DataLoader workers, a thread still
+writing). Then its waiting acquires raise ``StalePass`` at once instead of waiting for a slot nobody
+will release; a slot it wrote is freed by the next ``start_pass``, and one still being written when
+its producer says ``filled`` (or dies), so the next pass's batch ``j`` never shares a slot with a
+batch still being written; and its consumer, if it comes back, takes nothing more and releases
+nothing.
 
 Threads and processes: with ``shared=False`` the slots are ordinary (optionally page-locked) tensors
 and waiting uses ``threading``; use it for a producer thread in the consumer's process. With
 ``shared=True`` the tensors live in shared memory (``share_memory_()``) and the bookkeeping in
 ``multiprocessing`` shared arrays under one Condition from ``mp_context``: hand the ring to the worker
 processes when they start (e.g. as an attribute of the Dataset, pickled by ``fork`` or ``spawn``), never
-through a queue afterwards. Workers then write into the very memory the main process reads.
+through a queue afterwards. Workers then write into the very memory the main process reads; a worker
+whose consumer process has died stops waiting.
 
 CUDA: a consumer that queued a ``non_blocking`` host-to-device copy from a slot passes a
 ``torch.cuda.Event`` recorded after it to ``release``. In one process the next ``acquire`` of that
@@ -41,7 +45,11 @@ import time
 import torch
 
 _POLL_S = 0.1  # waits are cut into short polls so KeyboardInterrupt gets through
-STALE = -2     # held[s] of a slot a producer of an ended pass is still writing
+FREE, STALE = -1, -2   # held[s]: a batch number, FREE, or STALE (written by a producer of an ended pass)
+
+
+class StalePass(RuntimeError):
+    """A producer asked for a slot for a batch of a pass that has ended."""
 
 
 class SlotRing:
@@ -62,23 +70,23 @@ class SlotRing:
             raise ValueError("pin=True and shared=True cannot be combined: page-locked memory cannot be "
                              "shared between processes; pin in the consumer instead")
         self.size, self.shared = size, shared
-        self._owner = os.getpid() if shared else None   # the consumer; producers are its children
         self.slots = [{k: torch.empty(tuple(s), dtype=d, pin_memory=pin) for k, (s, d) in specs.items()}
                       for _ in range(size)]
+        # turn[s]: uses of slot s finished (released); held[s]: see FREE/STALE; done[s]: written
         if shared:
             for slot in self.slots:
                 for t in slot.values():
                     t.share_memory_()
             ctx = mp_context or multiprocessing.get_context()
             self._cond = ctx.Condition()
-            # turn[s]: uses of slot s finished (released); held[s]: batch holding it, or -1
-            self._turn, self._held = ctx.RawArray("q", size), ctx.RawArray("q", [-1] * size)
-            self._done = ctx.RawArray("b", size)         # done[s]: the batch holding it is written
-            self._closed, self._gen = ctx.RawValue("b", 0), ctx.RawValue("q", 0)
+            self._turn, self._held = ctx.RawArray("q", size), ctx.RawArray("q", [FREE] * size)
+            self._done, self._gen = ctx.RawArray("b", size), ctx.RawValue("q", 0)
+            self._writer = ctx.RawArray("q", size)      # writer[s]: the process that acquired slot s
         else:
             self._cond = threading.Condition()
-            self._turn, self._held, self._done = [0] * size, [-1] * size, [0] * size
-            self._closed, self._gen = _Flag(), _Flag()
+            self._turn, self._held, self._done = [0] * size, [FREE] * size, [0] * size
+            self._gen, self._writer = _Value(), None
+        self._owner = os.getpid() if shared else None   # the consumer, whose death ends every wait
         self._events: list = [None] * size  # single process only: event to await before reuse
 
     def slot_of(self, j: int) -> int:
@@ -90,39 +98,45 @@ class SlotRing:
         """``{name: t[:n]}``: the first ``n`` rows of each tensor (a batch smaller than the slot)."""
         return {k: t[:n] for k, t in tensors.items()}
 
+    def current_pass(self) -> int:
+        """The generation of the pass under way (0 before the first ``start_pass``)."""
+        return self._gen.value
+
     def acquire(self, j: int, n: int | None = None, timeout: float | None = None,
                 gen: int | None = None) -> tuple[int, dict]:
         """Wait for slot ``j % size`` to be free for batch ``j`` and hold it; returns ``(slot, tensors)``,
         the tensors cut to their first ``n`` rows if ``n`` is given. The caller writes the batch into
-        them. ``gen``: the pass (``start_pass``) the batch belongs to. Raises ``RuntimeError``
-        (naming slot and batch) if ``timeout`` seconds (default: no limit) pass first, if the ring is
-        closed, if ``j`` is behind the slot's turn (batch numbers restarted without ``reset()``), or
-        ``StalePass`` if pass ``gen`` has ended."""
+        them. ``gen``: the pass the batch belongs to (default: whichever is under way). Raises
+        ``StalePass`` if pass ``gen`` has ended, and ``RuntimeError`` (naming slot and batch) if
+        ``timeout`` seconds (default: no limit) pass first, if ``j`` is behind the slot's turn (batch
+        numbers restarted without ``start_pass()``), or if the consumer's process has ended."""
         s, turn = j % self.size, j // self.size
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
-                if self._closed.value:
-                    raise RuntimeError(f"SlotRing is closed: cannot acquire slot {s} for batch {j}")
                 if gen is not None and gen != self._gen.value:
                     raise StalePass(f"batch {j} belongs to pass {gen}, which has ended (now {self._gen.value})")
                 if self._turn[s] > turn or self._held[s] == j:
                     raise RuntimeError(f"batch {j} already used slot {s} (slot turn {self._turn[s]}): batch "
-                                       "numbers must keep increasing; call reset() before restarting them")
-                if self._turn[s] == turn and self._held[s] == -1:
+                                       "numbers must keep increasing; call start_pass() before restarting them")
+                if self._held[s] == STALE and self._writer_died(s):
+                    self._held[s] = FREE
+                if self._turn[s] == turn and self._held[s] == FREE:
                     break
-                if self._owner is not None and self._owner not in (os.getpid(), os.getppid()):
+                if self._owner is not None and self._owner != os.getpid() and not _alive(self._owner):
                     raise RuntimeError(f"the process that reads this SlotRing (pid {self._owner}) has ended: "
                                        f"batch {j} will never get slot {s}")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     holder = self._held[s]
-                    state = {-1: "not yet acquired", STALE: "a batch of an ended pass is being written there"
+                    state = {FREE: "not yet acquired", STALE: "a batch of an ended pass is being written there"
                              }.get(holder, f"slot held by batch {holder}")
                     raise RuntimeError(f"timed out after {timeout}s waiting for slot {s} for batch {j}: "
                                        f"batch {j - self.size} has not been released ({state})")
                 self._cond.wait(_POLL_S if left is None else min(_POLL_S, left))
             self._held[s], self._done[s] = j, 0
+            if self._writer is not None:
+                self._writer[s] = os.getpid()
             event, self._events[s] = self._events[s], None
         if event is not None:  # a queued copy may still read the slot
             event.synchronize()
@@ -135,103 +149,92 @@ class SlotRing:
             if ok and gen == self._gen.value:
                 self._done[slot] = 1
             else:
-                self._held[slot] = -1
+                self._held[slot] = FREE
                 self._cond.notify_all()
 
+    def release(self, slot: int, event=None, gen: int | None = None) -> None:
+        """The consumer is done with ``slot``; ``event`` (a ``torch.cuda.Event`` recorded after the last
+        queued copy from it) must complete before the slot is overwritten. A release for an ended
+        pass ``gen`` does nothing (``start_pass`` freed the slot). Raises ``RuntimeError`` if the
+        slot is not held."""
+        if event is not None and self.shared:
+            event.synchronize()
+            event = None
+        with self._cond:
+            if gen is not None and gen != self._gen.value:
+                return
+            if self._held[slot] in (FREE, STALE):
+                raise RuntimeError(f"slot {slot} is not held: released twice, or never acquired")
+            self._held[slot] = FREE
+            self._turn[slot] += 1
+            self._events[slot] = event
+            self._cond.notify_all()
+
     def start_pass(self) -> int:
-        """Begin a pass: batch numbers start at 0 under a new generation, returned for ``acquire(gen=)``
-        and ``filled``. Earlier passes end: their waiting acquires raise ``StalePass``, their written
-        slots are freed now, those still being written when their producer calls ``filled``. Call
-        when the consumer holds no batch of an earlier pass."""
+        """Begin a pass: batch numbers start at 0 under a new generation, returned for ``acquire``,
+        ``filled`` and ``handing_back``. The pass before it ends (see the module docstring): slots
+        it wrote are freed, those still being written when their producer calls ``filled``. Call it
+        when no batch of an earlier pass is read any more."""
         with self._cond:
             self._gen.value += 1
             for s in range(self.size):
                 self._turn[s] = 0
-                if self._held[s] != -1:    # by a batch of an ended pass: free once written
-                    self._held[s] = -1 if self._done[s] else STALE
-            self._events = [None] * self.size
+                if self._held[s] != FREE:
+                    self._held[s] = FREE if self._done[s] or self._writer_died(s) else STALE
             self._cond.notify_all()
             return self._gen.value
 
+    def _writer_died(self, s: int) -> bool:
+        """Whether the process writing slot ``s`` has died (killed mid-write: it will never say ``filled``)."""
+        return self._writer is not None and not _alive(self._writer[s])
+
     def end_pass(self, gen: int) -> None:
-        """End pass ``gen`` if it is the current one (a consumer leaving it, early or at its end):
-        producers waiting for a slot for it raise ``StalePass`` instead of waiting on."""
+        """End pass ``gen`` if it is still the one under way (its consumer leaves it, early or at its
+        end): producers waiting for a slot for it raise ``StalePass`` instead of waiting on."""
         with self._cond:
             if self._gen.value == gen:
                 self._gen.value += 1
                 self._cond.notify_all()
 
-    def release(self, slot: int, event=None) -> None:
-        """The consumer is done with ``slot``; ``event`` (a ``torch.cuda.Event`` recorded after the last
-        queued copy from it) must complete before the slot is overwritten. Raises ``RuntimeError`` if
-        the slot is not held."""
-        if event is not None and self.shared:
-            event.synchronize()
-            event = None
-        with self._cond:
-            if self._held[slot] == -1:
-                raise RuntimeError(f"slot {slot} is not held: released twice, or never acquired")
-            self._held[slot] = -1
-            self._turn[slot] += 1
-            self._events[slot] = event
-            self._cond.notify_all()
-
-    def handing_back(self, batches, record_event: bool = False):
+    def handing_back(self, batches, record_event: bool = False, gen: int | None = None):
         """Yield the batches of an iterable of ``(slot, batch)``, releasing each one's slot when the next
         is requested, and the last when the iteration ends or the generator is closed. A consumer
         that keeps a batch (or a view of it) beyond the next request must ``clone()`` it. With
         ``record_event`` (and CUDA) each release records an event on the current stream, so copies
-        the consumer queued from the batch finish before its slot is rewritten."""
-        held = None
+        the consumer queued from the batch finish before its slot is rewritten. With ``gen``, once
+        that pass has ended (a later one started) nothing more is taken from ``batches``."""
+        held, batches = None, iter(batches)
         try:
-            for slot, batch in batches:
+            while gen is None or gen == self._gen.value:
                 if held is not None:  # before fetching: the producer may be waiting for this slot
-                    self._hand_back(held, record_event)
+                    self._hand_back(held, record_event, gen)
                     held = None
-                held = slot
+                try:
+                    held, batch = next(batches)
+                except StopIteration:
+                    return
                 yield batch
         finally:
             if held is not None:
-                self._hand_back(held, record_event)
+                self._hand_back(held, record_event, gen)
 
-    def _hand_back(self, slot: int, record_event: bool) -> None:
+    def _hand_back(self, slot: int, record_event: bool, gen: int | None) -> None:
         event = None
         if record_event and torch.cuda.is_available():
             event = torch.cuda.Event()
             event.record()
-        self.release(slot, event)
-
-    def reset(self) -> None:
-        """Start batch numbering at 0 again (a new epoch). Raises ``RuntimeError`` if a slot is held."""
-        with self._cond:
-            held = [(s, self._held[s]) for s in range(self.size) if self._held[s] != -1]
-            if held:
-                raise RuntimeError(f"cannot reset a SlotRing while slots are held (slot, batch): {held}")
-            for s in range(self.size):
-                self._turn[s] = 0
-            self._events = [None] * self.size
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Make every waiting and future ``acquire`` raise (e.g. when an epoch is abandoned)."""
-        with self._cond:
-            self._closed.value = 1
-            self._cond.notify_all()
-
-    def reopen(self) -> None:
-        """After ``close``: free every slot, held or not, and start numbering at 0 again. Only for a
-        ring that no producer and no consumer is using any more (an abandoned epoch's threads joined)."""
-        with self._cond:
-            for s in range(self.size):
-                self._turn[s], self._held[s] = 0, -1
-            self._events = [None] * self.size
-            self._closed.value = 0
-            self._cond.notify_all()
+        self.release(slot, event, gen)
 
 
-class _Flag:
+class _Value:
     value = 0
 
 
-class StalePass(RuntimeError):
-    """A producer asked for a slot for a batch of a pass that has ended."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # exists, owned by another user
+        return True
+    return True
