@@ -114,3 +114,23 @@ def test_optimisers_keep_torch_defaults(opt, cls, lr):
     assert isinstance(optimiser, cls) and optimiser.defaults["lr"] == lr
     with pytest.raises(ValueError, match="unknown optimiser 'sgd'"):
         LitVQA(**SMALL, optim={"opt": "sgd"})
+
+
+@pytest.mark.parametrize("opt,cls", [("adamax", torch.optim.Adamax), ("adamw", torch.optim.AdamW)])
+def test_the_multi_tensor_optimiser_updates_as_the_plain_one(opt, cls):
+    """configure_optimizers' foreach kernels: the same parameters as torch's per-parameter loop."""
+    model = dict(SMALL["model"], attention_dropout=0.0, answer_dropout=0.0)   # no random masks
+    lits = [LitVQA(**SIZES, model=model, optim={"opt": opt, "weight_decay": 0.01}) for _ in range(2)]
+    lits[1].load_state_dict(lits[0].state_dict())
+    start = {k: v.clone() for k, v in lits[0].state_dict().items()}
+    ours = lits[0].configure_optimizers()
+    assert ours.defaults["foreach"]
+    optimisers = [ours, cls(lits[1].parameters(), lr=ours.defaults["lr"], weight_decay=0.01, foreach=False)]
+    for batch in make_batches([8] * 20, seed=5):
+        for lit, optimiser in zip(lits, optimisers):
+            lit.loss_and_score(batch)[0].backward()
+            optimiser.step()
+            optimiser.zero_grad()
+    for a, b in zip(lits[0].parameters(), lits[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert all(not torch.equal(start[k], v) for k, v in lits[0].named_parameters())

@@ -120,7 +120,8 @@ class LitVQA(pl.LightningModule):
     def configure_optimizers(self):
         kwargs = {k: getattr(self.optim_config, k) for k in ("lr", "weight_decay")
                   if getattr(self.optim_config, k) is not None}
-        if next(self.parameters()).is_cuda:
-            # one kernel over all parameters instead of a few per parameter: the same update rule
-            kwargs["fused" if self.optim_config.opt in ("adam", "adamw") else "foreach"] = True
+        # the same update rule over all parameters at once (torch's default on CPU loops over them):
+        # one fused kernel on CUDA where torch has it, else its multi-tensor (foreach) kernels
+        fused = next(self.parameters()).is_cuda and self.optim_config.opt in ("adam", "adamw")
+        kwargs["fused" if fused else "foreach"] = True
         return OPTIMIZERS[self.optim_config.opt](self.parameters(), **kwargs)
