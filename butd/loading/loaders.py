@@ -175,7 +175,8 @@ class WorkerLoader(_Position):
     and serve every later one (each keeps its store open and its pages mapped, which a new process
     would touch again at a fraction of the speed); they end when the loader is garbage-collected.
     A pass left early ends its generation of the ring, so a worker waiting for a slot for it gives
-    up at once and the next pass starts clean. Exposes ``sampler``, ``batch_sampler``, ``dataset``
+    up at once and the next pass starts clean; after a pass that failed (a worker raised, or was
+    killed), the next one starts fresh workers. Exposes ``sampler``, ``batch_sampler``, ``dataset``
     and ``len`` as ``ThreadedLoader`` does."""
 
     def __init__(self, dataset: BatchDataset, sampler: ShardedBatchSampler, num_workers: int,
