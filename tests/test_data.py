@@ -140,6 +140,17 @@ def test_worker_processes_serve_every_pass_and_a_pass_left_early_does_not_distur
         check_aligned(batches, path, qs)
 
 
+def test_ctrl_c_reaching_the_workers_leaves_them_serving(store):
+    """A terminal's Ctrl-C reaches the workers too: they ignore it, and the next pass uses them."""
+    path, qs = store
+    loader = make_loader(_FilledBy(qs, FeatureStore(path)), 8, shuffle=True, seed=2, num_workers=2)
+    workers = {int(b["tokens"][0, 0]) for b in loader}
+    for pid in workers:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(0.2)
+    assert {int(b["tokens"][0, 0]) for b in loader} == workers
+
+
 class _Slow(_FilledBy):
     def fill(self, indices, out):
         time.sleep(0.05)   # workers are caught writing a slot

@@ -246,6 +246,11 @@ def test_4_the_loader_saves_what_its_consumer_took(tmp_path, workers):
     again.sampler.set_epoch(1)                                    # as Lightning does on resume
     assert [b["index"].tolist() for b in again] == whole[3:]
     assert (again.state_dict()["epoch"], again.state_dict()["batches"]) == (2, 0)   # a finished epoch
+    again.sampler.set_epoch(3)  # set_epoch before the pass begins (a checkpoint saved at epoch start)
+    assert (again.state_dict()["epoch"], again.state_dict()["batches"]) == (3, 0)
+    again.load_state_dict(state)
+    again.sampler.set_epoch(2)  # another epoch than the restored position's: that one starts at 0
+    assert (again.state_dict()["epoch"], again.state_dict()["batches"]) == (2, 0)
 
 
 def test_4_a_mid_epoch_position_needs_the_same_batches():

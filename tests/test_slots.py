@@ -237,3 +237,39 @@ def test_a_pass_closed_after_the_next_has_started_takes_and_releases_nothing():
         next(a)                  # the old pass ended: nothing more from it, and its slot is not released
     a.close()
     assert ring._held[0] == 0 and next(b)["index"][0] == 1 and next(b)["index"][0] == 2
+
+
+class _Copy:
+    """Stands in for a torch.cuda.Event recorded after a copy from a slot: done once the GPU ran it."""
+
+    def __init__(self):
+        self.done = self.waited = False
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.waited = self.done = True
+
+
+def test_a_shared_slot_is_freed_once_its_copy_has_run_and_the_consumer_never_waits_for_it():
+    ring = SlotRing(SPECS, 2, shared=True)
+    gen = ring.start_pass()
+    for j in (0, 1):
+        ring.filled(ring.acquire(j, gen=gen)[0], gen)
+    copy = _Copy()
+    ring.release(0, copy, gen)
+    assert not copy.waited
+    with pytest.raises(RuntimeError, match="slot 0 for batch 2"):
+        ring.acquire(2, gen=gen, timeout=0.05)          # the copy from slot 0 may still read it
+    copy.done = True
+    ring.release(1, None, gen)                          # a later release finds the copy finished
+    assert ring.acquire(2, gen=gen, timeout=0.05)[0] == 0 and not copy.waited
+    ring.filled(0, gen)
+    last = _Copy()
+    ring.release(0, last, gen)
+    ring.start_pass()                                   # a pass boundary waits for every copy
+    assert last.waited and ring._held[0] == -1
+    late = _Copy()
+    ring.release(0, late, gen)                          # a release of an ended pass: its copy is awaited
+    assert late.waited

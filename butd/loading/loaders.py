@@ -24,8 +24,10 @@ goes on with the rest of that epoch's batches.
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import queue
+import signal
 import threading
 
 import torch
@@ -40,15 +42,22 @@ def _whole_batch(batch):
     return batch  # the dataset already returns the finished batch
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    # Ctrl-C in a terminal reaches the workers too: the main process alone stops (and ends them, or
+    # goes on with them in a notebook); interrupted workers would fail the next pass instead
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Position:
     """What both loaders share: iterating their ``_batches()`` while keeping the sampler's position
     as the consumer sees it, for Lightning's checkpoints: batches of the epoch handed out, counted
     as they are handed (a batch gathered ahead is not yet taken)."""
     sampler: ShardedBatchSampler
-    _taken = 0
+    _taken = _taken_epoch = 0
 
     def _counted(self, batches):
-        self._taken = self.sampler.start     # read before the pass begins: it resets the sampler's
+        # read before the pass begins: it resets the sampler's
+        self._taken, self._taken_epoch = self.sampler.start, self.sampler.epoch
         try:
             for batch in batches:
                 self._taken += 1
@@ -63,11 +72,13 @@ class _Position:
         return self._counted(self._batches())
 
     def state_dict(self) -> dict:
-        return self.sampler.state_dict(self._taken)
+        # set_epoch since the last pass: that epoch's position is where its pass will start
+        same = self.sampler.epoch == self._taken_epoch
+        return self.sampler.state_dict(self._taken if same else self.sampler.start)
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.load_state_dict(state)
-        self._taken = self.sampler.start
+        self._taken, self._taken_epoch = self.sampler.start, self.sampler.epoch
 
 
 class _End:
@@ -186,27 +197,37 @@ class WorkerLoader(_Position):
         self.pin = pin_memory and torch.cuda.is_available()
         self.context = multiprocessing.get_context()
         self._ring = self._workers = None
+        self._failed = False
 
     def ring(self) -> SlotRing:
-        # the batches the workers may have ahead, one being filled per worker, one held by the consumer
+        # the batches the workers may have ahead, one being filled per worker, one held by the consumer,
+        # and with CUDA two released whose copies the GPU may not have run yet
         if self._ring is None:
-            size = self.num_workers * (self.prefetch_factor + 1) + 1
+            size = self.num_workers * (self.prefetch_factor + 1) + 1 + (2 if self.pin else 0)
             self._ring = SlotRing(self.dataset.specs(self.sampler.batch_size), size, shared=True,
                                   mp_context=self.context)
             if self.pin:
                 for slot in self._ring.slots:
                     for t in slot.values():
-                        torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
+                        error = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
+                        if int(error) != 0:
+                            raise RuntimeError(f"cannot page-lock the loader's {t.numel() * t.element_size()} "
+                                               f"byte batch buffers (cudaHostRegister error {int(error)}); "
+                                               "use --num_workers 0 or a smaller --bsz")
         return self._ring
 
     def workers(self) -> DataLoader:
         """The DataLoader whose persistent workers fill the ring (made once, its workers started by
         the first pass)."""
         if self._workers is None:
+            if self._failed:   # the failed pass's DataLoader, in a reference cycle: end its workers first
+                gc.collect()
+                self._failed = False
             self._workers = DataLoader(
                 _SlotFiller(self.dataset, self.ring()), sampler=_Numbered(self.sampler), batch_size=None,
                 collate_fn=_whole_batch, num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
-                persistent_workers=True, multiprocessing_context=self.context)
+                persistent_workers=True, multiprocessing_context=self.context,
+                worker_init_fn=_ignore_interrupts)
         return self._workers
 
     def _batches(self):
@@ -217,8 +238,9 @@ class WorkerLoader(_Position):
         try:
             views = ((slot, SlotRing.view(ring.slots[slot], n)) for slot, n in iter(loader))
             yield from ring.handing_back(views, record_event=self.pin, gen=gen)
-        except Exception:
-            self._workers = None    # a worker failed or died: the next pass starts fresh ones
+        except BaseException as e:
+            if not isinstance(e, GeneratorExit):   # a worker failed or died, or an interrupt:
+                self._workers, self._failed = None, True   # the next pass starts fresh workers
             raise
         finally:
             ring.end_pass(gen)

@@ -45,6 +45,7 @@ import time
 import torch
 
 _POLL_S = 0.1  # waits are cut into short polls so KeyboardInterrupt gets through
+_FIRST_POLL_S = 2e-4  # a shared ring's first poll; each next one waits twice as long, up to _POLL_S
 FREE, STALE = -1, -2   # held[s]: a batch number, FREE, or STALE (written by a producer of an ended pass)
 
 
@@ -78,7 +79,9 @@ class SlotRing:
                 for t in slot.values():
                     t.share_memory_()
             ctx = mp_context or multiprocessing.get_context()
-            self._cond = ctx.Condition()
+            # a lock and polling, not a Condition: notifying a multiprocessing Condition waits for
+            # each sleeper's acknowledgement, forever if one was killed while it waited
+            self._cond = ctx.Lock()
             self._turn, self._held = ctx.RawArray("q", size), ctx.RawArray("q", [FREE] * size)
             self._done, self._gen = ctx.RawArray("b", size), ctx.RawValue("q", 0)
             self._writer = ctx.RawArray("q", size)      # writer[s]: the process that acquired slot s
@@ -88,6 +91,7 @@ class SlotRing:
             self._gen, self._writer = _Value(), None
         self._owner = os.getpid() if shared else None   # the consumer, whose death ends every wait
         self._events: list = [None] * size  # single process only: event to await before reuse
+        self._pending: list = []            # shared: (slot, event) released once the event completes
 
     def slot_of(self, j: int) -> int:
         """The slot that batch number ``j`` uses."""
@@ -112,6 +116,7 @@ class SlotRing:
         numbers restarted without ``start_pass()``), or if the consumer's process has ended."""
         s, turn = j % self.size, j // self.size
         deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = _FIRST_POLL_S
         with self._cond:
             while True:
                 if gen is not None and gen != self._gen.value:
@@ -133,7 +138,16 @@ class SlotRing:
                              }.get(holder, f"slot held by batch {holder}")
                     raise RuntimeError(f"timed out after {timeout}s waiting for slot {s} for batch {j}: "
                                        f"batch {j - self.size} has not been released ({state})")
-                self._cond.wait(_POLL_S if left is None else min(_POLL_S, left))
+                pause = _POLL_S if left is None else min(_POLL_S, left)
+                if self.shared:
+                    self._cond.release()
+                    try:
+                        time.sleep(min(pause, backoff))
+                    finally:
+                        self._cond.acquire()
+                    backoff *= 2
+                else:
+                    self._cond.wait(pause)
             self._held[s], self._done[s] = j, 0
             if self._writer is not None:
                 self._writer[s] = os.getpid()
@@ -150,24 +164,48 @@ class SlotRing:
                 self._done[slot] = 1
             else:
                 self._held[slot] = FREE
-                self._cond.notify_all()
+                self._notify()
 
     def release(self, slot: int, event=None, gen: int | None = None) -> None:
         """The consumer is done with ``slot``; ``event`` (a ``torch.cuda.Event`` recorded after the last
-        queued copy from it) must complete before the slot is overwritten. A release for an ended
-        pass ``gen`` does nothing (``start_pass`` freed the slot). Raises ``RuntimeError`` if the
-        slot is not held."""
-        if event is not None and self.shared:
-            event.synchronize()
-            event = None
+        queued copy from it) must complete before the slot is overwritten: a shared ring frees the
+        slot at a later ``release`` (or pass boundary) that finds the event complete, so the consumer
+        never waits for the GPU here. A release for an ended pass ``gen`` frees nothing
+        (``start_pass`` freed the slot). Raises ``RuntimeError`` if the slot is not held."""
         with self._cond:
-            if gen is not None and gen != self._gen.value:
-                return
-            if self._held[slot] in (FREE, STALE):
-                raise RuntimeError(f"slot {slot} is not held: released twice, or never acquired")
-            self._held[slot] = FREE
-            self._turn[slot] += 1
-            self._events[slot] = event
+            stale = gen is not None and gen != self._gen.value
+            if not stale:
+                if self._held[slot] in (FREE, STALE) or any(p == slot for p, _ in self._pending):
+                    raise RuntimeError(f"slot {slot} is not held: released twice, or never acquired")
+                if event is not None and self.shared:
+                    self._pending.append((slot, event))
+                else:
+                    self._free(slot, event)
+            self._free_copied(wait=False)
+        if stale and event is not None:   # the slot may already be another pass's: let the copy finish
+            event.synchronize()
+
+    def _free(self, slot: int, event=None) -> None:
+        """Under the lock: ``slot``'s batch is done with; its next batch may take it."""
+        self._held[slot] = FREE
+        self._turn[slot] += 1
+        self._events[slot] = event
+        self._notify()
+
+    def _free_copied(self, wait: bool) -> None:
+        """Under the lock: free the pending slots whose copies have finished (all, waiting, if ``wait``)."""
+        left = []
+        for slot, event in self._pending:
+            if wait:
+                event.synchronize()
+            if wait or event.query():
+                self._free(slot)
+            else:
+                left.append((slot, event))
+        self._pending = left
+
+    def _notify(self) -> None:
+        if not self.shared:   # a shared ring's waiters poll
             self._cond.notify_all()
 
     def start_pass(self) -> int:
@@ -176,12 +214,13 @@ class SlotRing:
         it wrote are freed, those still being written when their producer calls ``filled``. Call it
         when no batch of an earlier pass is read any more."""
         with self._cond:
+            self._free_copied(wait=True)
             self._gen.value += 1
             for s in range(self.size):
                 self._turn[s] = 0
                 if self._held[s] != FREE:
                     self._held[s] = FREE if self._done[s] or self._writer_died(s) else STALE
-            self._cond.notify_all()
+            self._notify()
             return self._gen.value
 
     def _writer_died(self, s: int) -> bool:
@@ -192,9 +231,10 @@ class SlotRing:
         """End pass ``gen`` if it is still the one under way (its consumer leaves it, early or at its
         end): producers waiting for a slot for it raise ``StalePass`` instead of waiting on."""
         with self._cond:
+            self._free_copied(wait=True)
             if self._gen.value == gen:
                 self._gen.value += 1
-                self._cond.notify_all()
+                self._notify()
 
     def handing_back(self, batches, record_event: bool = False, gen: int | None = None):
         """Yield the batches of an iterable of ``(slot, batch)``, releasing each one's slot when the next
