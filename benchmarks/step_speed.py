@@ -11,7 +11,9 @@ default ``OptimConfig`` (0.25, Adamax); nanoGPT's bench.py style):
   (b) ``loader``: batches from the real ``VQADataModule`` train loader over a generated store
       (sample TSVs -> converter -> question shards), moved to the device as Lightning does, for
       each ``--num_workers`` x ``--feature_cache`` setting;
-and reports steps/s, samples/s and loader efficiency = (b) / (a). Then, at the first precision and
+and reports steps/s, samples/s and loader efficiency = (b) / (a); with ``--compile`` (the model
+``torch.compile``d with ``--compile_mode``, as ``train.py --compile`` does) also (a) uncompiled, and
+``compiled_vs_eager_resident``. Then, at the first precision and
 batch size, ``train.py``'s own loop against a bare one over the same loader:
   (c) ``trainer``: the LightningModule under the Trainer that ``train.py`` builds
       (``butd.training.run.make_trainer``: its metrics logger, checkpoint callback, progress bar,
@@ -86,7 +88,9 @@ def parse_args(argv=None):
     p.add_argument("--ntoken", type=int, default=3000, help="model vocabulary (GQA: ~3000)")
     p.add_argument("--num_answers", type=int, default=1843, help="model answers (GQA: 1843)")
     p.add_argument("--model", default="butd", choices=["butd", "film"])
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (and time it uncompiled too)")
+    p.add_argument("--compile_mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="reduce-overhead: CUDA graphs")
     p.add_argument("--steps", type=int, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, help="untimed steps first")
     p.add_argument("--loop_rounds", type=int, default=3, help="train.py-loop runs, each followed by a bare one")
@@ -154,13 +158,14 @@ def endless(loader):
         yield from loader
 
 
-def build_lit(args, dm, device) -> LitVQA:
+def build_lit(args, dm, device, compile_model: bool | None = None) -> LitVQA:
+    """The LightningModule on ``device``, ``torch.compile``d with ``--compile`` (or ``compile_model``)."""
     torch.manual_seed(0)
     model = dataclasses.asdict(ModelConfig(model=args.model, emb_dim=args.emb_dim, hidden=args.hidden))
     lit = LitVQA(task=TASK, model=model, ntoken=max(args.ntoken, dm.ntoken),
                  num_answers=max(args.num_answers, dm.num_answers), v_dim=dm.v_dim).to(device).train()
-    if args.compile:
-        lit.model.compile()
+    if args.compile if compile_model is None else compile_model:
+        lit.model.compile(mode=args.compile_mode)
     return lit
 
 
@@ -177,6 +182,12 @@ def measure_one(args, cache: str, device, precision: str, bsz: int) -> list:
                 "feature_cache": None, **base, "samples_per_s": base["steps_per_s"] * bsz, "efficiency": 1.0}
     results.append(resident)
     TABLE.row(resident)
+    if args.compile:   # the same step uncompiled: what compiling gained
+        eager = timed(make_step(build_lit(args, dm, device, compile_model=False), device, precision),
+                      itertools.repeat(one), args.warmup, args.steps, device)
+        results.append({"precision": precision, "batch_size": bsz, "mode": "eager", "loader": "resident, not compiled",
+                        **eager, "samples_per_s": eager["steps_per_s"] * bsz})
+        TABLE.row(results[-1])
     for cache_mode, workers in itertools.product(args.feature_cache.split(","), map(int, args.num_workers.split(","))):
         if cache_mode != "none" and workers != int(args.num_workers.split(",")[0]):
             continue            # resident caches gather in the main process: workers do not apply
@@ -199,7 +210,8 @@ def measure_one(args, cache: str, device, precision: str, bsz: int) -> list:
     resident.update(steps_per_s=ceiling, samples_per_s=ceiling * bsz, first_steps_per_s=base["steps_per_s"],
                     again_steps_per_s=again["steps_per_s"])
     for row in results[1:]:
-        row["efficiency"] = row["steps_per_s"] / ceiling
+        if row["mode"] == "loader":
+            row["efficiency"] = row["steps_per_s"] / ceiling
     return results
 
 
@@ -308,13 +320,18 @@ def summarise(results: list, args, device) -> dict:
                 best[key] = r
     summary = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "model": args.model, "v_dim": args.v_dim, "hidden": args.hidden, "boxes": args.boxes,
-               "images": args.images, "compile": args.compile,
+               "images": args.images, "compile": args.compile and args.compile_mode,
                "best_loader": {k: {"efficiency": round(v["efficiency"], 4), "samples_per_s": round(v["samples_per_s"]),
                                    "num_workers": v["num_workers"], "feature_cache": v["feature_cache"]}
                                for k, v in best.items()},
                "resident_samples_per_s": {f"{r['precision']}/{r['batch_size']}": round(r["samples_per_s"])
                                           for r in results if r["mode"] == "resident"},
                "torch": torch.__version__}
+    eager = {f"{r['precision']}/{r['batch_size']}": r["steps_per_s"] for r in results if r["mode"] == "eager"}
+    if eager:
+        summary["compiled_vs_eager_resident"] = {
+            k: round(r["steps_per_s"] / eager[k], 3) for r in results if r["mode"] == "resident"
+            for k in [f"{r['precision']}/{r['batch_size']}"] if k in eager}
     loop = [r for r in results if r["mode"] == "trainer"]
     if loop:
         summary["train_loop"] = {"efficiency": round(loop[0]["efficiency"], 4),
