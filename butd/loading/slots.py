@@ -102,10 +102,6 @@ class SlotRing:
         """``{name: t[:n]}``: the first ``n`` rows of each tensor (a batch smaller than the slot)."""
         return {k: t[:n] for k, t in tensors.items()}
 
-    def current_pass(self) -> int:
-        """The generation of the pass under way (0 before the first ``start_pass``)."""
-        return self._gen.value
-
     def acquire(self, j: int, n: int | None = None, timeout: float | None = None,
                 gen: int | None = None) -> tuple[int, dict]:
         """Wait for slot ``j % size`` to be free for batch ``j`` and hold it; returns ``(slot, tensors)``,
@@ -276,5 +272,5 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:   # exists, owned by another user
-        return True
+        pass
     return True
