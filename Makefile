@@ -30,6 +30,7 @@ bench: install
 	$(PY) benchmarks/convert_speed.py
 	$(PY) benchmarks/questions_speed.py
 	$(PY) benchmarks/loader_speed.py
+	$(PY) benchmarks/larger_than_ram.py
 	$(PY) benchmarks/step_speed.py
 
 clean:

@@ -1,0 +1,193 @@
+"""A store larger than the memory its reader may use: the loader's gather against the pread bound and
+against memory maps alone, inside a memory cgroup (Linux, as root).
+
+    python benchmarks/larger_than_ram.py                      # generates a 1.2 GB store in a temp dir
+    python benchmarks/larger_than_ram.py --store data/GQA-Cache/trainval.zarr --rows 40000 --cache-fraction 0.5
+
+Each method runs in its own process, in a fresh memory cgroup whose limit is that process's own
+memory (measured first by a run without a limit) plus ``--cache-fraction`` of the bytes of the rows
+it reads: the page cache can hold only that share of them, as on a machine whose RAM is smaller
+than the store. For the same random batches of ``--batch-size`` questions (four per image), epoch
+after epoch for ``--seconds``, starting from a dropped page cache:
+
+- ``pread``: the bound, plain ``preadv`` of each row from ``--io-threads`` threads (``loader_speed``'s);
+- ``auto``: ``FeatureStore.gather`` as the loader runs it (memory maps while the pages are cached,
+  ``preadv`` into the batch as soon as page faults read from disk);
+- ``map``: memory maps alone (``read_mode="map"``): what thrashing costs.
+
+Prints each method's samples/s and the cgroup's peak memory, writes ``larger_than_ram.json`` and
+``.png`` under ``--out``, and ends with one JSON line: ``auto_vs_pread`` (target >= 0.8) and
+``map_vs_auto``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from harness import MB, RESULTS, report
+
+GB = 1e9
+METHODS = ("pread", "auto", "map")
+TARGET = 0.8
+
+
+# -- one method, in a child process -----------------------------------------------------------------
+
+def child(args) -> dict:
+    import numpy as np
+
+    from butd.features import schema
+    from butd.features.reader import FeatureStore
+    from loader_speed import batch_buffers, drop_cache, loader_rows, random_questions, run_pread, time_batches
+
+    meta = FeatureStore(args.store)
+    rows = min(args.rows or meta.num_images, meta.num_images)
+    row_bytes = meta.max_boxes * (meta.feature_dim * np.dtype(meta.attrs.dtype).itemsize + schema.SPATIAL_DIM * 4)
+    questions = random_questions(rows * 4, rows)
+    drop_cache(args.store)
+    if args.child == "pread":
+        r = run_pread(args.store, questions, args.batch_size, args.seconds, args.io_threads, True)
+    else:
+        store = FeatureStore(args.store, read_mode=args.child)
+        out = batch_buffers(store, args.batch_size)
+
+        def batches():
+            for batch in loader_rows(questions, args.batch_size, True):
+                store.gather(batch, out["features"][:len(batch)], out["spatials"][:len(batch)])
+                yield len(batch)
+
+        r = time_batches(batches(), args.seconds, lambda n: n)
+    with open("/proc/self/status") as f:
+        anon = next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
+    return {"method": args.child, "samples_per_s": r["samples_per_s"], "anon_bytes": anon, "rows": rows,
+            "row_bytes": int(row_bytes)}
+
+
+# -- the cgroup -------------------------------------------------------------------------------------
+
+class MemoryCgroup:
+    """A fresh memory cgroup (v2, else v1) limited to ``limit`` bytes; ``procs`` is the file a process
+    writes its pid to in order to join it. Raises RuntimeError where none can be made."""
+
+    def __init__(self, name: str, limit: int):
+        v2 = "/sys/fs/cgroup/cgroup.controllers"
+        if os.path.exists(v2) and "memory" in open(v2).read().split():
+            self.path, limit_file, self.peak_file = f"/sys/fs/cgroup/{name}", "memory.max", "memory.peak"
+        elif os.path.isdir("/sys/fs/cgroup/memory"):
+            self.path = f"/sys/fs/cgroup/memory/{name}"
+            limit_file, self.peak_file = "memory.limit_in_bytes", "memory.max_usage_in_bytes"
+        else:
+            raise RuntimeError("no memory cgroup controller (cgroup v2 memory or /sys/fs/cgroup/memory)")
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            with open(os.path.join(self.path, limit_file), "w") as f:
+                f.write(str(int(limit)))
+        except OSError as e:
+            raise RuntimeError(f"cannot make the memory cgroup {self.path} ({e.strerror}): run as root") from None
+        self.procs = os.path.join(self.path, "cgroup.procs")
+
+    def peak(self) -> int | None:
+        try:
+            with open(os.path.join(self.path, self.peak_file)) as f:
+                return int(f.read())
+        except OSError:
+            return None
+
+    def remove(self) -> None:
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass
+
+
+def run_child(args, method: str, cgroup: MemoryCgroup | None) -> dict:
+    def join():
+        with open(cgroup.procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", method, "--store", args.store,
+           "--seconds", str(args.seconds), "--batch-size", str(args.batch_size), "--io-threads", str(args.io_threads)]
+    if args.rows:
+        cmd += ["--rows", str(args.rows)]
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join if cgroup else None)
+    if done.returncode != 0:
+        raise RuntimeError(f"{method} failed (exit {done.returncode}; killed for memory if -9):\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# -- the runs ---------------------------------------------------------------------------------------
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", help="an existing store (default: generate one)")
+    ap.add_argument("--rows", type=int, help="read only the first ROWS images (default: all)")
+    ap.add_argument("--gb", type=float, default=1.2, help="size of the generated store's features")
+    ap.add_argument("--cache-fraction", type=float, default=0.5, help="share of the read rows' bytes the page cache may hold")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--seconds", type=float, default=8.0, help="time each method for about this long")
+    ap.add_argument("--io-threads", type=int, default=32, help="threads of the pread bound")
+    ap.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
+    ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)))
+        return {}
+    workdir = None
+    if not args.store:
+        from butd.features.convert import DEFAULT_CHUNK_IMAGES
+        from loader_speed import generate_store
+        workdir = tempfile.mkdtemp(prefix="larger_than_ram_")
+        args.store = os.path.join(workdir, "store.zarr")
+        images = int(args.gb * GB / (36 * 2048 * 2))
+        generate_store(args.store, images, 36, 2048, "float16", DEFAULT_CHUNK_IMAGES)
+        print(f"[*] generated {args.store}: {images} images", flush=True)
+    try:
+        return _run(args)
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(args) -> dict:
+    try:
+        MemoryCgroup(f"butd_larger_than_ram_{os.getpid()}_check", 1 << 40).remove()
+    except RuntimeError as e:
+        print(f"[!] skipped: {e}")
+        return {"benchmark": "larger_than_ram", "skipped": str(e)}
+    probe = run_child(args, "auto", None)   # the process's own memory, without a limit
+    data = probe["rows"] * probe["row_bytes"]
+    limit = probe["anon_bytes"] + 64 * MB + int(args.cache_fraction * data)
+    print(f"[*] {probe['rows']} rows, {data / GB:.2f} GB read; each method limited to {limit / GB:.2f} GB "
+          f"(its own {probe['anon_bytes'] / GB:.2f} GB + 64 MB + {args.cache_fraction:.0%} of the rows' bytes)",
+          flush=True)
+    runs = []
+    for method in METHODS:
+        cgroup = MemoryCgroup(f"butd_larger_than_ram_{os.getpid()}_{method}", limit)
+        try:
+            r = run_child(args, method, cgroup)
+            r["peak_gb"] = None if cgroup.peak() is None else round(cgroup.peak() / GB, 2)
+        finally:
+            cgroup.remove()
+        r["gb_per_s"] = r["samples_per_s"] * r["row_bytes"] / GB
+        runs.append(r)
+        print(f"  {method:6s} {r['samples_per_s']:9.0f} samples/s  {r['gb_per_s']:5.2f} GB/s  cgroup peak "
+              f"{r['peak_gb']} GB", flush=True)
+    speed = {r["method"]: r["samples_per_s"] for r in runs}
+    summary = {"benchmark": "larger_than_ram", "rows": probe["rows"], "read_gb": round(data / GB, 2),
+               "limit_gb": round(limit / GB, 2), "cache_fraction": args.cache_fraction,
+               "samples_per_s": {m: round(v) for m, v in speed.items()},
+               "auto_vs_pread": round(speed["auto"] / speed["pread"], 3),
+               "map_vs_auto": round(speed["map"] / speed["auto"], 3)}
+    summary["targets_met"] = {f"auto_vs_pread>={TARGET}": summary["auto_vs_pread"] >= TARGET}
+    return report("larger_than_ram", args.out, summary, runs, panels=[
+        ("store larger than its page cache", "method (0 pread, 1 auto, 2 map)", "samples/s",
+         {"samples/s": (list(range(len(runs))), [r["samples_per_s"] for r in runs])})])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
