@@ -273,3 +273,15 @@ def test_a_shared_slot_is_freed_once_its_copy_has_run_and_the_consumer_never_wai
     late = _Copy()
     ring.release(0, late, gen)                          # a release of an ended pass: its copy is awaited
     assert late.waited
+
+
+def test_a_gpu_far_behind_makes_the_consumer_wait_for_the_oldest_copy_not_the_workers_forever():
+    ring = SlotRing(SPECS, 4, shared=True)
+    gen = ring.start_pass()
+    copies = [_Copy() for _ in range(4)]
+    for j in range(4):
+        ring.filled(ring.acquire(j, gen=gen)[0], gen)
+    for j in range(3):
+        ring.release(j, copies[j], gen)
+    assert copies[0].waited and not copies[1].waited          # at most MAX_PENDING (2) pending
+    assert ring.acquire(4, gen=gen, timeout=0.05)[0] == 0

@@ -24,7 +24,6 @@ goes on with the rest of that epoch's batches.
 """
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import queue
 import signal
@@ -35,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from butd.loading.batches import BatchDataset
 from butd.loading.sampler import ShardedBatchSampler
-from butd.loading.slots import SlotRing, StalePass
+from butd.loading.slots import MAX_PENDING, SlotRing, StalePass
 
 
 def _whole_batch(batch):
@@ -197,13 +196,12 @@ class WorkerLoader(_Position):
         self.pin = pin_memory and torch.cuda.is_available()
         self.context = multiprocessing.get_context()
         self._ring = self._workers = None
-        self._failed = False
 
     def ring(self) -> SlotRing:
         # the batches the workers may have ahead, one being filled per worker, one held by the consumer,
-        # and with CUDA two released whose copies the GPU may not have run yet
+        # and with CUDA the released ones whose copies the GPU may not have run yet (MAX_PENDING)
         if self._ring is None:
-            size = self.num_workers * (self.prefetch_factor + 1) + 1 + (2 if self.pin else 0)
+            size = self.num_workers * (self.prefetch_factor + 1) + 1 + (MAX_PENDING if self.pin else 0)
             self._ring = SlotRing(self.dataset.specs(self.sampler.batch_size), size, shared=True,
                                   mp_context=self.context)
             if self.pin:
@@ -220,9 +218,6 @@ class WorkerLoader(_Position):
         """The DataLoader whose persistent workers fill the ring (made once, its workers started by
         the first pass)."""
         if self._workers is None:
-            if self._failed:   # the failed pass's DataLoader, in a reference cycle: end its workers first
-                gc.collect()
-                self._failed = False
             self._workers = DataLoader(
                 _SlotFiller(self.dataset, self.ring()), sampler=_Numbered(self.sampler), batch_size=None,
                 collate_fn=_whole_batch, num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
@@ -240,7 +235,7 @@ class WorkerLoader(_Position):
             yield from ring.handing_back(views, record_event=self.pin, gen=gen)
         except BaseException as e:
             if not isinstance(e, GeneratorExit):   # a worker failed or died, or an interrupt:
-                self._workers, self._failed = None, True   # the next pass starts fresh workers
+                self._workers = None   # the next pass starts fresh workers
             raise
         finally:
             ring.end_pass(gen)

@@ -25,7 +25,7 @@ nothing.
 Threads and processes: with ``shared=False`` the slots are ordinary (optionally page-locked) tensors
 and waiting uses ``threading``; use it for a producer thread in the consumer's process. With
 ``shared=True`` the tensors live in shared memory (``share_memory_()``) and the bookkeeping in
-``multiprocessing`` shared arrays under one Condition from ``mp_context``: hand the ring to the worker
+``multiprocessing`` shared arrays under one Lock from ``mp_context`` (waiters poll): hand the ring to the worker
 processes when they start (e.g. as an attribute of the Dataset, pickled by ``fork`` or ``spawn``), never
 through a queue afterwards. Workers then write into the very memory the main process reads; a worker
 whose consumer process has died stops waiting.
@@ -33,7 +33,8 @@ whose consumer process has died stops waiting.
 CUDA: a consumer that queued a ``non_blocking`` host-to-device copy from a slot passes a
 ``torch.cuda.Event`` recorded after it to ``release``. In one process the next ``acquire`` of that
 slot synchronizes the event before the slot may be overwritten; across processes events cannot
-travel, so ``release`` synchronizes it in the consumer before marking the slot free.
+travel, so the consumer keeps it and frees the slot at a later ``release`` that finds it complete
+(waiting for the oldest once more than ``MAX_PENDING`` are pending, and for all at pass boundaries).
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ import torch
 
 _POLL_S = 0.1  # waits are cut into short polls so KeyboardInterrupt gets through
 _FIRST_POLL_S = 2e-4  # a shared ring's first poll; each next one waits twice as long, up to _POLL_S
+MAX_PENDING = 2        # shared ring: released slots whose copies may still run (the ring has room for them)
 FREE, STALE = -1, -2   # held[s]: a batch number, FREE, or STALE (written by a producer of an ended pass)
 
 
@@ -133,7 +135,7 @@ class SlotRing:
                     state = {FREE: "not yet acquired", STALE: "a batch of an ended pass is being written there"
                              }.get(holder, f"slot held by batch {holder}")
                     raise RuntimeError(f"timed out after {timeout}s waiting for slot {s} for batch {j}: "
-                                       f"batch {j - self.size} has not been released ({state})")
+                                       f"batch {j - self.size} has not been released, or its copy has not run ({state})")
                 pause = _POLL_S if left is None else min(_POLL_S, left)
                 if self.shared:
                     self._cond.release()
@@ -175,6 +177,10 @@ class SlotRing:
                     raise RuntimeError(f"slot {slot} is not held: released twice, or never acquired")
                 if event is not None and self.shared:
                     self._pending.append((slot, event))
+                    while len(self._pending) > MAX_PENDING:   # the GPU is far behind: wait for the oldest
+                        old, oldest = self._pending.pop(0)
+                        oldest.synchronize()
+                        self._free(old)
                 else:
                     self._free(slot, event)
             self._free_copied(wait=False)
