@@ -43,7 +43,7 @@ def child(args) -> dict:
 
     from butd.features import schema
     from butd.features.reader import FeatureStore
-    from loader_speed import batch_buffers, drop_cache, loader_rows, random_questions, run_pread, time_batches
+    from loader_speed import drop_cache, random_questions, run_gather, run_pread
 
     meta = FeatureStore(args.store)
     rows = min(args.rows or meta.num_images, meta.num_images)
@@ -53,15 +53,7 @@ def child(args) -> dict:
     if args.child == "pread":
         r = run_pread(args.store, questions, args.batch_size, args.seconds, args.io_threads, True)
     else:
-        store = FeatureStore(args.store, read_mode=args.child)
-        out = batch_buffers(store, args.batch_size)
-
-        def batches():
-            for batch in loader_rows(questions, args.batch_size, True):
-                store.gather(batch, out["features"][:len(batch)], out["spatials"][:len(batch)])
-                yield len(batch)
-
-        r = time_batches(batches(), args.seconds, lambda n: n)
+        r = run_gather(args.store, questions, args.batch_size, args.seconds, True, read_mode=args.child)
     with open("/proc/self/status") as f:
         anon = next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
     return {"method": args.child, "samples_per_s": r["samples_per_s"], "anon_bytes": anon, "rows": rows,

@@ -275,9 +275,10 @@ def batch_buffers(store: FeatureStore, batch_size: int) -> dict:
 
 
 def run_gather(store_path: str, questions: QuestionArrays, batch_size: int, seconds: float, repeat: bool,
-               bound: "CopyBound | None" = None) -> dict:
-    """``FeatureStore.gather`` of the loader's batches into preallocated buffers, without a loader."""
-    store = FeatureStore(store_path)
+               bound: "CopyBound | None" = None, read_mode: str = "auto") -> dict:
+    """``FeatureStore.gather`` of the loader's batches into preallocated buffers, without a loader
+    (``read_mode``: the store's, ``batch_io.MODES``)."""
+    store = FeatureStore(store_path, read_mode=read_mode)
     out = batch_buffers(store, batch_size)
 
     def batches():
@@ -315,9 +316,7 @@ def run_pread(store_path: str, questions: QuestionArrays, batch_size: int, secon
     def batches():
         with ThreadPoolExecutor(threads) as pool:
             for rows in loader_rows(questions, batch_size, repeat):
-                k = min(threads, len(rows))
-                bounds = [(len(rows) * j // k, len(rows) * (j + 1) // k) for j in range(k)]
-                list(pool.map(lambda b, rows=rows: part(rows, *b), bounds))
+                list(pool.map(lambda b, rows=rows: part(rows, *b), spans(len(rows), threads)))
                 yield len(rows)
 
     try:
@@ -325,6 +324,12 @@ def run_pread(store_path: str, questions: QuestionArrays, batch_size: int, secon
     finally:
         for descriptor in set(fds.values()):
             os.close(descriptor)
+
+
+def spans(n: int, parts: int) -> list:
+    """``(lo, hi)`` of ``min(parts, n)`` near-equal consecutive shares of ``range(n)``, one per thread."""
+    k = max(1, min(parts, n))
+    return [(n * j // k, n * (j + 1) // k) for j in range(k)]
 
 
 class CopyBound:
@@ -342,7 +347,6 @@ class CopyBound:
 
     def _copy(self, i: int, threads: int, buffers: int) -> int:
         base, out = (i % 3) * self.B, self.outs[i % buffers]
-        bounds = [(self.B * j // threads, self.B * (j + 1) // threads) for j in range(threads)]
 
         def part(lo, hi):
             for n, a in out.items():
@@ -351,7 +355,7 @@ class CopyBound:
         if threads == 1:
             part(0, self.B)
         else:
-            list(self.pool.map(lambda b: part(*b), bounds))
+            list(self.pool.map(lambda b: part(*b), spans(self.B, threads)))
         return self.B
 
     def measure(self, seconds: float, buffers: int = 1) -> dict:
@@ -409,10 +413,9 @@ class DecodeBound:
 
         def batches():
             for i, rows in enumerate(rows_of_batches):
-                k = min(self.threads, len(rows))
-                spans = [(len(rows) * j // k, len(rows) * (j + 1) // k) for j in range(k)]
                 out = self.outs[i % buffers]
-                list(self.pool.map(lambda span, rows=rows.tolist(): part(rows, out, *span), spans))
+                list(self.pool.map(lambda span, rows=rows.tolist(): part(rows, out, *span),
+                                   spans(len(rows), self.threads)))
                 yield len(rows)
 
         return time_batches(batches(), seconds, lambda n: n)
