@@ -241,15 +241,22 @@ def _int_id(value, where: str, what: str) -> int:
     return value
 
 
-def read_questions(path: str) -> Dict[str, tuple]:
-    """question id (str) -> (image id (str), question) of a VQA v2 question file, in file order."""
-    out: Dict[str, tuple] = {}
-    for k, entry in enumerate(key_array_items(path, "questions")):
-        where = f"{path}: element {k} of 'questions'"
+def _entries(path: str, key: str):
+    """``(question id, where, entry)`` of each object in the file's ``key`` array; ``where`` names the
+    file and the question for errors. Raises QuestionFileError for an element that is not an object
+    or has no integer ``question_id``."""
+    for k, entry in enumerate(key_array_items(path, key)):
+        where = f"{path}: element {k} of '{key}'"
         if not isinstance(entry, dict):
             raise QuestionFileError(f"{where}: expected an object, got {type(entry).__name__}")
         qid = str(_int_id(entry.get("question_id"), where, "question_id"))
-        where = f"{path}: question {qid}"
+        yield qid, f"{path}: question {qid}", entry
+
+
+def read_questions(path: str) -> Dict[str, tuple]:
+    """question id (str) -> (image id (str), question) of a VQA v2 question file, in file order."""
+    out: Dict[str, tuple] = {}
+    for qid, where, entry in _entries(path, "questions"):
         image = entry.get("image_id")
         if isinstance(image, bool) or not isinstance(image, (int, str)):
             raise QuestionFileError(f"{where}: 'image_id' must be an integer, got {image!r}")
@@ -279,12 +286,7 @@ def join_annotations(questions_path: str, questions: Dict[str, tuple], path: str
     """A split with answers: its questions joined with their annotations, in annotation order (the
     references' order, which fixes the order of the candidate answers)."""
     raw = RawQuestions(questions_path, [], [[]], [], [], {"question_type": [], "answer_type": []})
-    for k, entry in enumerate(key_array_items(path, "annotations")):
-        where = f"{path}: element {k} of 'annotations'"
-        if not isinstance(entry, dict):
-            raise QuestionFileError(f"{where}: expected an object, got {type(entry).__name__}")
-        qid = str(_int_id(entry.get("question_id"), where, "question_id"))
-        where = f"{path}: question {qid}"
+    for qid, where, entry in _entries(path, "annotations"):
         if qid not in questions:
             why = "is annotated twice" if qid in raw.question_ids else f"is not in {questions_path}"
             raise QuestionFileError(f"{where}: this annotation's question {why}")
