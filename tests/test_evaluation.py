@@ -61,7 +61,7 @@ def test_length_mismatch_is_an_error():
 
 
 def test_predictions_submission_format():
-    out = predictions(["q1", "q2"], np.array([1, 0]), ["yes", "no"])
+    out = predictions(["q1", "q2"], ["no", "yes"])
     assert out == [{"questionId": "q1", "prediction": "no"}, {"questionId": "q2", "prediction": "yes"}]
     json.dumps(out)
 

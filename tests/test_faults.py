@@ -292,6 +292,26 @@ def test_5_the_submission_split_predicts_every_question_of_the_all_questions_fil
         evaluate.main(["--checkpoint", ckpt, "--split", "submission", "--out", str(tmp_path / "x.json")])
 
 
+def test_5_a_question_left_out_by_drop_missing_is_still_answered_in_the_submission(trained, tmp_path, capsys):
+    root, data, ckpt = trained
+    qdir = shutil.copytree(os.path.join(root, "GQA-Questions"), tmp_path / "q")
+    with open(qdir / "testdev_balanced_questions.json") as f:
+        testdev = json.load(f)
+    first = next(iter(testdev.values()))          # its words and answer: the vocabulary stays the same
+    testdev["00000001"] = {**first, "imageId": "n999999"}            # an image the testdev store lacks
+    with open(qdir / "testdev_balanced_questions.json", "w") as f:
+        json.dump(testdev, f)
+    cache = copy_stores(root, tmp_path / "cache")
+    assert build_questions(qdir, data[3], cache, "--drop-missing")["dropped"]["testdev"] == 1
+    out = tmp_path / "testdev.json"
+    scores = evaluate.main(["--checkpoint", ckpt, "--cache", cache, "--out", str(out)])
+    with open(out) as f:
+        predictions = json.load(f)
+    assert [p["questionId"] for p in predictions] == list(testdev)                   # file order, all of them
+    assert scores["overall"]["count"] == len(testdev) - 1 and scores["dropped"] == 1
+    assert "1 testdev question(s) left out of the cache" in capsys.readouterr().out
+
+
 # ---- 6. Exact validation under DDP ----
 
 VALIDATE = """

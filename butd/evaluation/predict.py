@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +33,31 @@ def predict(lit: LitVQA, loader, num_questions: int, device: torch.device) -> np
         raise RuntimeError(f"the loader skipped {len(missing)} of {num_questions} questions "
                            f"(e.g. positions {missing[:5].tolist()})")
     return predicted
+
+
+def submission(task, arrays, predicted: np.ndarray, label2ans, questions_dir: Optional[str] = None,
+               split: Optional[str] = None) -> Tuple[list, list, int]:
+    """``(question ids, answers, filled)``: what a submission lists. Without ``questions_dir``, the
+    predicted answer of each cached question, in cache order (``filled`` 0). With it, every
+    question of ``split``'s question file(s), in file order: a question the cache left out
+    (``--drop_missing``: its image has no feature row) gets the answer predicted most often, and
+    ``filled`` counts them. Evaluation servers reject a submission that misses a question id
+    (GQA: mac-network#17, lxmert#52). Raises ``ValueError`` if the lengths of ``arrays`` and
+    ``predicted`` differ, or if the file lacks a cached question (the cache is of other files)."""
+    ids = arrays.question_ids.tolist()
+    if len(ids) != len(predicted):
+        raise ValueError(f"predictions: {len(ids)} questions but {len(predicted)} predictions")
+    answers = [label2ans[int(p)] for p in predicted]
+    if questions_dir is None:
+        return ids, answers, 0
+    every = task.read_split(questions_dir, split).question_ids
+    by_id = dict(zip(ids, answers))
+    unknown = by_id.keys() - set(every)
+    if unknown:
+        raise ValueError(f"{task.question_files(questions_dir, split)}: {len(unknown)} cached {split} question(s) "
+                         f"are not in the file, e.g. {sorted(unknown)[:3]}: the cache was built from other files")
+    fallback = label2ans[int(np.bincount(predicted).argmax())] if len(predicted) else label2ans[0]
+    return every, [by_id.get(q, fallback) for q in every], len(every) - len(ids)
 
 
 def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = None, cache: Optional[str] = None,
@@ -70,7 +95,14 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "predictions",
                               f"{split}-predictions{task.predictions_suffix}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    entries = task.write_predictions(out, arrays, predicted, dm.label2ans, config.data.paths()["questions"])
+    # questions left out of the cache are read back from the files the cache was built from
+    manifest = questions.read_manifest(dm.questions_dir)
+    source = None
+    if manifest["summary"]["dropped"].get(split, 0):
+        source = os.path.dirname(manifest["inputs"]["questions"][split][0]["path"])
+    ids, answers, filled = submission(task, arrays, predicted, dm.label2ans, source, split)
+    task.write_predictions(out, ids, answers)
+    scores["dropped"] = filled   # listed in the predictions, not scored
     scores_file = os.path.splitext(out)[0] + "-scores.json"
     with open(scores_file, "w") as f:
         json.dump(scores, f, indent=2)
@@ -80,5 +112,8 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
         say(f"answer-prior baseline ({baseline}): {100 * baseline_score:.2f}%")
     else:
         say(f"[*] {split} has no answers: predictions written, no score can be computed")
-    say(f"[*] predictions ({entries}): {out}\n[*] scores: {scores_file}")
+    if filled:
+        say(f"[*] {filled} {split} question(s) left out of the cache (--drop_missing) are listed with the "
+            "answer predicted most often, and not scored")
+    say(f"[*] predictions ({len(ids)}): {out}\n[*] scores: {scores_file}")
     return scores

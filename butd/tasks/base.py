@@ -140,7 +140,7 @@ class Task:
         the question reaches; None where the split has no answers."""
         raise NotImplementedError
 
-    def write_predictions(self, path: str, questions, predicted: np.ndarray, label2ans: Sequence[str],
-                          questions_dir: Optional[str] = None) -> int:
-        """Write predictions in the task's submission format; returns the number of entries."""
+    def write_predictions(self, path: str, question_ids: Sequence[str], answers: Sequence[str]) -> None:
+        """Write one answer (a ``label2ans`` string) per question id, in the given order, in the
+        task's submission format. Raises ``ValueError`` if the two lengths differ."""
         raise NotImplementedError

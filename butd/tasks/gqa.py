@@ -115,12 +115,9 @@ class GQA(Task):
     def baseline(self, train, questions, label2ans: Sequence[str]) -> tuple:
         return majority_baseline(train.targets["labels"], questions.targets["labels"], label2ans, "answer")
 
-    def write_predictions(self, path: str, questions, predicted: np.ndarray, label2ans: Sequence[str],
-                          questions_dir=None) -> int:
-        entries = predictions(questions.question_ids, predicted, label2ans)
+    def write_predictions(self, path: str, question_ids: Sequence[str], answers: Sequence[str]) -> None:
         with open(path, "w") as f:
-            json.dump(entries, f)
-        return len(entries)
+            json.dump(predictions(question_ids, answers), f)
 
 
 def read_question_file(path: str, answers_required: bool) -> RawQuestions:
@@ -184,11 +181,11 @@ def score(predicted: np.ndarray, labels: np.ndarray, structural: np.ndarray, sem
     }
 
 
-def predictions(question_ids: Sequence[str], predicted: np.ndarray, label2ans: Sequence[str]) -> list:
-    """``[{"questionId": ..., "prediction": ...}]``, the GQA submission format, in question order."""
-    if len(question_ids) != len(predicted):
-        raise ValueError(f"predictions: {len(question_ids)} question ids but {len(predicted)} predictions")
-    return [{"questionId": str(q), "prediction": label2ans[int(p)]} for q, p in zip(question_ids, predicted)]
+def predictions(question_ids: Sequence[str], answers: Sequence[str]) -> list:
+    """``[{"questionId": ..., "prediction": ...}]``, the GQA submission format, in the given order."""
+    if len(question_ids) != len(answers):
+        raise ValueError(f"predictions: {len(question_ids)} question ids but {len(answers)} answers")
+    return [{"questionId": str(q), "prediction": a} for q, a in zip(question_ids, answers)]
 
 
 TASK = GQA()

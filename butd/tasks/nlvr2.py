@@ -86,15 +86,12 @@ class NLVR2(Task):
     def baseline(self, train, questions, label2ans: Sequence[str]) -> tuple:
         return majority_baseline(train.targets["labels"], questions.targets["labels"], label2ans, "label")
 
-    def write_predictions(self, path: str, questions, predicted: np.ndarray, label2ans: Sequence[str],
-                          questions_dir=None) -> int:
+    def write_predictions(self, path: str, question_ids: Sequence[str], answers: Sequence[str]) -> None:
         """``identifier,True|False`` per statement, the CSV lil-lab's metrics script reads."""
-        ids = questions.question_ids
-        if len(ids) != len(predicted):
-            raise ValueError(f"predictions: {len(ids)} statements but {len(predicted)} predictions")
+        if len(question_ids) != len(answers):
+            raise ValueError(f"predictions: {len(question_ids)} statements but {len(answers)} answers")
         with open(path, "w") as f:
-            f.writelines(f"{i},{label2ans[int(p)]}\n" for i, p in zip(ids.tolist(), predicted))
-        return len(ids)
+            f.writelines(f"{i},{a}\n" for i, a in zip(question_ids, answers))
 
 
 def image_ids(identifier: str) -> tuple:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -187,33 +187,12 @@ class VQA2(Task):
         return (f"the training questions' best single answer {label2ans[best]!r}",
                 float(accuracy.mean()) if len(accuracy) else None)
 
-    def write_predictions(self, path: str, questions, predicted: np.ndarray, label2ans: Sequence[str],
-                          questions_dir: Optional[str] = None) -> int:
-        """``[{"question_id": int, "answer": str}]``. With ``questions_dir``, one entry for every
-        question of the split's question file, in its order: a question left out of the cache
-        (``--drop_missing``) gets the answer predicted most often."""
-        ids = questions.question_ids.tolist()
-        if len(ids) != len(predicted):
-            raise ValueError(f"predictions: {len(ids)} questions but {len(predicted)} predictions")
-        answers = dict(zip(ids, (label2ans[int(p)] for p in predicted)))
-        every = self._question_file_ids(questions_dir, answers) if questions_dir else None
-        if every is not None:
-            fallback = label2ans[int(np.bincount(predicted).argmax())] if len(predicted) else label2ans[0]
-            answers = {q: answers.get(q, fallback) for q in every}
+    def write_predictions(self, path: str, question_ids: Sequence[str], answers: Sequence[str]) -> None:
+        """``[{"question_id": int, "answer": str}]``, the VQA evaluation server's format."""
+        if len(question_ids) != len(answers):
+            raise ValueError(f"predictions: {len(question_ids)} questions but {len(answers)} answers")
         with open(path, "w") as f:
-            json.dump([{"question_id": int(q), "answer": a} for q, a in answers.items()], f)
-        return len(answers)
-
-    def _question_file_ids(self, questions_dir: str, predicted: dict) -> Optional[List[str]]:
-        """The question ids, in file order, of the split whose question file holds every predicted
-        question (the smallest such file: test-dev2015 is part of test2015); None if none does."""
-        files = [p for p in (os.path.join(questions_dir, QUESTION_FILE.format(split=s)) for s in self.split_names)
-                 if os.path.isfile(p)]
-        for path in sorted(files, key=os.path.getsize):
-            ids = [str(q.get("question_id")) for q in key_array_items(path, "questions") if isinstance(q, dict)]
-            if len(ids) >= len(predicted) and predicted.keys() <= set(ids):
-                return ids
-        return None
+            json.dump([{"question_id": int(q), "answer": a} for q, a in zip(question_ids, answers)], f)
 
 
 def dense_targets(labels: torch.Tensor, scores: torch.Tensor, num_answers: int, device) -> torch.Tensor:
