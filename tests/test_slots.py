@@ -7,6 +7,7 @@ import threading
 import pytest
 import torch
 
+from butd.loading import slots
 from butd.loading.slots import SlotRing, StalePass
 
 SPECS = {"features": ((4, 3), torch.float32), "index": ((4,), torch.int64)}
@@ -237,6 +238,28 @@ def test_a_pass_closed_after_the_next_has_started_takes_and_releases_nothing():
         next(a)                  # the old pass ended: nothing more from it, and its slot is not released
     a.close()
     assert ring._held[0] == 0 and next(b)["index"][0] == 1 and next(b)["index"][0] == 2
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_batch_never_released_has_its_queued_copies_awaited_before_a_new_pass_frees_its_slot(
+        shared, monkeypatch):
+    """The old pass's iterator left unclosed: no event was recorded for its held batch, so the new
+    pass must wait for the GPU's queued work before the slot can be rewritten."""
+    synced = []
+    monkeypatch.setattr(slots, "_cuda_in_use", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: synced.append(list(ring._held)))
+    ring = SlotRing(SPECS, 2, shared=shared)
+    old = ring.start_pass()
+    ring.filled(ring.acquire(0, gen=old)[0], old)
+    ring.release(0, gen=old)
+    ring.start_pass()                       # every batch released: nothing to wait for
+    assert synced == []
+    old = ring.start_pass()
+    ring.filled(ring.acquire(0, gen=old)[0], old)    # handed to the consumer, never released
+    ring.acquire(1, gen=old)                         # still being written: no copy can read it yet
+    ring.start_pass()
+    assert synced == [[0, 1]]                   # awaited while slot 0 was still held
+    assert ring._held[0] == slots.FREE
 
 
 class _Copy:

@@ -214,7 +214,13 @@ class SlotRing:
         """Begin a pass: batch numbers start at 0 under a new generation, returned for ``acquire``,
         ``filled`` and ``handing_back``. The pass before it ends (see the module docstring): slots
         it wrote are freed, those still being written when their producer calls ``filled``. Call it
-        when no batch of an earlier pass is read any more."""
+        when no batch of an earlier pass is read any more. A batch the old pass's consumer never
+        released (it left the iterator unclosed) may still be the source of a queued copy: with
+        CUDA in use, the GPU's queued work is awaited before its slot is freed."""
+        with self._cond:
+            unreleased = any(self._held[s] >= 0 and self._done[s] for s in range(self.size))
+        if unreleased and _cuda_in_use():
+            torch.cuda.synchronize()
         with self._cond:
             self._free_copied(wait=True)
             self._gen.value += 1
@@ -270,6 +276,11 @@ class SlotRing:
 
 class _Value:
     value = 0
+
+
+def _cuda_in_use() -> bool:
+    """Whether this process has started CUDA (only then can it have queued copies)."""
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def _alive(pid: int) -> bool:
