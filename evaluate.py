@@ -18,8 +18,11 @@ butd/evaluation/predict.py.
 
 GQA's test server scores every question of ``submission_all_questions.json`` and fails on a missing
 one: ``--split submission`` (that file, put beside the other question files) is the one to upload;
-``--split test`` covers only the balanced test questions. A user error (a wrong path, a question
-cache that is not the checkpoint's) is one line on stderr and exit status 1.
+``--split test`` covers only the balanced test questions. Questions the cache left out
+(``--drop_missing``) are listed too, with the answer predicted most often, read from the split's
+question file where the cache was built from it (``--questions DIR`` if it has moved). A user
+error (a wrong path, a question cache that is not the checkpoint's) is one line on stderr and
+exit status 1.
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="predictions file (default <run dir>/predictions/<split>-predictions.json, .csv for NLVR2)")
     p.add_argument("--cache", "--gqa_cache", dest="cache", default=None,
                    help="override the cache directory saved with the run")
+    p.add_argument("--questions", default=None,
+                   help="the split's question file directory, if it moved since the question cache was built "
+                        "(read only when the cache left questions out: --drop_missing)")
     p.add_argument("--bsz", type=int, default=512)
     p.add_argument("--num_workers", type=int, default=0)
     p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
@@ -45,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from butd.evaluation.predict import evaluate
-    return evaluate(args.checkpoint, args.split, args.out, args.cache, args.bsz, args.num_workers, args.accelerator)
+    return evaluate(args.checkpoint, args.split, args.out, args.cache, args.bsz, args.num_workers, args.accelerator,
+                    questions_dir=args.questions)
 
 
 if __name__ == "__main__":

@@ -310,6 +310,19 @@ def test_5_a_question_left_out_by_drop_missing_is_still_answered_in_the_submissi
     assert [p["questionId"] for p in predictions] == list(testdev)                   # file order, all of them
     assert scores["overall"]["count"] == len(testdev) - 1 and scores["dropped"] == 1
     assert "1 testdev question(s) left out of the cache" in capsys.readouterr().out
+    # the question files moved: found again with --questions, and refused before any inference without
+    moved = shutil.move(str(qdir), str(tmp_path / "moved"))
+    argv = ["--checkpoint", ckpt, "--cache", cache, "--out", str(tmp_path / "again.json")]
+    status, err = cli_run(evaluate.main, argv, capsys)
+    assert status == 1 and "pass --questions DIR" in one_line_error(err)
+    assert not os.path.exists(tmp_path / "again-scores.json")                       # refused before inference
+    assert evaluate.main([*argv, "--questions", moved])["dropped"] == 1
+    # a question file that changed since the cache was built is not used to fill the submission
+    testdev["00000002"] = {**first, "imageId": "n999998"}
+    with open(os.path.join(moved, "testdev_balanced_questions.json"), "w") as f:
+        json.dump(testdev, f)
+    with pytest.raises(ValueError, match="not the files the cache was built from"):
+        evaluate.main([*argv, "--questions", moved])
 
 
 # ---- 6. Exact validation under DDP ----

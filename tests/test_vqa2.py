@@ -380,14 +380,14 @@ def test_drop_missing_leaves_out_a_question_without_features_and_the_submission_
     assert str(lost) not in arrays.question_ids.tolist()
     _, label2ans = questions.load_answers(str(tmp_path / "cache"))
     out = str(tmp_path / "submission.json")
-    ids, answers, filled = submission(TASK, arrays, np.zeros(len(arrays), dtype=np.int64), label2ans, qdir,
-                                      "test-dev2015")
+    ids, answers = submission(TASK, arrays, np.zeros(len(arrays), dtype=np.int64), label2ans, qdir, "test-dev2015",
+                              dropped=1)
     TASK.write_predictions(out, ids, answers)
     with open(out) as f:
         written = json.load(f)
     with open(os.path.join(qdir, name)) as f:
         every = [q["question_id"] for q in json.load(f)["questions"]]
-    assert filled == 1 and len(written) == len(every) == 25
+    assert len(written) == len(every) == 25
     assert [e["question_id"] for e in written] == every
     assert all(isinstance(e["question_id"], int) and e["answer"] == label2ans[0] for e in written)
 

@@ -35,38 +35,61 @@ def predict(lit: LitVQA, loader, num_questions: int, device: torch.device) -> np
     return predicted
 
 
+def dropped_source(task, manifest: dict, split: str, questions_dir: Optional[str] = None) -> Optional[str]:
+    """Where ``submission`` reads the questions the cache left out of ``split`` (``--drop_missing``):
+    ``questions_dir`` if given, else the directory of the files the cache was built from (its
+    manifest); None if it left none out. Raises ``FileNotFoundError``, naming the file(s) and
+    ``--questions``, if a file is not there (so before any inference)."""
+    if not manifest["summary"]["dropped"].get(split, 0):
+        return None
+    where = questions_dir or os.path.dirname(manifest["inputs"]["questions"][split][0]["path"])
+    missing = [f for f in task.question_files(where, split) if not os.path.isfile(f)]
+    if missing:
+        raise FileNotFoundError(
+            f"{', '.join(missing)}: not found. The question cache left out {manifest['summary']['dropped'][split]} "
+            f"{split} question(s) (--drop_missing) and the predictions list them too, read from the split's "
+            "question file(s): pass --questions DIR, the directory that holds them now")
+    return where
+
+
 def submission(task, arrays, predicted: np.ndarray, label2ans, questions_dir: Optional[str] = None,
-               split: Optional[str] = None) -> Tuple[list, list, int]:
-    """``(question ids, answers, filled)``: what a submission lists. Without ``questions_dir``, the
-    predicted answer of each cached question, in cache order (``filled`` 0). With it, every
-    question of ``split``'s question file(s), in file order: a question the cache left out
-    (``--drop_missing``: its image has no feature row) gets the answer predicted most often, and
-    ``filled`` counts them. Evaluation servers reject a submission that misses a question id
-    (GQA: mac-network#17, lxmert#52). Raises ``ValueError`` if the lengths of ``arrays`` and
-    ``predicted`` differ, or if the file lacks a cached question (the cache is of other files)."""
+               split: Optional[str] = None, dropped: int = 0) -> Tuple[list, list]:
+    """``(question ids, answers)``: what a submission lists. Without ``questions_dir``, the predicted
+    answer of each cached question, in cache order. With it, every question of ``split``'s question
+    file(s), in the order ``task.read_split`` reads them: the ``dropped`` questions the cache left
+    out (``--drop_missing``: their image has no feature row) get the answer predicted most often.
+    Evaluation servers reject a submission that misses a question id (GQA: mac-network#17,
+    lxmert#52). Raises ``ValueError`` if the lengths of ``arrays`` and ``predicted`` differ, or if
+    the file(s) do not hold exactly the cached questions and ``dropped`` more (they changed since
+    the cache was built)."""
     ids = arrays.question_ids.tolist()
     if len(ids) != len(predicted):
         raise ValueError(f"predictions: {len(ids)} questions but {len(predicted)} predictions")
     answers = [label2ans[int(p)] for p in predicted]
     if questions_dir is None:
-        return ids, answers, 0
+        return ids, answers
     every = task.read_split(questions_dir, split).question_ids
     by_id = dict(zip(ids, answers))
     unknown = by_id.keys() - set(every)
-    if unknown:
-        raise ValueError(f"{task.question_files(questions_dir, split)}: {len(unknown)} cached {split} question(s) "
-                         f"are not in the file, e.g. {sorted(unknown)[:3]}: the cache was built from other files")
+    if unknown or len(every) != len(ids) + dropped:
+        files = ", ".join(task.question_files(questions_dir, split))
+        raise ValueError(f"{files}: {len(every)} {split} questions, {len(unknown)} cached ones missing "
+                         f"(e.g. {', '.join(sorted(unknown)[:3]) or 'none'}); the cache holds {len(ids)} and left out "
+                         f"{dropped}: these are not the files the cache was built from (rebuild it)")
     fallback = label2ans[int(np.bincount(predicted).argmax())] if len(predicted) else label2ans[0]
-    return every, [by_id.get(q, fallback) for q in every], len(every) - len(ids)
+    return every, [by_id.get(q, fallback) for q in every]
 
 
 def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = None, cache: Optional[str] = None,
-             bsz: int = 512, num_workers: int = 0, accelerator: str = "auto", say=print) -> dict:
+             bsz: int = 512, num_workers: int = 0, accelerator: str = "auto", say=print,
+             questions_dir: Optional[str] = None) -> dict:
     """Predict ``split`` (default: the task's validation split) with ``checkpoint``, print the task's
     scores beside its answer-prior baseline, write the predictions to ``out`` (default
     ``<run dir>/predictions/<split>-predictions.json``, ``.csv`` for NLVR2: the task's
     ``predictions_suffix``) and the scores beside them
-    (``<out stem>-scores.json``); returns the scores."""
+    (``<out stem>-scores.json``); returns the scores. ``questions_dir``: where the split's question
+    file is now, if the cache left questions of it out and the file has moved since (see
+    ``dropped_source``)."""
     config = load_config(checkpoint)
     paths = config.data.paths()
     cache_dir = cache or paths["cache"]
@@ -84,6 +107,8 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     arrays = dm.questions(split)
     if not len(arrays):
         raise ValueError(f"{dm.questions_dir}: the {split} split has no questions; nothing to evaluate")
+    manifest = questions.read_manifest(dm.questions_dir)
+    dropped, source = manifest["summary"]["dropped"].get(split, 0), dropped_source(task, manifest, split, questions_dir)
     say(f"[*] evaluating {checkpoint} on {split}: {len(arrays)} questions")
     predicted = predict(lit, dm.dataloader_for(split), len(arrays), device)
 
@@ -95,25 +120,20 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "predictions",
                               f"{split}-predictions{task.predictions_suffix}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    # questions left out of the cache are read back from the files the cache was built from
-    manifest = questions.read_manifest(dm.questions_dir)
-    source = None
-    if manifest["summary"]["dropped"].get(split, 0):
-        source = os.path.dirname(manifest["inputs"]["questions"][split][0]["path"])
-    ids, answers, filled = submission(task, arrays, predicted, dm.label2ans, source, split)
-    task.write_predictions(out, ids, answers)
-    scores["dropped"] = filled   # listed in the predictions, not scored
+    scores["dropped"] = dropped   # listed in the predictions, not scored
     scores_file = os.path.splitext(out)[0] + "-scores.json"
     with open(scores_file, "w") as f:
         json.dump(scores, f, indent=2)
+    ids, answers = submission(task, arrays, predicted, dm.label2ans, source, split, dropped)
+    task.write_predictions(out, ids, answers)
 
     if scores["overall"]["count"]:
         say(task.format_scores(scores))
         say(f"answer-prior baseline ({baseline}): {100 * baseline_score:.2f}%")
     else:
         say(f"[*] {split} has no answers: predictions written, no score can be computed")
-    if filled:
-        say(f"[*] {filled} {split} question(s) left out of the cache (--drop_missing) are listed with the "
+    if dropped:
+        say(f"[*] {dropped} {split} question(s) left out of the cache (--drop_missing) are listed with the "
             "answer predicted most often, and not scored")
     say(f"[*] predictions ({len(ids)}): {out}\n[*] scores: {scores_file}")
     return scores
