@@ -197,6 +197,14 @@ def losses(checkpoint_dir):
     return events["train_loss_step"], events["train_loss"]
 
 
+def epoch_figures(checkpoint_dir):
+    """Each epoch's training loss and accuracy, and the steps they were logged at."""
+    [name] = os.listdir(os.path.join(checkpoint_dir, "metrics"))
+    with open(os.path.join(checkpoint_dir, "metrics", name)) as f:
+        events = json.load(f)
+    return {k: events[k] for k in ("train_epoch_loss", "train_epoch_acc", "train_epoch_loss_step")}
+
+
 def test_4_resume_after_max_steps_goes_on_batch_for_batch(trained, tmp_path, one_thread):
     _, data, _ = trained
     base = [*data, *FAST, "--epochs", "2"]
@@ -210,6 +218,7 @@ def test_4_resume_after_max_steps_goes_on_batch_for_batch(trained, tmp_path, one
     assert resumed.global_step == 12 and resumed.current_epoch == 2
     steps, part_losses = losses(tmp_path / "part")
     assert steps == list(range(12)) and part_losses == full_losses    # the same batches, in the same order
+    assert epoch_figures(tmp_path / "part") == epoch_figures(tmp_path / "full")  # each epoch once, whole
     for name, value in full.lightning_module.state_dict().items():
         assert torch.equal(value, resumed.lightning_module.state_dict()[name]), name
 
@@ -224,6 +233,7 @@ def test_4_resume_with_worker_processes_and_epochs_1(trained, tmp_path, one_thre
     resumed, _ = train.main(["--run_name", "part", "--checkpoint", str(tmp_path / "part"), *base, "--resume", last])
     assert resumed.global_step == 6
     assert losses(tmp_path / "part") == losses(tmp_path / "full")
+    assert epoch_figures(tmp_path / "part") == epoch_figures(tmp_path / "full")
 
 
 @pytest.mark.parametrize("workers", [0, 1])

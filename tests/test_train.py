@@ -126,7 +126,7 @@ def test_fast_dev_run(trained):
 def test_lightning_loggers_write_beside_the_specs_metrics(trained, tmp_path, logger, pattern):
     _, data, *_ = trained
     trainer, _ = train.main(["--run_name", "log", *data, "--checkpoint", str(tmp_path), *FAST, "--epochs", "1",
-                             "--max_steps", "2", "--logger", logger])
+                             "--max_steps", "2", "--log_every", "1", "--logger", logger])
     run = trainer.loggers[0].name
     written = os.listdir(tmp_path / "logs" / run)
     assert any(name.startswith(pattern) for name in written), written
@@ -182,6 +182,33 @@ def test_ddp_two_processes_on_cpu(trained, tmp_path, workers, epochs):
     assert all(abs(s - n * (e + 1) / (2 * 32)) <= 1 for e, s in enumerate(steps)), (steps, n)
     [run] = os.listdir(tmp_path / "runs")
     assert any(n.startswith("butd-epoch=00") for n in os.listdir(tmp_path / "runs" / run))
+
+
+@pytest.mark.slow
+def test_ddp_resumed_mid_epoch_logs_the_epoch_of_both_ranks_once(trained, tmp_path):
+    """The epoch's sums so far travel in the checkpoint, summed over the ranks, and come back on the
+    first rank only: the resumed run logs the epoch figures of the uninterrupted one."""
+    root, data, *_ = trained
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "train.py", "--run_name", "resumed", *data, *FAST, "--devices", "2", "--strategy", "ddp",
+            "--epochs", "1", "--answer_dropout", "0", "--attention_dropout", "0"]   # dropout draws are not resumed
+
+    def run(name, *flags):
+        done = subprocess.run([*base, "--checkpoint", str(tmp_path / name), *flags], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr[-3000:]
+        [metrics] = os.listdir(tmp_path / name / "metrics")
+        with open(tmp_path / name / "metrics" / metrics) as f:
+            return {k: v for k, v in json.load(f).items() if k.startswith("train_epoch")}
+
+    full = run("full")
+    run("part", "--max_steps", "2")
+    [run_dir] = os.listdir(tmp_path / "part" / "runs")
+    resumed = run("part", "--resume", str(tmp_path / "part" / "runs" / run_dir / "last.ckpt"))
+    assert len(full["train_epoch_acc"]) == 1
+    assert resumed["train_epoch_loss_step"] == full["train_epoch_loss_step"]
+    for name in ("train_epoch_loss", "train_epoch_acc"):
+        np.testing.assert_allclose(resumed[name], full[name], rtol=1e-6)
 
 
 def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp_path, monkeypatch):

@@ -19,7 +19,8 @@ Logged under the specification's names: ``train_loss`` and ``train_acc`` on the 
 write (every ``log_every_n_steps``), ``train_epoch_loss`` and ``train_epoch_acc`` per epoch, ``val_loss``
 and ``val_acc`` per validation. Epoch figures are
 means over the answered questions of all ranks (sums and counts, synchronised at compute), not means
-of per-step means as in the specification. Gradient clipping is the Trainer's (``gradient_clip_val``).
+of per-step means as in the specification; an epoch cut short (``--max_steps``, an interrupt) is
+logged once, whole, by the run that resumes it. Gradient clipping is the Trainer's (``gradient_clip_val``).
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ from butd.models.base import SPATIAL_DIM
 from butd.tasks import get_task
 from butd.training.config import ModelConfig, OptimConfig
 
+TRAIN_EPOCH = ("train_epoch_loss", "train_epoch_acc")
+TRAIN_EPOCH_SUMS = "train_epoch_sums"   # checkpoint key: [total, weight] of each TRAIN_EPOCH metric
 OPTIMIZERS = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
@@ -72,7 +75,7 @@ class LitVQA(pl.LightningModule):
         self.model = build_model(self.model_config.model, ntoken=ntoken, num_answers=num_answers, v_dim=v_dim,
                                  spatial_dim=spatial_dim, **self.model_config.model_kwargs())
         self.metrics = torch.nn.ModuleDict({name: WeightedMean() for name in
-                                            ("train_epoch_loss", "train_epoch_acc", "val_loss", "val_acc")})
+                                            (*TRAIN_EPOCH, "val_loss", "val_acc")})
 
     def forward(self, batch):
         return self.model(batch["features"], batch["spatials"], batch["tokens"], batch.get("num_boxes"))
@@ -105,7 +108,25 @@ class LitVQA(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self):
-        self._log_epoch("train_epoch_")
+        # an epoch cut short (--max_steps, an interrupt) is not an epoch: its sums go on in the
+        # checkpoint, and a resumed run logs the whole epoch once, when it ends
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        if progress.completed >= self.trainer.num_training_batches:
+            self._log_epoch("train_epoch_")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # every rank saves (Trainer.save_checkpoint is collective): the sums of all ranks go in
+        sums = torch.stack([t for name in TRAIN_EPOCH for t in (self.metrics[name].total, self.metrics[name].weight)])
+        checkpoint[TRAIN_EPOCH_SUMS] = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Mid-epoch: the epoch's sums so far, on the first rank only (they are those of all ranks)."""
+        sums = checkpoint.get(TRAIN_EPOCH_SUMS)
+        if sums is None or (self._trainer is not None and self.global_rank != 0):
+            return
+        for k, name in enumerate(TRAIN_EPOCH):
+            self.metrics[name].total.fill_(sums[2 * k])
+            self.metrics[name].weight.fill_(sums[2 * k + 1])
 
     def validation_step(self, batch, batch_idx):
         self._update("val_", self.loss_and_score(batch)[2])
