@@ -1,6 +1,7 @@
 """SlotRing: slots allocated once, reuse only after release, across threads and processes."""
 import itertools
 import multiprocessing
+import os
 import queue
 import threading
 
@@ -214,6 +215,23 @@ def test_a_producer_whose_consumer_has_ended_stops_waiting():
     ring._owner = 2 ** 22 + 1     # as seen from a process whose parent is another than the ring's reader
     with pytest.raises(RuntimeError, match=r"pid \d+\) has ended: batch 1 will never get slot 0"):
         ring.acquire(1, timeout=5)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork")
+def test_a_lock_left_held_by_a_killed_worker_raises_instead_of_hanging(monkeypatch):
+    """A worker terminated inside the ring's lock leaves it held: the consumer's next call raises
+    after LOCK_TIMEOUT_S, and a worker whose consumer has ended stops waiting for the lock."""
+    monkeypatch.setattr(slots, "LOCK_TIMEOUT_S", 0.5)
+    ring = SlotRing(SPECS, 2, shared=True, mp_context=multiprocessing.get_context("fork"))
+    gen = ring.start_pass()
+    dies_holding = multiprocessing.get_context("fork").Process(target=lambda: (ring._cond.acquire(), os._exit(0)))
+    dies_holding.start()
+    dies_holding.join(5)
+    with pytest.raises(RuntimeError, match="held for 0.5 s: a process sharing it"):
+        ring.end_pass(gen)
+    ring._owner = 2 ** 22 + 1      # as seen from a worker whose consumer has ended
+    with pytest.raises(RuntimeError, match=r"pid \d+\) has ended"):
+        ring.acquire(0, gen=gen)
 
 
 def test_a_pass_closed_after_the_next_has_started_takes_and_releases_nothing():

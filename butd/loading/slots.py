@@ -38,6 +38,7 @@ travel, so the consumer keeps it and frees the slot at a later ``release`` that 
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -47,6 +48,7 @@ import torch
 
 _POLL_S = 0.1  # waits are cut into short polls so KeyboardInterrupt gets through
 _FIRST_POLL_S = 2e-4  # a shared ring's first poll; each next one waits twice as long, up to _POLL_S
+LOCK_TIMEOUT_S = 60.0  # a shared ring's lock held this long means its holder died holding it
 MAX_PENDING = 2        # shared ring: released slots whose copies may still run (the ring has room for them)
 FREE, STALE = -1, -2   # held[s]: a batch number, FREE, or STALE (written by a producer of an ended pass)
 
@@ -115,7 +117,7 @@ class SlotRing:
         s, turn = j % self.size, j // self.size
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = _FIRST_POLL_S
-        with self._cond:
+        with self._locked() as held:
             while True:
                 if gen is not None and gen != self._gen.value:
                     raise StalePass(f"batch {j} belongs to pass {gen}, which has ended (now {self._gen.value})")
@@ -139,10 +141,10 @@ class SlotRing:
                 pause = _POLL_S if left is None else min(_POLL_S, left)
                 if self.shared:
                     self._cond.release()
-                    try:
-                        time.sleep(min(pause, backoff))
-                    finally:
-                        self._cond.acquire()
+                    held[0] = False
+                    time.sleep(min(pause, backoff))
+                    self._take_lock()
+                    held[0] = True
                     backoff *= 2
                 else:
                     self._cond.wait(pause)
@@ -157,7 +159,7 @@ class SlotRing:
     def filled(self, slot: int, gen: int, ok: bool = True) -> None:
         """The producer has written ``slot`` for pass ``gen`` (``ok=False``: it failed to). The slot
         stays held for the consumer, unless the pass has ended or the write failed: then it is free."""
-        with self._cond:
+        with self._locked():
             if ok and gen == self._gen.value:
                 self._done[slot] = 1
             else:
@@ -170,7 +172,7 @@ class SlotRing:
         slot at a later ``release`` (or pass boundary) that finds the event complete, so the consumer
         never waits for the GPU here. A release for an ended pass ``gen`` frees nothing
         (``start_pass`` freed the slot). Raises ``RuntimeError`` if the slot is not held."""
-        with self._cond:
+        with self._locked():
             stale = gen is not None and gen != self._gen.value
             if not stale:
                 if self._held[slot] in (FREE, STALE) or any(p == slot for p, _ in self._pending):
@@ -206,6 +208,34 @@ class SlotRing:
                 left.append((slot, event))
         self._pending = left
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """The ring's lock, held for the block (see ``_take_lock``); yields ``[True]``, which a block
+        that lets go of the lock meanwhile sets to False until it holds it again."""
+        self._take_lock()
+        held = [True]
+        try:
+            yield held
+        finally:
+            if held[0]:
+                self._cond.release()
+
+    def _take_lock(self) -> None:
+        """Take the ring's lock. A shared ring's lock is held for microseconds at a time (or for one
+        CUDA copy's completion); a process killed while holding it (a worker terminated at shutdown)
+        would leave it held forever, so the wait raises instead of hanging: ``RuntimeError`` once the
+        consumer's process has ended, or after ``LOCK_TIMEOUT_S``."""
+        if not self.shared:
+            self._cond.acquire()
+            return
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while not self._cond.acquire(timeout=_POLL_S):
+            if self._owner != os.getpid() and not _alive(self._owner):
+                raise RuntimeError(f"the process that reads this SlotRing (pid {self._owner}) has ended")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"this SlotRing's lock has been held for {LOCK_TIMEOUT_S:g} s: a process "
+                                   "sharing it (a loader worker) was killed while holding it")
+
     def _notify(self) -> None:
         if not self.shared:   # a shared ring's waiters poll
             self._cond.notify_all()
@@ -217,11 +247,11 @@ class SlotRing:
         when no batch of an earlier pass is read any more. A batch the old pass's consumer never
         released (it left the iterator unclosed) may still be the source of a queued copy: with
         CUDA in use, the GPU's queued work is awaited before its slot is freed."""
-        with self._cond:
+        with self._locked():
             unreleased = any(self._held[s] >= 0 and self._done[s] for s in range(self.size))
         if unreleased and _cuda_in_use():
             torch.cuda.synchronize()
-        with self._cond:
+        with self._locked():
             self._free_copied(wait=True)
             self._gen.value += 1
             for s in range(self.size):
@@ -238,7 +268,7 @@ class SlotRing:
     def end_pass(self, gen: int) -> None:
         """End pass ``gen`` if it is still the one under way (its consumer leaves it, early or at its
         end): producers waiting for a slot for it raise ``StalePass`` instead of waiting on."""
-        with self._cond:
+        with self._locked():
             self._free_copied(wait=True)
             if self._gen.value == gen:
                 self._gen.value += 1
