@@ -57,6 +57,15 @@ class WeightedMean(Metric):
     def compute(self):
         return (self.total / self.weight).float()
 
+    def _apply(self, fn, *args, **kwargs):
+        # an epoch's sums stay float64 whatever the model is cast to: torchmetrics guards .half() and
+        # .bfloat16() but not .to(dtype), which bf16-true precision uses (bf16 counts stop at 256)
+        this = super()._apply(fn, *args, **kwargs)
+        for name in ("total", "weight"):
+            setattr(this, name, getattr(this, name).double())
+            this._defaults[name] = this._defaults[name].double()
+        return this
+
 
 class LitVQA(pl.LightningModule):
     def __init__(self, task: str = "gqa", model: dict | None = None, optim: dict | None = None, *,
