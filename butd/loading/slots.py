@@ -140,8 +140,8 @@ class SlotRing:
                                        f"batch {j - self.size} has not been released, or its copy has not run ({state})")
                 pause = _POLL_S if left is None else min(_POLL_S, left)
                 if self.shared:
+                    held[0] = False     # first: an interrupt here must not release the lock twice
                     self._cond.release()
-                    held[0] = False
                     time.sleep(min(pause, backoff))
                     self._take_lock()
                     held[0] = True
@@ -212,9 +212,10 @@ class SlotRing:
     def _locked(self):
         """The ring's lock, held for the block (see ``_take_lock``); yields ``[True]``, which a block
         that lets go of the lock meanwhile sets to False until it holds it again."""
-        self._take_lock()
-        held = [True]
+        held = [False]
         try:
+            self._take_lock()
+            held[0] = True
             yield held
         finally:
             if held[0]:
@@ -234,7 +235,7 @@ class SlotRing:
                 raise RuntimeError(f"the process that reads this SlotRing (pid {self._owner}) has ended")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"this SlotRing's lock has been held for {LOCK_TIMEOUT_S:g} s: a process "
-                                   "sharing it (a loader worker) was killed while holding it")
+                                   "sharing it (a loader worker) was killed, or interrupted, while holding it")
 
     def _notify(self) -> None:
         if not self.shared:   # a shared ring's waiters poll
