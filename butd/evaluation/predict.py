@@ -35,21 +35,23 @@ def predict(lit: LitVQA, loader, num_questions: int, device: torch.device) -> np
     return predicted
 
 
-def dropped_source(task, manifest: dict, split: str, questions_dir: Optional[str] = None) -> Optional[str]:
-    """Where ``submission`` reads the questions the cache left out of ``split`` (``--drop_missing``):
-    ``questions_dir`` if given, else the directory of the files the cache was built from (its
-    manifest); None if it left none out. Raises ``FileNotFoundError``, naming the file(s) and
-    ``--questions``, if a file is not there (so before any inference)."""
-    if not manifest["summary"]["dropped"].get(split, 0):
-        return None
+def dropped_source(task, manifest: dict, split: str, questions_dir: Optional[str] = None) -> Tuple[int, Optional[str]]:
+    """``(dropped, where)``: how many questions of ``split`` the cache left out (``--drop_missing``),
+    and where ``submission`` reads them: ``questions_dir`` if given, else the directory of the files
+    the cache was built from (its manifest); None if it left none out. Raises
+    ``FileNotFoundError``, naming the file(s) and ``--questions``, if a file is not there (so
+    before any inference)."""
+    dropped = manifest["summary"]["dropped"].get(split, 0)
+    if not dropped:
+        return 0, None
     where = questions_dir or os.path.dirname(manifest["inputs"]["questions"][split][0]["path"])
     missing = [f for f in task.question_files(where, split) if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(
-            f"{', '.join(missing)}: not found. The question cache left out {manifest['summary']['dropped'][split]} "
+            f"{', '.join(missing)}: not found. The question cache left out {dropped} "
             f"{split} question(s) (--drop_missing) and the predictions list them too, read from the split's "
             "question file(s): pass --questions DIR, the directory that holds them now")
-    return where
+    return dropped, where
 
 
 def submission(task, arrays, predicted: np.ndarray, label2ans, questions_dir: Optional[str] = None,
@@ -108,7 +110,7 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     if not len(arrays):
         raise ValueError(f"{dm.questions_dir}: the {split} split has no questions; nothing to evaluate")
     manifest = questions.read_manifest(dm.questions_dir)
-    dropped, source = manifest["summary"]["dropped"].get(split, 0), dropped_source(task, manifest, split, questions_dir)
+    dropped, source = dropped_source(task, manifest, split, questions_dir)
     say(f"[*] evaluating {checkpoint} on {split}: {len(arrays)} questions")
     predicted = predict(lit, dm.dataloader_for(split), len(arrays), device)
 

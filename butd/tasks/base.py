@@ -142,5 +142,13 @@ class Task:
 
     def write_predictions(self, path: str, question_ids: Sequence[str], answers: Sequence[str]) -> None:
         """Write one answer (a ``label2ans`` string) per question id, in the given order, in the
-        task's submission format. Raises ``ValueError`` if the two lengths differ."""
+        task's submission format (``format_predictions``). Raises ``ValueError`` if the two
+        lengths differ."""
+        if len(question_ids) != len(answers):
+            raise ValueError(f"predictions: {len(question_ids)} question ids but {len(answers)} answers")
+        with open(path, "w") as f:
+            f.write(self.format_predictions(question_ids, answers))
+
+    def format_predictions(self, question_ids: Sequence[str], answers: Sequence[str]) -> str:
+        """The text of a submission file: ``answers[i]`` for ``question_ids[i]``, lengths equal."""
         raise NotImplementedError

@@ -115,9 +115,8 @@ class GQA(Task):
     def baseline(self, train, questions, label2ans: Sequence[str]) -> tuple:
         return majority_baseline(train.targets["labels"], questions.targets["labels"], label2ans, "answer")
 
-    def write_predictions(self, path: str, question_ids: Sequence[str], answers: Sequence[str]) -> None:
-        with open(path, "w") as f:
-            json.dump(predictions(question_ids, answers), f)
+    def format_predictions(self, question_ids: Sequence[str], answers: Sequence[str]) -> str:
+        return json.dumps(predictions(question_ids, answers))
 
 
 def read_question_file(path: str, answers_required: bool) -> RawQuestions:

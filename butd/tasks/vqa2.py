@@ -187,12 +187,9 @@ class VQA2(Task):
         return (f"the training questions' best single answer {label2ans[best]!r}",
                 float(accuracy.mean()) if len(accuracy) else None)
 
-    def write_predictions(self, path: str, question_ids: Sequence[str], answers: Sequence[str]) -> None:
+    def format_predictions(self, question_ids: Sequence[str], answers: Sequence[str]) -> str:
         """``[{"question_id": int, "answer": str}]``, the VQA evaluation server's format."""
-        if len(question_ids) != len(answers):
-            raise ValueError(f"predictions: {len(question_ids)} questions but {len(answers)} answers")
-        with open(path, "w") as f:
-            json.dump([{"question_id": int(q), "answer": a} for q, a in zip(question_ids, answers)], f)
+        return json.dumps([{"question_id": int(q), "answer": a} for q, a in zip(question_ids, answers)])
 
 
 def dense_targets(labels: torch.Tensor, scores: torch.Tensor, num_answers: int, device) -> torch.Tensor:

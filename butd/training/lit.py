@@ -61,7 +61,7 @@ class WeightedMean(Metric):
         # an epoch's sums stay float64 whatever the model is cast to: torchmetrics guards .half() and
         # .bfloat16() but not .to(dtype), which bf16-true precision uses (bf16 counts stop at 256)
         this = super()._apply(fn, *args, **kwargs)
-        for name in ("total", "weight"):
+        for name in this._defaults:
             setattr(this, name, getattr(this, name).double())
             this._defaults[name] = this._defaults[name].double()
         return this
