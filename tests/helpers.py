@@ -150,14 +150,19 @@ def questions_for(image_ids, num_q=NUM_Q, seed=0, rows=None):
         tokens=rng.integers(0, 50, (len(rows), 40)), targets={"labels": rng.integers(-1, 9, len(rows))})
 
 
-def build_gqa_caches(sample_dir, cache, chunk_images=8, **question_options):
-    """The sample's feature stores (real converter) and question cache under ``cache``; returns
-    the question cache's directory."""
+def as_tensors(batches):
+    """Each batch cloned as it arrives (a loader's batch is valid until the next is requested)."""
+    return [{k: v.clone() for k, v in b.items()} for b in batches]
+
+
+def build_gqa_caches(sample_dir, cache, chunk_images=8, compressor="none", **question_options):
+    """The sample's feature stores (real converter, ``compressor``) and question cache under
+    ``cache``; returns the question cache's directory."""
     from butd import questions
     from butd.features.convert import convert_stores
     from butd.tasks import get_task
     convert_stores(get_task("gqa"), os.path.join(sample_dir, "GQA-Features"), str(cache),
-                   chunk_images=chunk_images, workers=1, progress=False)
+                   chunk_images=chunk_images, compressor=compressor, workers=1, progress=False)
     inputs = questions.Inputs("gqa", os.path.join(sample_dir, "GQA-Questions"),
                               os.path.join(sample_dir, "GloVe", "glove.6B.300d.txt"), str(cache), **question_options)
     out = os.path.join(str(cache), "questions")

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from butd.features import schema
 from butd.features.reader import FeatureStore, StoreError
 from butd.loading import BatchDataset, ShardedBatchSampler, ThreadedLoader, VQADataModule, make_loader
-from helpers import questions_for, write_store
+from helpers import as_tensors, questions_for, write_store
 
 
 def loader(dataset, workers=0, seed=1, epoch=0, batch_size=32):
@@ -49,11 +49,6 @@ def store(tmp_path_factory):
 
 def as_numpy(batches):
     return [{k: v.cpu().numpy().copy() for k, v in b.items()} for b in batches]
-
-
-def as_tensors(batches):
-    """Each batch cloned as it arrives (a loader's batch is valid until the next is requested)."""
-    return [{k: v.clone() for k, v in b.items()} for b in batches]
 
 
 def test_batches_align_with_store_and_survive_being_held(store):

@@ -7,7 +7,9 @@
 Batches are described in ``butd.loading.batches`` and loaders in ``butd.loading.loaders``.
 ``feature_cache="pinned"|"gpu"`` keeps the whole store resident (pinned host memory / the GPU) and
 gathers there by index, in the main process: those loaders always run with ``num_workers=0``, and
-with ``"gpu"`` the ``features``/``spatials`` of a batch are already on the device.
+with ``"gpu"`` the ``features``/``spatials`` of a batch are already on the device. ``"auto"``
+(train.py's default) chooses, for the train and validation stores, ``"pinned"`` for a compressed
+store whose decoded copy fits in memory and ``"none"`` otherwise (``butd.loading.cache_choice``).
 """
 from __future__ import annotations
 
@@ -15,11 +17,13 @@ import os
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 
 from butd import questions as q
 from butd.features import schema
 from butd.features.reader import FeatureStore
 from butd.loading.batches import BatchDataset
+from butd.loading.cache_choice import auto_cache, resident_nbytes
 from butd.loading.loaders import make_loader
 from butd.tasks import get_task
 
@@ -44,6 +48,7 @@ class VQADataModule(pl.LightningDataModule):
         self._questions: dict = {}
         self._stores: dict = {}
         self._datasets: dict = {}
+        self._auto: dict | None = None
         self._ready = False
 
     def setup(self, stage=None):
@@ -92,10 +97,37 @@ class VQADataModule(pl.LightningDataModule):
         """The feature store serving ``split`` (opened once per store; reading starts lazily)."""
         path = self.task.store_path(self.cache_dir, split)
         if path not in self._stores:
+            cache = self._cache_of(path)
             # resolved here, in the main thread, where Lightning has set this rank's device
-            device = torch.cuda.current_device() if self.feature_cache == "gpu" and torch.cuda.is_available() else None
-            self._stores[path] = FeatureStore(path, cache=self.feature_cache, device=device)
+            device = torch.cuda.current_device() if cache == "gpu" and torch.cuda.is_available() else None
+            self._stores[path] = FeatureStore(path, cache=cache, device=device)
         return self._stores[path]
+
+    def _cache_of(self, path: str) -> str:
+        if self.feature_cache != "auto":
+            return self.feature_cache
+        if self._auto is None:
+            self._auto = self._choose_auto()
+        return self._auto.get(path, "none")   # a store outside training (evaluation) is read once: streamed
+
+    def _choose_auto(self) -> dict:
+        """``"auto"``'s cache of the train and validation stores, the train store first, decided
+        together so that the two resident copies fit side by side; each DDP rank of this machine
+        holds its own copy."""
+        copies = self.trainer.num_devices if self.trainer is not None else 1
+        chosen, reserved = {}, 0
+        for split in (self.train_split, self.val_split):
+            path = self.task.store_path(self.cache_dir, split)
+            if path in chosen:
+                continue
+            store = FeatureStore(path)
+            chosen[path], why = auto_cache(store, copies, reserved)
+            if chosen[path] == "pinned":
+                reserved += resident_nbytes(store) * copies
+                if self.num_workers:
+                    why += f"; gathered in the main process, --num_workers {self.num_workers} unused"
+            rank_zero_info(f"[*] feature cache of {path}: {chosen[path]} ({why})")
+        return chosen
 
     def dataset(self, split: str) -> BatchDataset:
         if split not in self._datasets:
@@ -111,7 +143,7 @@ class VQADataModule(pl.LightningDataModule):
         """``even=False``: each rank its own share of the questions, none repeated (validation)."""
         rank, world = self._rank_world()
         # resident caches gather in the main process (a GPU or pinned copy cannot be shared with workers)
-        workers = self.num_workers if self.feature_cache == "none" else 0
+        workers = self.num_workers if self.store(split).cache == "none" else 0
         return make_loader(self.dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed,
                            drop_last=drop_last, num_workers=workers, pin_memory=self.pin_memory,
                            prefetch_factor=self.prefetch_factor, rank=rank, world_size=world, even=even)

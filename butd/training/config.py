@@ -76,8 +76,10 @@ class DataConfig:
     """build the question cache without the questions whose image has no feature row"""
     num_workers: int = 0
     """0: batches gathered by a background thread of each rank (fastest measured); N: N worker processes"""
-    feature_cache: Literal["none", "pinned", "gpu"] = "none"
-    """keep the whole feature store resident in pinned host memory or on the GPU"""
+    feature_cache: Literal["auto", "none", "pinned", "gpu"] = "auto"
+    """none: read the feature store batch by batch from its files; pinned/gpu: keep it whole in (pinned) host
+    memory / on the GPU; auto: pinned for a compressed store whose decoded copy fits in half the available
+    memory, else none"""
 
     def paths(self) -> dict:
         """The dataset's ``questions``, ``features`` and ``cache`` directories and the ``glove`` file,

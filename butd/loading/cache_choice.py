@@ -1,0 +1,96 @@
+"""What ``feature_cache="auto"`` (train.py's default) means for a store on this machine.
+
+    cache, why = auto_cache(FeatureStore(path), copies=2)   # "pinned" or "none", and why, for the log
+
+Warm, an uncompressed store is read from the page cache at the machine's copy bandwidth, shared
+by every process. A compressed store is read at its codec's speed: on a 2-core machine zstd
+decodes at ~10% of that copy (``benchmarks/loader_speed.py``, ``zstd_decode_bound_vs_none_warm``).
+Decoded once into a resident copy it is read at memory speed again. So ``auto`` keeps a compressed
+store resident (``"pinned"``) when its decoded copy fits in ``MEMORY_FRACTION`` of the memory
+available now, and streams it otherwise (``"none"``). When it does not fit, neither would the
+uncompressed store fit in the page cache: that one would be read from disk, and streaming the
+smaller compressed files is the better of the two (``benchmarks/larger_than_ram.py``).
+Uncompressed stores always stream.
+"""
+from __future__ import annotations
+
+import os
+
+import psutil
+import torch
+
+from butd.features.reader import FeatureStore
+
+MEMORY_FRACTION = 0.5   # of the available memory: the rest stays for the page cache, workers and the model
+
+
+def cgroup_room(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> int | None:
+    """Bytes this process's memory cgroups (v2 or v1, listed in ``proc``, mounted under ``root``)
+    still allow: their limit less what they hold beyond page cache, the tightest over the cgroup
+    and its parents; None without a limit."""
+    try:
+        with open(proc) as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    places = []
+    for _, controllers, path in lines:
+        if controllers == "":                                     # v2
+            places.append((root, path, "memory.max", "memory.current", "file"))
+        elif "memory" in controllers.split(","):                  # v1
+            places.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes", "memory.usage_in_bytes",
+                           "total_cache"))
+    room = None
+    for root, path, limit_name, usage_name, cache_key in places:
+        while True:
+            folder = os.path.join(root, path.lstrip("/"))
+            try:
+                with open(os.path.join(folder, limit_name)) as f:
+                    limit = f.read().strip()
+                with open(os.path.join(folder, usage_name)) as f:
+                    usage = int(f.read())
+                with open(os.path.join(folder, "memory.stat")) as f:
+                    stat = dict(line.split() for line in f)
+            except (OSError, ValueError):
+                limit = None
+            if limit is not None and limit != "max" and int(limit) < 1 << 60:   # v1 writes "no limit" as ~2**63
+                free = int(limit) - (usage - int(stat.get(cache_key, 0)))
+                room = free if room is None else min(room, free)
+            if path in ("/", ""):
+                break
+            path = os.path.dirname(path)
+    return room
+
+
+def available_memory() -> int:
+    """Bytes this process could still allocate: the machine's available memory (psutil), within
+    the room its memory cgroups leave."""
+    room = cgroup_room()
+    available = psutil.virtual_memory().available
+    return available if room is None else max(0, min(available, room))
+
+
+def resident_nbytes(store: FeatureStore) -> int:
+    """Host memory of ``cache="pinned"`` for ``store``: one tensor per field; PyTorch's pinned
+    (CUDA) host allocator rounds each up to a power of two."""
+    total = 0
+    for shape, dtype in store.batch_shapes(store.num_images).values():
+        n = int(torch.Size(shape).numel()) * dtype.itemsize
+        total += 1 << (n - 1).bit_length() if torch.cuda.is_available() and n > 0 else n
+    return total
+
+
+def auto_cache(store: FeatureStore, copies: int = 1, reserved: int = 0, available: int | None = None) -> tuple:
+    """``("pinned" | "none", why)`` for ``store`` under ``feature_cache="auto"``. ``copies``: the
+    processes on this machine that would each hold the copy (DDP ranks per node); ``reserved``:
+    bytes already promised to other resident stores; ``available``: bytes (default
+    ``available_memory()``)."""
+    if store.attrs.compressor == "none":
+        return "none", "uncompressed: read through the page cache at memory speed"
+    need = resident_nbytes(store) * max(1, copies) + reserved
+    available = available_memory() if available is None else available
+    sizes = f"{need / 2**30:.1f} GiB{f' for {copies} processes' if copies > 1 else ''} of {available / 2**30:.1f} GiB available"
+    if need <= MEMORY_FRACTION * available:
+        return "pinned", f"{store.attrs.compressor}-compressed, decoded once into memory ({sizes})"
+    return "none", (f"{store.attrs.compressor}-compressed, streamed and decoded batch by batch: decoded it would "
+                    f"not fit in {MEMORY_FRACTION:.0%} of the available memory ({sizes})")
