@@ -398,7 +398,7 @@ class DecodeBound:
             frames = self.frames[f.name] = []
             for c in range(store.attrs.num_chunks):
                 index = reader.shard_index(c)
-                for offset, nbytes in index[: min(C, store.num_images - c * C)].tolist():
+                for offset, nbytes in index[: min(C, store.num_images - c * C)]:
                     frames.append(os.pread(reader.fd(c), nbytes, offset))
         self.outs = [{n: t.numpy() for n, t in batch_buffers(store, batch_size).items()}]
         self.store, self.B = store, batch_size
