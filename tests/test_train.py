@@ -237,6 +237,28 @@ def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp
     assert "zebra" in questions.load_vocab(qdir).word2idx
 
 
+def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_path):
+    from butd.features import schema
+    from butd.features.convert import convert_stores
+    from butd.tasks import get_task
+    paths = generate(str(tmp_path), seed=6, train_images=6, val_images=2, test_images=2, testdev_images=2,
+                     questions_per_image=2, feature_dim=16, emb_dim=EMB)
+    config = parse_config(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"], "--emb_dim", str(EMB)])
+    features, cache = config.data.gqa_features, config.data.paths()["cache"]
+    convert_stores(get_task("gqa"), features, cache, compressor="zstd", dtype="float32", chunk_images=4,
+                   workers=1, progress=False)
+    store = os.path.join(cache, "testdev.zarr")
+    made = os.path.getmtime(os.path.join(store, "zarr.json"))
+    ensure_caches(question_inputs(config), features)              # the TSVs are still there: checked, kept
+    attrs = schema.read_attrs(store)
+    assert (attrs.compressor, attrs.dtype, attrs.chunk_images, attrs.complete) == ("zstd", "float32", 4, True)
+    assert os.path.getmtime(os.path.join(store, "zarr.json")) == made
+    with open(os.path.join(features, "gqa_testdev_obj36.tsv"), "a") as f:   # its input changed: refused
+        f.write("\n")
+    with pytest.raises(ValueError, match=r"testdev\.zarr: exists but was made from other input"):
+        ensure_caches(question_inputs(config), features)
+
+
 def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):
     import evaluate
     root, _, _, _, checkpoints, _ = trained

@@ -1,8 +1,9 @@
 """Before training: make, resume or check a task's feature stores and question cache.
 
 As the specification prepares its caches before training, ``ensure_caches`` brings each cache up to
-date by its converter where the raw inputs are present (a no-op when it already matches them; an
-interrupted conversion resumes; a store made from another TSV is an error, never silently reused).
+date by its converter where the raw inputs are present (a no-op when it already matches them, with
+the settings it was converted with; an interrupted conversion resumes; a store made from another
+TSV is an error, never silently reused).
 Where they are absent, complete caches are used as they are (e.g. on nodes that see only the
 caches). In the extra processes of a multi-process launch nothing is built: the caches must be ready.
 """
@@ -14,6 +15,7 @@ import os
 from butd import questions
 from butd.features import schema
 from butd.features.convert import convert_tsv
+from butd.features.convert.lifecycle import recorded_options
 from butd.tasks import get_task
 
 
@@ -53,7 +55,8 @@ def ensure_caches(inputs: questions.Inputs, features_dir: str, say=print) -> str
             continue
         for tsv in tsvs:
             _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
-        say(str(convert_tsv(tsvs, path)))
+        # with the settings the store was made with (--compressor, --dtype, ...): only its input decides
+        say(str(convert_tsv(tsvs, path, **recorded_options(path))))
 
     qdir = os.path.join(inputs.cache, "questions")
     command = (f"{questions.BUILD_COMMAND} --dataset {task.name} --questions {inputs.questions} "

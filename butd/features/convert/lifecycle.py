@@ -109,6 +109,20 @@ def record_settings(out_path: str, settings: dict) -> None:
     zarr.open_group(out_path, mode="r+").attrs.update({SETTINGS_ATTR: settings})
 
 
+def recorded_options(out_path: str) -> dict:
+    """The ``convert_tsv`` settings the store at ``out_path`` was made with (those it records, else
+    those its attributes show), so that checking or resuming it keeps them; ``{}`` where there is no
+    readable store."""
+    try:
+        with open(os.path.join(out_path, "zarr.json")) as f:
+            attributes = json.load(f).get("attributes", {})
+        recorded = attributes.get(SETTINGS_ATTR) or _shown_settings(StoreAttrs.from_json(attributes, out_path))
+    except (OSError, ValueError, TypeError):
+        return {}
+    options = ("layout", "dtype", "compressor", "chunk_images", "on_bad_row", "feature_dim")
+    return {k: v for k, v in recorded.items() if k in options}
+
+
 def mark_complete(out_path: str) -> None:
     import zarr
     zarr.open_group(out_path, mode="r+").attrs.update({"complete": True})
@@ -169,14 +183,19 @@ def existing_store(out_path: str, fingerprint: str, source: dict, settings: dict
     return attrs
 
 
+def _shown_settings(attrs: StoreAttrs) -> dict:
+    """The conversion settings a store's attributes show (stores made before settings were recorded)."""
+    return {"layout": attrs.layout, "dtype": attrs.dtype, "compressor": attrs.compressor,
+            "chunk_images": attrs.chunk_images, "schema_version": attrs.schema_version}
+
+
 def _what_changed(out_path: str, attrs: StoreAttrs, source: dict, settings: dict) -> str:
     """'with other settings: --on-bad-row error -> skip', 'from other input: ...': what differs between
     the store and this conversion, as the user would change it."""
     with open(os.path.join(out_path, "zarr.json")) as f:
         old = json.load(f).get("attributes", {}).get(SETTINGS_ATTR)
     if old is None:   # a store made before its settings were kept: compare what its attributes say
-        old = {"layout": attrs.layout, "dtype": attrs.dtype, "compressor": attrs.compressor,
-               "chunk_images": attrs.chunk_images, "schema_version": attrs.schema_version}
+        old = _shown_settings(attrs)
         unknown = " (its other settings were not recorded)"
     else:
         unknown = ""
