@@ -135,8 +135,29 @@ def shard_file(path, c=2):
     return os.path.join(path, "features", "c", str(c), "0", "0")
 
 
+def shorten_first_block(fname):
+    """Image 0's block of a shard becomes a valid zstd frame of half its row (the index and its
+    crc32c rewritten to match): it decodes without the codec's complaint."""
+    import google_crc32c
+    import numcodecs.zstd
+    with open(fname, "rb") as f:
+        data = bytearray(f.read())
+    size = 16 * 8 + 4   # the index of a shard of 8 images
+    index = np.frombuffer(bytes(data[-size:-4]), "<u8").reshape(8, 2).copy()
+    row = numcodecs.zstd.decompress(bytes(data[index[0, 0]:index[0, 0] + index[0, 1]]))
+    frame = numcodecs.zstd.compress(np.frombuffer(row, np.uint8)[:len(row) // 2].copy(), 1)
+    assert len(frame) <= index[0, 1]
+    data[index[0, 0]:index[0, 0] + len(frame)] = frame
+    index[0, 1] = len(frame)
+    body = index.tobytes()
+    data[-size:] = body + google_crc32c.value(body).to_bytes(4, "little")
+    with open(fname, "wb") as f:
+        f.write(data)
+
+
 @pytest.mark.parametrize("damage, what", [
-    ("truncate", "corrupt index|too short"), ("flip", "cannot be decoded"), ("delete", "missing")])
+    ("truncate", "corrupt index|too short"), ("flip", "cannot be decoded"), ("delete", "missing"),
+    ("short", r"cannot be decoded \(image 0: ValueError: the block decodes to 1120 bytes, the output holds 2240")])
 def test_damaged_shard_names_file_and_images(stores, tmp_path, damage, what):
     import shutil
     path = str(tmp_path / "z.zarr")
@@ -147,6 +168,8 @@ def test_damaged_shard_names_file_and_images(stores, tmp_path, damage, what):
     elif damage == "truncate":
         with open(fname, "r+b") as f:
             f.truncate(os.path.getsize(fname) // 2)
+    elif damage == "short":
+        shorten_first_block(fname)
     else:   # garble the first image's compressed bytes, keep the index intact
         with open(fname, "r+b") as f:
             f.write(b"\xff" * 64)
