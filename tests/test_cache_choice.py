@@ -76,6 +76,10 @@ def test_cgroup_v1_room_and_no_limit(tmp_path):
                                                           "memory.stat": "file 0\n"}})
     assert cgroup_room(proc, root) is None
     assert cgroup_room(str(tmp_path / "absent"), root) is None
+    # a blank or odd line is passed over; a limit without statistics counts all its usage
+    proc, root = _cgroup(tmp_path / "odd", "\nnonsense\n0::/job", {"/job": {"memory.max": "3000",
+                                                                              "memory.current": "1000"}})
+    assert cgroup_room(proc, root) == 2000
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +116,12 @@ def test_datamodule_auto_decodes_a_compressed_store_that_fits(zstd_cache, gqa_ca
 
 
 def test_train_and_validation_stores_are_decided_together(zstd_cache, monkeypatch):
-    dm = VQADataModule("gqa", zstd_cache, batch_size=16, feature_cache="auto")
+    dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=2, feature_cache="auto")
     dm.setup("fit")
     train = resident_nbytes(FeatureStore(os.path.join(zstd_cache, "trainval.zarr")))
     monkeypatch.setattr(cache_choice, "available_memory", lambda: int(train / cache_choice.MEMORY_FRACTION) + 1)
     # room for the train store alone: the validation store, asked for first, still streams
+    val = dm.val_dataloader()
     assert dm.store("testdev").cache == "none" and dm.store("train").cache == "pinned"
+    # ... in the main process too: no worker forked beside the resident copy
+    assert getattr(val, "num_workers", 0) == 0

@@ -7,10 +7,10 @@ by every process. A compressed store is read at its codec's speed: on a 2-core m
 decodes at ~10% of that copy (``benchmarks/loader_speed.py``, ``zstd_decode_bound_vs_none_warm``).
 Decoded once into a resident copy it is read at memory speed again. So ``auto`` keeps a compressed
 store resident (``"pinned"``) when its decoded copy fits in ``MEMORY_FRACTION`` of the memory
-available now, and streams it otherwise (``"none"``). When it does not fit, neither would the
-uncompressed store fit in the page cache: that one would be read from disk, and streaming the
-smaller compressed files is the better of the two (``benchmarks/larger_than_ram.py``).
-Uncompressed stores always stream.
+available now, and streams it otherwise (``"none"``). Short of that memory, an uncompressed store of
+the same images would also fit the page cache only in part, or just (a decoded copy within 2-4x
+of the available memory), and be read partly from disk; ``benchmarks/larger_than_ram.py`` compares
+the two in the same memory. Uncompressed stores always stream, through the page cache.
 """
 from __future__ import annotations
 
@@ -34,27 +34,31 @@ def cgroup_room(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -
     except OSError:
         return None
     places = []
-    for _, controllers, path in lines:
+    for _, controllers, path in (line for line in lines if len(line) == 3):
         if controllers == "":                                     # v2
             places.append((root, path, "memory.max", "memory.current", "file"))
         elif "memory" in controllers.split(","):                  # v1
             places.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes", "memory.usage_in_bytes",
                            "total_cache"))
     room = None
-    for root, path, limit_name, usage_name, cache_key in places:
+    for base, path, limit_name, usage_name, cache_key in places:
         while True:
-            folder = os.path.join(root, path.lstrip("/"))
+            folder = os.path.join(base, path.lstrip("/"))
             try:
                 with open(os.path.join(folder, limit_name)) as f:
                     limit = f.read().strip()
                 with open(os.path.join(folder, usage_name)) as f:
                     usage = int(f.read())
-                with open(os.path.join(folder, "memory.stat")) as f:
-                    stat = dict(line.split() for line in f)
+                limit = None if limit == "max" or int(limit) >= 1 << 60 else int(limit)  # v1's "none": ~2**63
             except (OSError, ValueError):
                 limit = None
-            if limit is not None and limit != "max" and int(limit) < 1 << 60:   # v1 writes "no limit" as ~2**63
-                free = int(limit) - (usage - int(stat.get(cache_key, 0)))
+            if limit is not None:
+                try:   # page cache the cgroup would give back; without its statistics, none
+                    with open(os.path.join(folder, "memory.stat")) as f:
+                        cache = int(dict(line.split()[:2] for line in f if line.strip()).get(cache_key, 0))
+                except (OSError, ValueError):
+                    cache = 0
+                free = limit - (usage - cache)
                 room = free if room is None else min(room, free)
             if path in ("/", ""):
                 break
@@ -86,11 +90,13 @@ def auto_cache(store: FeatureStore, copies: int = 1, reserved: int = 0, availabl
     bytes already promised to other resident stores; ``available``: bytes (default
     ``available_memory()``)."""
     if store.attrs.compressor == "none":
-        return "none", "uncompressed: read through the page cache at memory speed"
-    need = resident_nbytes(store) * max(1, copies) + reserved
+        return "none", "uncompressed: read from its files, through the page cache"
+    mine = resident_nbytes(store) * max(1, copies)
     available = available_memory() if available is None else available
-    sizes = f"{need / 2**30:.1f} GiB{f' for {copies} processes' if copies > 1 else ''} of {available / 2**30:.1f} GiB available"
-    if need <= MEMORY_FRACTION * available:
-        return "pinned", f"{store.attrs.compressor}-compressed, decoded once into memory ({sizes})"
+    sizes = (f"{mine / 2**30:.1f} GiB{f' for {copies} processes' if copies > 1 else ''}"
+             f"{f' beside {reserved / 2**30:.1f} GiB of other resident stores' if reserved else ''}, "
+             f"{available / 2**30:.1f} GiB available")
+    if mine + reserved <= MEMORY_FRACTION * available:
+        return "pinned", f"{store.attrs.compressor}-compressed, decoded once into memory: {sizes}"
     return "none", (f"{store.attrs.compressor}-compressed, streamed and decoded batch by batch: decoded it would "
-                    f"not fit in {MEMORY_FRACTION:.0%} of the available memory ({sizes})")
+                    f"not fit in {MEMORY_FRACTION:.0%} of the available memory: {sizes}")

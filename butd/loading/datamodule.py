@@ -112,10 +112,10 @@ class VQADataModule(pl.LightningDataModule):
 
     def _choose_auto(self) -> dict:
         """``"auto"``'s cache of the train and validation stores, the train store first, decided
-        together so that the two resident copies fit side by side; each DDP rank of this machine
-        holds its own copy."""
+        together so that the two resident copies fit side by side, each DDP rank of this machine
+        holding its own; decided on global rank 0 and sent to every rank, which then all read alike."""
         copies = self.trainer.num_devices if self.trainer is not None else 1
-        chosen, reserved = {}, 0
+        chosen, lines, reserved = {}, [], 0
         for split in (self.train_split, self.val_split):
             path = self.task.store_path(self.cache_dir, split)
             if path in chosen:
@@ -124,10 +124,24 @@ class VQADataModule(pl.LightningDataModule):
             chosen[path], why = auto_cache(store, copies, reserved)
             if chosen[path] == "pinned":
                 reserved += resident_nbytes(store) * copies
-                if self.num_workers:
-                    why += f"; gathered in the main process, --num_workers {self.num_workers} unused"
-            rank_zero_info(f"[*] feature cache of {path}: {chosen[path]} ({why})")
+            lines.append(f"[*] feature cache of {path}: {chosen[path]} ({why})")
+        if self.trainer is not None and self.trainer.world_size > 1:
+            chosen = self.trainer.strategy.broadcast(chosen, src=0)
+        if self.num_workers and "pinned" in chosen.values():
+            lines.append(f"[*] batches are gathered in each training process: --num_workers {self.num_workers} is "
+                         "unused beside a resident store")
+        for line in lines:
+            rank_zero_info(line)
         return chosen
+
+    def _resident(self, split: str) -> bool:
+        """Whether this split's loader gathers in the main process: its store is resident, or (with
+        ``"auto"``) a training store is, since workers forked beside a resident copy and the threads
+        gathering from it could inherit their locks mid-use."""
+        if self.feature_cache != "auto":
+            return self.feature_cache != "none"
+        paths = {self.task.store_path(self.cache_dir, s) for s in (split, self.train_split, self.val_split)}
+        return any(self._cache_of(p) != "none" for p in paths)
 
     def dataset(self, split: str) -> BatchDataset:
         if split not in self._datasets:
@@ -143,7 +157,7 @@ class VQADataModule(pl.LightningDataModule):
         """``even=False``: each rank its own share of the questions, none repeated (validation)."""
         rank, world = self._rank_world()
         # resident caches gather in the main process (a GPU or pinned copy cannot be shared with workers)
-        workers = self.num_workers if self.store(split).cache == "none" else 0
+        workers = 0 if self._resident(split) else self.num_workers
         return make_loader(self.dataset(split), self.batch_size, shuffle=shuffle, seed=self.seed,
                            drop_last=drop_last, num_workers=workers, pin_memory=self.pin_memory,
                            prefetch_factor=self.prefetch_factor, rank=rank, world_size=world, even=even)

@@ -77,9 +77,9 @@ class DataConfig:
     num_workers: int = 0
     """0: batches gathered by a background thread of each rank (fastest measured); N: N worker processes"""
     feature_cache: Literal["auto", "none", "pinned", "gpu"] = "auto"
-    """none: read the feature store batch by batch from its files; pinned/gpu: keep it whole in (pinned) host
-    memory / on the GPU; auto: pinned for a compressed store whose decoded copy fits in half the available
-    memory, else none"""
+    """none: read the feature stores batch by batch from their files; pinned/gpu: keep them whole in (pinned)
+    host memory / on the GPU, a copy per process; auto: pinned for a compressed train or validation store whose
+    decoded copies (one per process of the machine) fit in half the available memory, else none"""
 
     def paths(self) -> dict:
         """The dataset's ``questions``, ``features`` and ``cache`` directories and the ``glove`` file,
