@@ -167,25 +167,22 @@ def main(argv=None) -> dict:
     if args.child:
         print(json.dumps(child(args)))
         return {}
-    workdir = None
-    if not args.store:
-        from butd.features.convert import DEFAULT_CHUNK_IMAGES
-        from loader_speed import generate_store
-        workdir = tempfile.mkdtemp(prefix="larger_than_ram_")
-        args.store = os.path.join(workdir, "store.zarr")
-        images = int(args.gb * GB / (36 * 2048 * 2))
-        generate_store(args.store, images, 36, 2048, "float16", DEFAULT_CHUNK_IMAGES)
-        print(f"[*] generated {args.store}: {images} images", flush=True)
-    if not args.zstd_store:
-        workdir = workdir or tempfile.mkdtemp(prefix="larger_than_ram_")
-        args.zstd_store = os.path.join(workdir, "zstd.zarr")
-        copy_compressed(args.store, args.zstd_store, args.rows)
-        print(f"[*] wrote {args.zstd_store}: the same images, zstd-compressed", flush=True)
+    workdir = tempfile.mkdtemp(prefix="larger_than_ram_")
     try:
+        if not args.store:
+            from butd.features.convert import DEFAULT_CHUNK_IMAGES
+            from loader_speed import generate_store
+            args.store = os.path.join(workdir, "store.zarr")
+            images = int(args.gb * GB / (36 * 2048 * 2))
+            generate_store(args.store, images, 36, 2048, "float16", DEFAULT_CHUNK_IMAGES)
+            print(f"[*] generated {args.store}: {images} images", flush=True)
+        if not args.zstd_store:
+            args.zstd_store = os.path.join(workdir, "zstd.zarr")
+            copy_compressed(args.store, args.zstd_store, args.rows)
+            print(f"[*] wrote {args.zstd_store}: the same images, zstd-compressed", flush=True)
         return _run(args)
     finally:
-        if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _run(args) -> dict:

@@ -398,8 +398,8 @@ class DecodeBound:
             frames = self.frames[f.name] = []
             for c in range(store.attrs.num_chunks):
                 index = reader.shard_index(c)
-                for offset, nbytes in index[: min(C, store.num_images - c * C)]:
-                    frames.append(os.pread(reader.fd(c), nbytes, offset))
+                for i in range(min(C, store.num_images - c * C)):
+                    frames.append(os.pread(reader.fd(c), index[2 * i + 1], index[2 * i]))
         self.outs = [{n: t.numpy() for n, t in batch_buffers(store, batch_size).items()}]
         self.store, self.B = store, batch_size
         self.pool = ThreadPoolExecutor(threads)
@@ -480,6 +480,9 @@ def dir_gb(path: str) -> float:
 def _run(args, workers: list, workdir: str) -> dict:
     load_before = os.getloadavg()
     stores = _make_stores(args, workdir)
+    # what train.py's feature_cache="auto" picks for each compressed store here, before any run holds memory
+    default_caches = {name: auto_cache(FeatureStore(path))[0] for name, path in stores.items()
+                      if name not in ("store", "quarter")}
     store = FeatureStore(stores["store"])
     rows = min(args.rows or store.num_images, store.num_images)
     sample_bytes = store.max_boxes * (store.feature_dim * np.dtype(store.attrs.dtype).itemsize + schema.SPATIAL_DIM * 4)
@@ -560,11 +563,12 @@ def _run(args, workers: list, workdir: str) -> dict:
         for name in stores:
             if name not in ("store", "quarter"):
                 cold("loader", name, 0, run_loader, stores[name], once, B, 0, C, repeat=False, bound=bound)
-    return report_all(results, args, rows, store, stores, threads, load_before, copy_one_buffer_vs_ring)
+    return report_all(results, args, rows, store, stores, threads, load_before, copy_one_buffer_vs_ring,
+                      default_caches)
 
 
 def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict, threads: int, load_before,
-               copy_one_buffer_vs_ring: float) -> dict:
+               copy_one_buffer_vs_ring: float, default_caches: dict) -> dict:
     load_after = os.getloadavg()
     print(f"\nstore: {store.path} rows used: {rows}, {store.max_boxes}x{store.feature_dim} {store.attrs.dtype}, "
           f"batch {args.batch_size}, copy bound on 1 or {threads} threads; load average {load_before[0]:.2f} before, "
@@ -622,9 +626,7 @@ def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict
         summary[f"{name}_decode_bound_vs_none_warm"] = rnd(best("decode", name)["samples_per_s"]
                                                            / loader["samples_per_s"])
         summary[f"{name}_pinned_vs_none_warm"] = rnd(best("pinned", name)["samples_per_s"] / loader["samples_per_s"])
-        # what train.py does with this store on this machine (feature_cache="auto")
-        choice = auto_cache(FeatureStore(stores[name]))[0]
-        summary[f"{name}_default_cache"] = choice
+        choice = summary[f"{name}_default_cache"] = default_caches[name]
         summary[f"{name}_default_vs_none_warm"] = summary[f"{name}_pinned_vs_none_warm" if choice == "pinned"
                                                           else f"{name}_vs_none_warm"]
     if runs("pread", temp="cold"):

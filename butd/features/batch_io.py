@@ -309,7 +309,7 @@ class ShardedField(_Field):
         return [(self, c, l, out[i]) for i, (c, l) in enumerate(zip(chunks.tolist(), local.tolist()))]
 
     def shard_index(self, c: int, nowait: bool = False, scratch=None):
-        """Shard ``c``'s index: a list of ``chunk_images`` ``[byte offset, byte count]`` of each
+        """Shard ``c``'s index: a flat list of ``chunk_images`` pairs (byte offset, byte count) of each
         image's compressed block (offset ``EMPTY``: never written), checked against its crc32c;
         ``None`` if ``nowait`` and it is not in the page cache. Raises the store's error for a
         damaged shard."""
@@ -329,7 +329,7 @@ class ShardedField(_Field):
             bad = (index[:, 0] != EMPTY) & (index[:, 0] + index[:, 1] > size - self.index_bytes)
             if bad.any():
                 raise self.error(self.files[c], c, f"a shard whose index points past its data (image {int(np.argmax(bad))})")
-            index = self.indexes[c] = index.tolist()   # Python ints: read once per image of every batch
+            index = self.indexes[c] = index.reshape(-1).tolist()   # Python ints, read per image of every batch
         return index
 
     def run(self, unit: tuple, nowait: bool, scratch) -> tuple | None:
@@ -337,7 +337,7 @@ class ShardedField(_Field):
         index = self.shard_index(c, nowait, scratch)
         if index is None:
             return unit
-        offset, nbytes = index[local]
+        offset, nbytes = index[2 * local], index[2 * local + 1]
         if offset == EMPTY:
             dest[...] = 0   # the fill value: the converter creates every array with fill_value=0
             return None

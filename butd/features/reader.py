@@ -226,13 +226,19 @@ class FeatureStore:
             else:
                 resident[name] = torch.empty(shape, dtype=dtype, device=device)
                 staging[name] = torch.empty((step,) + shape[1:], dtype=dtype, pin_memory=True)
-        for lo in range(0, N, step):
-            rows = np.arange(lo, min(N, lo + step))
-            outs = {n: (staging[n] if device is not None else resident[n][lo:])[:len(rows)].numpy()
-                    for n in resident}
-            self._reader.gather(rows, outs)
-            for n in staging:
-                resident[n][lo:lo + len(rows)].copy_(staging[n][:len(rows)])
+        from tqdm import tqdm
+        # seconds to minutes for a large compressed store: say what the first batch waits for
+        nbytes = sum(t.numel() * t.element_size() for t in resident.values())
+        with tqdm(total=nbytes, unit="B", unit_scale=True, leave=False, disable=nbytes < 2**30 or None,
+                  desc=f"[*] reading {os.path.basename(self.path)} into {'GPU' if device is not None else 'host'} memory") as bar:
+            for lo in range(0, N, step):
+                rows = np.arange(lo, min(N, lo + step))
+                outs = {n: (staging[n] if device is not None else resident[n][lo:])[:len(rows)].numpy()
+                        for n in resident}
+                self._reader.gather(rows, outs)
+                for n in staging:
+                    resident[n][lo:lo + len(rows)].copy_(staging[n][:len(rows)])
+                bar.update(nbytes * len(rows) // N)
         self._reader = self._new_reader()  # drop the maps and descriptors: the copy is all we need
         return resident
 
