@@ -33,9 +33,11 @@ paired interleaved runs; ``benchmarks/loader_speed.py`` measures the bounds agai
 - Compressed stores written by this version (``butd.features.schema``: one image per inner chunk
   of a shard) read each image's compressed bytes the same two-phase way and decode them straight
   into the image's batch row, on every core (numcodecs releases the GIL). That runs at the
-  codec's own speed on those cores (zstd ~1 GB/s per core for these features, within ~10% of
-  numcodecs decoding the same frames from memory), so a warm compressed store stays far below a
-  warm uncompressed one, which is a memcpy; from disk it reads fewer bytes.
+  codec's own speed on those cores (zstd 0.5-1 GB/s per core for these features, as fast from
+  numcodecs as from python-zstandard or pyzstd; one thread gathered at 70-95% of decoding the same
+  frames from memory), so a warm compressed store stays far below a warm uncompressed one, which is
+  a memcpy; from disk it reads fewer bytes. Cold, reading and decoding share the cores: handing the
+  blocks from the I/O threads to as many decoding threads as cores measured no faster.
   Older compressed stores (one compressed block per chunk) are decoded a whole chunk at a time.
 """
 from __future__ import annotations
