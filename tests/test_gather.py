@@ -179,6 +179,25 @@ def test_damaged_shard_names_file_and_images(stores, tmp_path, damage, what):
         store.gather([3, 16])
 
 
+def test_a_block_must_decode_to_the_size_of_its_row():
+    import numcodecs.blosc
+    import numcodecs.zstd
+    row = np.arange(600, dtype=np.float32)
+    frames = {"zstd": numcodecs.zstd.compress(row, 1), "blosc": numcodecs.blosc.compress(row, b"lz4", 5, 1)}
+    for name, frame in frames.items():
+        codec = batch_io._Codec([{"name": "bytes", "configuration": {"endian": "little"}}, {"name": name}], "x")
+        out = np.empty_like(row)
+        codec.decode(memoryview(frame), out)
+        np.testing.assert_array_equal(out, row)
+        with pytest.raises(ValueError, match="decodes to 2400 bytes, the output holds 4800"):
+            codec.decode(memoryview(frame), np.empty(1200, np.float32))
+    with pytest.raises(ValueError, match=rf"the block is {len(frames['blosc']) + 1} bytes, its header says"):
+        codec.decode(memoryview(frames["blosc"] + b"\0"), out)
+    # every width of the frame content size field: 1, 2 (less 256), 4 and 8 bytes
+    for n in (0, 1, 255, 256, 257, 65791, 65792, 2 ** 20 + 7):
+        assert batch_io.zstd_content_size(numcodecs.zstd.compress(np.zeros(n, np.uint8), 3)[:18]) == n
+
+
 def test_unreadable_codec_is_refused_by_name(tmp_path):
     import zarr
     path = tmp_path / "g.zarr"

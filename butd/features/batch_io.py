@@ -247,43 +247,45 @@ class _Codec:
                 (len(names) == 2 and names[1] not in ("zstd", "blosc")):
             raise ValueError(f"{where}: codecs {names} (endian {endian}); this reader reads little-endian "
                              "bytes, optionally zstd or blosc compressed")
-        import numcodecs.blosc
-        import numcodecs.zstd
         self.name = names[1] if len(names) == 2 else None
-        # the modules' own functions: the Codec classes' checks cost ~10 us a call, GIL held, per image
-        self.codec = None if self.name is None else {"zstd": numcodecs.zstd.decompress,
-                                                     "blosc": numcodecs.blosc.decompress}[self.name]
+        self.codec = None
+        if self.name is not None:
+            import numcodecs.blosc
+            import numcodecs.zstd
+            # the modules' own functions: the Codec classes' checks cost ~10 us a call, GIL held, per image
+            self.codec = {"zstd": numcodecs.zstd.decompress, "blosc": numcodecs.blosc.decompress}[self.name]
 
     def decode(self, data: memoryview, out: np.ndarray) -> None:
-        """Decode one block into ``out`` (C-contiguous). Raises ValueError for a block that does not
-        decode to exactly ``out``'s bytes (the codecs themselves accept a shorter one and leave the
-        rest of ``out`` as it was)."""
+        """Decode one block into ``out`` (C-contiguous). Raises ValueError for a block whose header
+        declares other than ``out``'s bytes (the codecs themselves accept a shorter one and leave the
+        rest of ``out`` as it was) or, for blosc, other than the block's own length."""
         if self.codec is None:
             out.reshape(-1).view(np.uint8)[:] = np.frombuffer(data, np.uint8)
             return
-        size = self.decoded_size(data)
-        if size != out.nbytes:
-            raise ValueError(f"the block decodes to {size} bytes, the output holds {out.nbytes}")
-        self.codec(data, out)
-
-    def decoded_size(self, data: memoryview) -> int | None:
-        """The decoded byte count a block's header declares (None: no header, or none declared)."""
         head = bytes(data[:18])
         if self.name == "blosc":   # blosc1 header: version, versionlz, flags, typesize, nbytes, blocksize, cbytes
-            if len(head) < 16:
-                return None
-            nbytes, cbytes = int.from_bytes(head[4:8], "little"), int.from_bytes(head[12:16], "little")
-            return nbytes if cbytes == len(data) else None
-        # a zstd frame header (RFC 8878, 3.1.1.1): magic, descriptor, window, dictionary id, content size
-        if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
-            return None
-        descriptor = head[4]
-        single, fcs_flag = descriptor >> 5 & 1, descriptor >> 6
-        start = 5 + (not single) + (0, 1, 2, 4)[descriptor & 3]
-        width = (single, 2, 4, 8)[fcs_flag]
-        if width == 0 or len(head) < start + width:
-            return None
-        return int.from_bytes(head[start:start + width], "little") + (256 if width == 2 else 0)
+            size, cbytes = int.from_bytes(head[4:8], "little"), int.from_bytes(head[12:16], "little")
+            if len(head) < 16 or cbytes != len(data):
+                raise ValueError(f"the block is {len(data)} bytes, its header says {cbytes if len(head) >= 16 else '?'}")
+        else:
+            size = zstd_content_size(head)
+        if size is not None and size != out.nbytes:
+            raise ValueError(f"the block decodes to {size} bytes, the output holds {out.nbytes}")
+        self.codec(data, out)   # a zstd frame that declares no size: numcodecs checks the length it decodes
+
+
+def zstd_content_size(head: bytes) -> int | None:
+    """The decoded size a zstd frame header (its first 18 bytes) declares (RFC 8878, 3.1.1.1: magic,
+    descriptor, window, dictionary id, content size); None if it declares none or is no frame."""
+    if len(head) < 6 or head[:4] != b"\x28\xb5\x2f\xfd":
+        return None
+    descriptor = head[4]
+    single, fcs_flag = descriptor >> 5 & 1, descriptor >> 6
+    start = 5 + (not single) + (0, 1, 2, 4)[descriptor & 3]
+    width = (single, 2, 4, 8)[fcs_flag]
+    if width == 0 or len(head) < start + width:
+        return None
+    return int.from_bytes(head[start:start + width], "little") + (256 if width == 2 else 0)
 
 
 def _scratch(scratch, nbytes: int) -> memoryview:
