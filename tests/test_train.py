@@ -19,6 +19,7 @@ from butd.training.caches import ensure_caches, question_inputs  # noqa: E402
 from butd.training.config import parse_config  # noqa: E402
 from butd.training.lit import LitVQA  # noqa: E402
 from butd.training.run import run_name  # noqa: E402
+from helpers import make_tsv  # noqa: E402
 
 EMB = 32
 # Small, fast settings.
@@ -253,8 +254,8 @@ def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_pat
     attrs = schema.read_attrs(store)
     assert (attrs.compressor, attrs.dtype, attrs.chunk_images, attrs.complete) == ("zstd", "float32", 4, True)
     assert os.path.getmtime(os.path.join(store, "zarr.json")) == made
-    with open(os.path.join(features, "gqa_testdev_obj36.tsv"), "a") as f:   # its input changed: refused
-        f.write("\n")
+    # its input changed, even to the other layout: refused as another input
+    make_tsv(os.path.join(features, "gqa_testdev_obj36.tsv"), layout="anderson", n=2, boxes=(10, 12), feature_dim=16)
     with pytest.raises(ValueError, match=r"testdev\.zarr: exists but was made from other input"):
         ensure_caches(question_inputs(config), features)
 

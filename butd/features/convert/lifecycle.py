@@ -112,15 +112,15 @@ def record_settings(out_path: str, settings: dict) -> None:
 def recorded_options(out_path: str) -> dict:
     """The ``convert_tsv`` settings the store at ``out_path`` was made with (those it records, else
     those its attributes show), so that checking or resuming it keeps them; ``{}`` where there is no
-    readable store."""
+    readable store. Not the layout: read again from the input, a changed input is then named as
+    such rather than failing to parse as the old layout."""
     try:
         with open(os.path.join(out_path, "zarr.json")) as f:
             attributes = json.load(f).get("attributes", {})
         recorded = attributes.get(SETTINGS_ATTR) or _shown_settings(StoreAttrs.from_json(attributes, out_path))
     except (OSError, ValueError, TypeError):
         return {}
-    options = ("layout", "dtype", "compressor", "chunk_images", "on_bad_row", "feature_dim")
-    return {k: v for k, v in recorded.items() if k in options}
+    return {k: v for k, v in recorded.items() if k in FLAGS and k not in ("layout", "schema_version")}
 
 
 def mark_complete(out_path: str) -> None:
