@@ -59,15 +59,17 @@ def _cgroup(tmp_path, proc_line: str, levels: dict):
 def test_cgroup_v2_room_is_the_tightest_level_less_what_is_not_page_cache(tmp_path):
     proc, root = _cgroup(tmp_path, "0::/jobs/me", {
         "/jobs/me": {"memory.max": "max\n", "memory.current": "100\n", "memory.stat": "anon 40\nfile 60\n"},
-        "/jobs": {"memory.max": "1000\n", "memory.current": "700\n", "memory.stat": "anon 500\nfile 200\n"},
+        "/jobs": {"memory.max": "1000\n", "memory.current": "700\n",
+                  "memory.stat": "anon 450\nfile 250\nshmem 50\n"},
     })
-    assert cgroup_room(proc, root) == 1000 - 500   # the parent's limit binds; its page cache is reclaimable
+    # the parent's limit binds; its page cache is reclaimable, its shared memory (in "file") is not
+    assert cgroup_room(proc, root) == 1000 - 500
 
 
 def test_cgroup_v1_room_and_no_limit(tmp_path):
     proc, root = _cgroup(tmp_path, "4:memory:/job\n3:cpu:/", {
         "memory/job": {"memory.limit_in_bytes": "2000\n", "memory.usage_in_bytes": "900\n",
-                       "memory.stat": "cache 300\ntotal_cache 400\nrss 500\n"},
+                       "memory.stat": "cache 300\ntotal_cache 450\ntotal_shmem 50\nrss 500\n"},
         "memory": {"memory.limit_in_bytes": str(2 ** 63 - 4096), "memory.usage_in_bytes": "5",
                    "memory.stat": "total_cache 0\n"},
     })
@@ -125,3 +127,29 @@ def test_train_and_validation_stores_are_decided_together(zstd_cache, monkeypatc
     assert dm.store("testdev").cache == "none" and dm.store("train").cache == "pinned"
     # ... in the main process too: no worker forked beside the resident copy
     assert getattr(val, "num_workers", 0) == 0
+
+
+def test_a_streamed_training_store_keeps_its_workers_and_every_rank_follows_rank_zero(zstd_cache, monkeypatch):
+    from types import SimpleNamespace
+    train, val = (os.path.join(zstd_cache, f"{name}.zarr") for name in ("trainval", "testdev"))
+    room_for_val = int(resident_nbytes(FeatureStore(val)) / cache_choice.MEMORY_FRACTION) + 1
+    assert resident_nbytes(FeatureStore(train)) > resident_nbytes(FeatureStore(val))
+    monkeypatch.setattr(cache_choice, "available_memory", lambda: room_for_val)
+    dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=2, feature_cache="auto")
+    dm.setup("fit")
+    # the validation store would fit, the training store not: both stream, by the workers
+    assert dm.store("testdev").cache == "none" and dm.store("train").cache == "none"
+    assert getattr(dm.train_dataloader(), "num_workers", 0) == 2
+
+    dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=0, feature_cache="auto")
+    dm.setup("fit")
+    sent = []
+
+    def broadcast(obj, src=0):   # rank 0 had the memory for both
+        sent.append((dict(obj), src))
+        return {train: "pinned", val: "pinned"}
+
+    # two machines, a process each
+    dm.trainer = SimpleNamespace(num_devices=1, world_size=2, global_rank=1, strategy=SimpleNamespace(broadcast=broadcast))
+    assert dm.store("train").cache == "pinned" and dm.store("testdev").cache == "pinned"
+    assert sent == [({train: "none", val: "pinned"}, 0)]   # this rank's own choice, replaced by rank 0's

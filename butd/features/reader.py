@@ -229,7 +229,8 @@ class FeatureStore:
         from tqdm import tqdm
         # seconds to minutes for a large compressed store: say what the first batch waits for
         nbytes = sum(t.numel() * t.element_size() for t in resident.values())
-        with tqdm(total=nbytes, unit="B", unit_scale=True, leave=False, disable=nbytes < 2**30 or None,
+        quiet = nbytes < 2**30 or os.environ.get("LOCAL_RANK", "0") != "0"   # one bar per machine
+        with tqdm(total=nbytes, unit="B", unit_scale=True, leave=False, disable=quiet or None,
                   desc=f"[*] reading {os.path.basename(self.path)} into {'GPU' if device is not None else 'host'} memory") as bar:
             for lo in range(0, N, step):
                 rows = np.arange(lo, min(N, lo + step))

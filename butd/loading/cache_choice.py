@@ -4,7 +4,8 @@
 
 Warm, an uncompressed store is read from the page cache at the machine's copy bandwidth, shared
 by every process. A compressed store is read at its codec's speed: on a 2-core machine zstd
-decodes at ~10% of that copy (``benchmarks/loader_speed.py``, ``zstd_decode_bound_vs_none_warm``).
+decodes at 10-20% of that copy, blosc at 20-40% (``benchmarks/loader_speed.py``,
+``<compressor>_decode_bound_vs_none_warm``).
 Decoded once into a resident copy it is read at memory speed again. So ``auto`` keeps a compressed
 store resident (``"pinned"``) when its decoded copy fits in ``MEMORY_FRACTION`` of the memory
 available now, and streams it otherwise (``"none"``). Short of that memory, an uncompressed store of
@@ -36,12 +37,12 @@ def cgroup_room(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -
     places = []
     for _, controllers, path in (line for line in lines if len(line) == 3):
         if controllers == "":                                     # v2
-            places.append((root, path, "memory.max", "memory.current", "file"))
+            places.append((root, path, "memory.max", "memory.current", "file", "shmem"))
         elif "memory" in controllers.split(","):                  # v1
             places.append((os.path.join(root, "memory"), path, "memory.limit_in_bytes", "memory.usage_in_bytes",
-                           "total_cache"))
+                           "total_cache", "total_shmem"))
     room = None
-    for base, path, limit_name, usage_name, cache_key in places:
+    for base, path, limit_name, usage_name, cache_key, shmem_key in places:
         while True:
             folder = os.path.join(base, path.lstrip("/"))
             try:
@@ -53,9 +54,10 @@ def cgroup_room(proc: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -
             except (OSError, ValueError):
                 limit = None
             if limit is not None:
-                try:   # page cache the cgroup would give back; without its statistics, none
+                try:   # page cache the cgroup would give back (shared memory it cannot); without statistics, none
                     with open(os.path.join(folder, "memory.stat")) as f:
-                        cache = int(dict(line.split()[:2] for line in f if line.strip()).get(cache_key, 0))
+                        stat = dict(line.split()[:2] for line in f if line.strip())
+                    cache = int(stat.get(cache_key, 0)) - int(stat.get(shmem_key, 0))
                 except (OSError, ValueError):
                     cache = 0
                 free = limit - (usage - cache)
@@ -75,8 +77,8 @@ def available_memory() -> int:
 
 
 def resident_nbytes(store: FeatureStore) -> int:
-    """Host memory of ``cache="pinned"`` for ``store``: one tensor per field; PyTorch's pinned
-    (CUDA) host allocator rounds each up to a power of two."""
+    """Host memory of ``cache="pinned"`` for ``store``: one tensor per field, each rounded up to a
+    power of two where CUDA pins it (PyTorch's pinned host allocator)."""
     total = 0
     for shape, dtype in store.batch_shapes(store.num_images).values():
         n = int(torch.Size(shape).numel()) * dtype.itemsize

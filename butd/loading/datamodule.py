@@ -122,6 +122,9 @@ class VQADataModule(pl.LightningDataModule):
                 continue
             store = FeatureStore(path)
             chosen[path], why = auto_cache(store, copies, reserved)
+            if chosen[path] == "pinned" and self.num_workers and "none" in chosen.values():
+                # a resident store would take the streamed training store's workers away
+                chosen[path], why = "none", f"streamed like the training store, by its --num_workers {self.num_workers}"
             if chosen[path] == "pinned":
                 reserved += resident_nbytes(store) * copies
             lines.append(f"[*] feature cache of {path}: {chosen[path]} ({why})")
