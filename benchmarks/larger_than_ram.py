@@ -16,9 +16,10 @@ after epoch for ``--seconds``, starting from a dropped page cache:
 - ``map``: memory maps alone (``read_mode="map"``): what thrashing costs;
 - ``zstd``: the same images in a zstd store (generated beside the generated store; with
   ``--store``, give one as ``--zstd-store``, e.g. converted with ``--compressor zstd``, or the
-  method is skipped), read by ``FeatureStore.gather``, in the same memory: a compressed store on a machine whose RAM holds
-  neither store decoded. train.py's ``--feature_cache auto`` streams it there (``butd.loading.
-  cache_choice``, which sees the cgroup's limit); the child reports the cache it picks.
+  method is skipped), read by ``FeatureStore.gather`` in the same memory: a compressed store on a
+  machine whose RAM holds neither store decoded. train.py's ``--feature_cache auto`` streams it
+  there (``butd.loading.cache_choice``, which sees the cgroup's limit); the child reports the cache
+  it picks.
 
 Prints each method's samples/s and the cgroup's peak memory, writes ``larger_than_ram.json`` and
 ``.png`` under ``--out``, and ends with one JSON line: ``auto_vs_pread`` (target >= 0.8),
