@@ -141,15 +141,31 @@ def test_a_streamed_training_store_keeps_its_workers_and_every_rank_follows_rank
     assert dm.store("testdev").cache == "none" and dm.store("train").cache == "none"
     assert getattr(dm.train_dataloader(), "num_workers", 0) == 2
 
-    dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=0, feature_cache="auto")
-    dm.setup("fit")
-    sent = []
+    # two machines, a process each: this one has the memory for both stores, the other for neither
+    monkeypatch.setattr(cache_choice, "available_memory", lambda: 100 * 2**30)
+    reduced = []
 
-    def broadcast(obj, src=0):   # rank 0 had the memory for both
-        sent.append((dict(obj), src))
-        return {train: "pinned", val: "pinned"}
+    def reduce(tensor, reduce_op):
+        reduced.append((int(tensor), reduce_op))
+        return torch.minimum(tensor, torch.tensor(1000))
 
-    # two machines, a process each
-    dm.trainer = SimpleNamespace(num_devices=1, world_size=2, global_rank=1, strategy=SimpleNamespace(broadcast=broadcast))
-    assert dm.store("train").cache == "pinned" and dm.store("testdev").cache == "pinned"
-    assert sent == [({train: "none", val: "pinned"}, 0)]   # this rank's own choice, replaced by rank 0's
+    def trainer(stage):
+        dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=0, feature_cache="auto")
+        dm.setup(stage)
+        dm.trainer = SimpleNamespace(num_devices=1, world_size=2, global_rank=0,
+                                     strategy=SimpleNamespace(root_device=torch.device("cpu"), reduce=reduce))
+        return dm
+
+    dm = trainer("fit")
+    assert dm.store("train").cache == "none" and dm.store("testdev").cache == "none"
+    assert reduced == [(100 * 2**30, "min")]   # decided from the other machine's memory, not this one's
+
+
+def test_validating_alone_reserves_no_memory_for_the_training_store(zstd_cache, monkeypatch):
+    train = resident_nbytes(FeatureStore(os.path.join(zstd_cache, "trainval.zarr")))
+    monkeypatch.setattr(cache_choice, "available_memory", lambda: int(train / cache_choice.MEMORY_FRACTION) + 1)
+    for stage, val_cache in (("fit", "none"), ("validate", "pinned")):
+        dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=0, feature_cache="auto")
+        dm.setup(stage)
+        # fitting, the training store takes the room first; validating, the validation store has it
+        assert dm.store("testdev").cache == val_cache

@@ -23,6 +23,7 @@ from butd import questions as q
 from butd.features import schema
 from butd.features.reader import FeatureStore
 from butd.loading.batches import BatchDataset
+from butd.loading import cache_choice
 from butd.loading.cache_choice import auto_cache, resident_nbytes
 from butd.loading.loaders import make_loader
 from butd.tasks import get_task
@@ -49,11 +50,13 @@ class VQADataModule(pl.LightningDataModule):
         self._stores: dict = {}
         self._datasets: dict = {}
         self._auto: dict | None = None
+        self._stage = None
         self._ready = False
 
     def setup(self, stage=None):
         if self._ready:
             return
+        self._stage = stage
         if not os.path.isdir(self.questions_dir):
             raise FileNotFoundError(f"{self.questions_dir}: no question cache here; make it with "
                                     f"`{q.BUILD_COMMAND} --dataset {self.task.name}`")
@@ -111,25 +114,32 @@ class VQADataModule(pl.LightningDataModule):
         return self._auto.get(path, "none")   # a store outside training (evaluation) is read once: streamed
 
     def _choose_auto(self) -> dict:
-        """``"auto"``'s cache of the train and validation stores, the train store first, decided
-        together so that the two resident copies fit side by side, each DDP rank of this machine
-        holding its own; decided on global rank 0 and sent to every rank, which then all read alike."""
+        """``"auto"``'s cache of the train and validation stores (only the validation store's when
+        only validating), the train store first, decided together so that the two resident copies
+        fit side by side, each DDP rank of a machine holding its own. Under DDP every rank decides
+        from the least memory available to any rank, so that all read alike and no machine is
+        promised memory that only another one has."""
         copies = self.trainer.num_devices if self.trainer is not None else 1
         chosen, lines, reserved = {}, [], 0
-        for split in (self.train_split, self.val_split):
+        available = cache_choice.available_memory()
+        if self.trainer is not None and self.trainer.world_size > 1:
+            least = torch.tensor(available, dtype=torch.int64, device=self.trainer.strategy.root_device)
+            available = int(self.trainer.strategy.reduce(least, reduce_op="min"))
+            lines.append(f"[*] feature caches decided from the least memory available to any of the "
+                         f"{self.trainer.world_size} processes")
+        splits = (self.val_split,) if self._stage == "validate" else (self.train_split, self.val_split)
+        for split in splits:
             path = self.task.store_path(self.cache_dir, split)
             if path in chosen:
                 continue
             store = FeatureStore(path)
-            chosen[path], why = auto_cache(store, copies, reserved)
+            chosen[path], why = auto_cache(store, copies, reserved, available)
             if chosen[path] == "pinned" and self.num_workers and "none" in chosen.values():
                 # a resident store would take the streamed training store's workers away
                 chosen[path], why = "none", f"streamed like the training store, by its --num_workers {self.num_workers}"
             if chosen[path] == "pinned":
                 reserved += resident_nbytes(store) * copies
             lines.append(f"[*] feature cache of {path}: {chosen[path]} ({why})")
-        if self.trainer is not None and self.trainer.world_size > 1:
-            chosen = self.trainer.strategy.broadcast(chosen, src=0)
         if self.num_workers and "pinned" in chosen.values():
             lines.append(f"[*] batches are gathered in each training process: --num_workers {self.num_workers} is "
                          "unused beside a resident store")
