@@ -25,9 +25,11 @@ logged once, whole, by the run that resumes it. Gradient clipping is the Trainer
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.warnings import PossibleUserWarning
 from torchmetrics import Metric
 
 from butd.models import build_model
@@ -37,6 +39,10 @@ from butd.training.config import ModelConfig, OptimConfig
 
 TRAIN_EPOCH = ("train_epoch_loss", "train_epoch_acc")
 TRAIN_EPOCH_SUMS = "train_epoch_sums"   # checkpoint key: [total, weight] of each TRAIN_EPOCH metric
+# Lightning asks for sync_dist=True on every epoch-level tensor under DDP; these are already sums
+# over all ranks (torchmetrics synchronises them at compute), the same on every rank
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train_epoch|val)_(loss|acc)'",
+                        category=PossibleUserWarning)
 OPTIMIZERS = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
