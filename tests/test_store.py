@@ -62,6 +62,14 @@ def test_pinned_cache_matches(store_path):
     assert pinned._resident["features"].shape == (37, 5, 8)
 
 
+@pytest.mark.parametrize("cache", ["none", "pinned"])
+def test_a_store_of_no_images_gathers_empty_batches(tmp_path, cache):
+    path = tmp_path / "empty.zarr"
+    write_store(path, num_images=0, compressor="zstd")
+    f, s = FeatureStore(path, cache=cache).gather(np.array([], np.int64))
+    assert f.shape == (0, 5, 8) and s.shape[0] == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_cache_matches(store_path):

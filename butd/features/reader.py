@@ -219,7 +219,7 @@ class FeatureStore:
         host or GPU; the GPU's through a host buffer of one step)."""
         device, N = self._device(), self.num_images
         resident, staging = {}, {}
-        step = min(N, step_chunks * self.attrs.chunk_images)
+        step = max(1, min(N, step_chunks * self.attrs.chunk_images))   # a store of no images: no step
         for name, (shape, dtype) in self.batch_shapes(N).items():
             if device is None:
                 resident[name] = torch.empty(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
@@ -229,7 +229,8 @@ class FeatureStore:
         from tqdm import tqdm
         # seconds to minutes for a large compressed store: say what the first batch waits for
         nbytes = sum(t.numel() * t.element_size() for t in resident.values())
-        quiet = nbytes < 2**30 or os.environ.get("LOCAL_RANK", "0") != "0"   # one bar per machine
+        local_rank = os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))
+        quiet = nbytes < 2**30 or local_rank != "0"   # one bar per machine
         with tqdm(total=nbytes, unit="B", unit_scale=True, leave=False, disable=quiet or None,
                   desc=f"[*] reading {os.path.basename(self.path)} into {'GPU' if device is not None else 'host'} memory") as bar:
             for lo in range(0, N, step):
