@@ -169,3 +169,20 @@ def test_validating_alone_reserves_no_memory_for_the_training_store(zstd_cache, 
         dm.setup(stage)
         # fitting, the training store takes the room first; validating, the validation store has it
         assert dm.store("testdev").cache == val_cache
+
+
+def test_fitting_after_validating_decides_for_the_training_store(zstd_cache, monkeypatch):
+    train = resident_nbytes(FeatureStore(os.path.join(zstd_cache, "trainval.zarr")))
+    for room, workers, caches, train_workers in ((100 * 2**30, 2, ("pinned", "pinned"), 0),
+                                                 (int(train / cache_choice.MEMORY_FRACTION) + 1, 2, ("none", "none"), 2)):
+        monkeypatch.setattr(cache_choice, "available_memory", lambda: room)
+        dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=workers, feature_cache="auto")
+        dm.setup("validate")
+        assert dm.store("testdev").cache == "pinned" and getattr(dm.val_dataloader(), "num_workers", 0) == 0
+        dm.setup("fit")   # trainer.validate(...), then trainer.fit(...) with the same DataModule
+        loader = dm.train_dataloader()
+        # without room for both, the training store streams by its workers, and so does the
+        # validation store, opened again
+        assert (dm.store("train").cache, dm.store("testdev").cache) == caches
+        assert getattr(loader, "num_workers", 0) == train_workers
+

@@ -49,14 +49,14 @@ class VQADataModule(pl.LightningDataModule):
         self._questions: dict = {}
         self._stores: dict = {}
         self._datasets: dict = {}
-        self._auto: dict | None = None
+        self._auto: dict = {}   # feature_cache="auto"'s choice of each store decided so far
         self._stage = None
         self._ready = False
 
     def setup(self, stage=None):
+        self._stage = stage   # each trainer.fit/validate/... calls this: feature_cache="auto" follows it
         if self._ready:
             return
-        self._stage = stage
         if not os.path.isdir(self.questions_dir):
             raise FileNotFoundError(f"{self.questions_dir}: no question cache here; make it with "
                                     f"`{q.BUILD_COMMAND} --dataset {self.task.name}`")
@@ -109,43 +109,52 @@ class VQADataModule(pl.LightningDataModule):
     def _cache_of(self, path: str) -> str:
         if self.feature_cache != "auto":
             return self.feature_cache
-        if self._auto is None:
-            self._auto = self._choose_auto()
+        undecided = [p for p in self._auto_paths() if p not in self._auto]
+        if undecided:
+            self._choose_auto(undecided)
         return self._auto.get(path, "none")   # a store outside training (evaluation) is read once: streamed
 
-    def _choose_auto(self) -> dict:
-        """``"auto"``'s cache of the train and validation stores (only the validation store's when
-        only validating), the train store first, decided together so that the two resident copies
-        fit side by side, each DDP rank of a machine holding its own. Under DDP every rank decides
-        from the least memory available to any rank, so that all read alike and no machine is
-        promised memory that only another one has."""
+    def _auto_paths(self) -> list:
+        """The stores ``"auto"`` decides for in the current stage, the training store first: both
+        while fitting, the validation store while only validating, none otherwise."""
+        splits = {"fit": (self.train_split, self.val_split), None: (self.train_split, self.val_split),
+                  "validate": (self.val_split,)}.get(self._stage, ())
+        return list(dict.fromkeys(self.task.store_path(self.cache_dir, s) for s in splits))
+
+    def _choose_auto(self, paths: list) -> None:
+        """``"auto"``'s cache of each of ``paths`` (into ``self._auto``), decided together and beside
+        the stores already resident, so that the resident copies fit side by side, each DDP rank of a
+        machine holding its own. Under DDP every rank decides from the least memory available to any
+        rank, so that all read alike and no machine is promised memory that only another one has."""
         copies = self.trainer.num_devices if self.trainer is not None else 1
-        chosen, lines, reserved = {}, [], 0
+        lines = []
+        reserved = sum(resident_nbytes(FeatureStore(p)) * copies for p, c in self._auto.items() if c == "pinned")
         available = cache_choice.available_memory()
         if self.trainer is not None and self.trainer.world_size > 1:
             least = torch.tensor(available, dtype=torch.int64, device=self.trainer.strategy.root_device)
             available = int(self.trainer.strategy.reduce(least, reduce_op="min"))
             lines.append(f"[*] feature caches decided from the least memory available to any of the "
                          f"{self.trainer.world_size} processes")
-        splits = (self.val_split,) if self._stage == "validate" else (self.train_split, self.val_split)
-        for split in splits:
-            path = self.task.store_path(self.cache_dir, split)
-            if path in chosen:
-                continue
+        chosen, whys = self._auto, {}
+        for path in paths:
             store = FeatureStore(path)
-            chosen[path], why = auto_cache(store, copies, reserved, available)
-            if chosen[path] == "pinned" and self.num_workers and "none" in chosen.values():
-                # a resident store would take the streamed training store's workers away
-                chosen[path], why = "none", f"streamed like the training store, by its --num_workers {self.num_workers}"
+            chosen[path], whys[path] = auto_cache(store, copies, reserved, available)
             if chosen[path] == "pinned":
                 reserved += resident_nbytes(store) * copies
-            lines.append(f"[*] feature cache of {path}: {chosen[path]} ({why})")
+        if self.num_workers and chosen.get(self.task.store_path(self.cache_dir, self.train_split)) == "none":
+            # a resident store would take the streamed training store's workers away
+            for path in [p for p, c in chosen.items() if c == "pinned"]:
+                chosen[path] = "none"
+                whys[path] = f"streamed like the training store, by its --num_workers {self.num_workers}"
+                self._stores.pop(path, None)   # opened resident while only validating: reopened streamed
+                self._datasets = {split: d for split, d in self._datasets.items()
+                                  if self.task.store_path(self.cache_dir, split) != path}
+        lines += [f"[*] feature cache of {path}: {chosen[path]} ({why})" for path, why in whys.items()]
         if self.num_workers and "pinned" in chosen.values():
             lines.append(f"[*] batches are gathered in each training process: --num_workers {self.num_workers} is "
                          "unused beside a resident store")
         for line in lines:
             rank_zero_info(line)
-        return chosen
 
     def _resident(self, split: str) -> bool:
         """Whether this split's loader gathers in the main process: its store is resident, or (with
