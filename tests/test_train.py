@@ -4,16 +4,19 @@ and answers aligned from the TSVs to the loss), --resume, the metrics file, a 2-
 and evaluate.py on the trained run."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train  # noqa: E402  (train.py lives at the repository root)
 from butd import questions  # noqa: E402
+from butd.evaluation.predict import evaluate  # noqa: E402
 from butd.synthetic.gqa import generate  # noqa: E402
 from butd.training.caches import ensure_caches, question_inputs  # noqa: E402
 from butd.training.config import parse_config  # noqa: E402
@@ -115,6 +118,49 @@ def test_a_run_started_from_its_saved_config_resolves_to_the_same_configuration(
     assert parse_config(["--config", str(tmp_path / "run.yaml")]) == ran
     changed = parse_config(["--config", str(tmp_path / "run.yaml"), "--hidden", "64", "--no_weight_norm"])
     assert (changed.model.hidden, changed.model.weight_norm, changed.optim.lr) == (64, False, ran.optim.lr)
+
+
+def test_resume_alone_reads_the_runs_settings_and_a_saved_file_never_resumes(tmp_path):
+    import dataclasses
+    from butd.training.config import save_config
+    run_dir = tmp_path / "runs" / "r"
+    ran = parse_config(["--run_name", "r", "--hidden", "64", "--dataset", "vqa2", "--checkpoint", str(tmp_path)])
+    save_config(str(run_dir), dataclasses.replace(ran, run=dataclasses.replace(ran.run, resume="elsewhere/last.ckpt")))
+    with open(run_dir / "config.json") as f:
+        assert json.load(f)["resume"] is None      # how a run was started is not its configuration
+    last = str(run_dir / "last.ckpt")
+    resumed = parse_config(["--resume", last, "--epochs", "30"])
+    assert resumed.run.resume == last and resumed.optim.epochs == 30
+    assert dataclasses.replace(resumed, run=ran.run, optim=ran.optim) == ran   # hidden 64, vqa2, its paths
+    # an older run's file that still says resume: starting from it with a new name is a new run
+    with open(run_dir / "config.json") as f:
+        old = {**json.load(f), "resume": last}
+    with open(tmp_path / "old.json", "w") as f:
+        json.dump(old, f)
+    assert parse_config(["--config", str(tmp_path / "old.json"), "--run_name", "again"]).run.resume is None
+
+
+def test_resuming_with_other_model_settings_or_a_damaged_checkpoint_is_one_error(trained, tmp_path):
+    _, data, ckpt, _, checkpoints, _ = trained
+    last = os.path.join(os.path.dirname(checkpoints.best_model_path), "last.ckpt")
+    with pytest.raises(ValueError, match=r"--hidden 128 \(this run: 64\)"):
+        train.main(["--resume", last, "--hidden", "64"])
+    cut = tmp_path / "last.ckpt"   # beside its run's config.json, as evaluate.py wants it
+    with open(last, "rb") as f:
+        cut.write_bytes(f.read()[:4096])
+    shutil.copy(os.path.join(os.path.dirname(last), "config.json"), tmp_path)
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        train.main(["--run_name", "x", *data, "--checkpoint", str(tmp_path), *FAST, "--resume", str(cut)])
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        evaluate(str(cut))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error of a machine without a GPU")
+def test_a_gpu_feature_cache_without_a_gpu_is_refused_before_any_work(trained, tmp_path):
+    _, data, *_ = trained
+    with pytest.raises(ValueError, match="--feature_cache gpu"):
+        train.main(["--run_name", "x", *data, "--checkpoint", str(tmp_path), *FAST, "--feature_cache", "gpu"])
+    assert not os.path.exists(tmp_path / "runs")
 
 
 def test_fast_dev_run(trained):

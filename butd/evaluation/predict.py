@@ -16,7 +16,7 @@ import torch
 from butd import questions
 from butd.loading import VQADataModule
 from butd.training.config import load_config
-from butd.training.lit import LitVQA
+from butd.training.lit import LitVQA, read_checkpoint
 
 
 # no_grad, not inference_mode: the loader's thread writes into batch buffers made here, and torch
@@ -98,6 +98,7 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     want_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if want_gpu else "cpu")
 
+    read_checkpoint(checkpoint)   # a damaged file: one error naming it, before Lightning's
     lit = LitVQA.load_from_checkpoint(checkpoint, map_location=device).eval()
     task = lit.task
     split = split or task.val_split

@@ -244,21 +244,43 @@ def _expand_bare_flags(argv: list) -> list:
     return out
 
 
+def _last_value(argv: list, flag: str) -> Optional[str]:
+    """The value the command line gives ``flag`` last (``--flag V`` or ``--flag=V``), or None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg[len(flag) + 1:]
+    return value
+
+
 def parse_config(argv=None) -> TrainConfig:
-    """Parse command-line flags (``sys.argv[1:]`` by default) into a resolved ``TrainConfig``."""
+    """Parse command-line flags (``sys.argv[1:]`` by default) into a resolved ``TrainConfig``.
+    ``--resume CKPT`` without ``--config`` starts from the configuration saved beside CKPT (later
+    flags override it); only the command line resumes: a ``resume`` in a ``--config`` file (a
+    resumed run's older config.json) is ignored, so starting from a run's file begins a new run."""
     import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    resume = _last_value(argv, "--resume")
+    if resume and _last_value(argv, "--config") is None:
+        saved = os.path.join(os.path.dirname(os.path.abspath(resume)), CONFIG_FILE)
+        if os.path.exists(saved):
+            argv = ["--config", saved, *argv]
     parser = make_parser()
-    namespace = parser.parse_args(_expand_bare_flags(list(sys.argv[1:] if argv is None else argv)))
+    namespace = parser.parse_args(_expand_bare_flags(argv))
     values = {k: v for k, v in vars(namespace).items() if k != "config"}
+    values["resume"] = resume
     return resolved(TrainConfig.from_flat(values))
 
 
 def save_config(run_dir: str, config: TrainConfig) -> str:
-    """Write the resolved configuration as ``<run_dir>/config.json`` (``--config`` reads it back)."""
+    """Write the resolved configuration as ``<run_dir>/config.json`` (``--config`` reads it back),
+    without ``resume``: how this run was started, not its configuration."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, CONFIG_FILE)
     with open(path, "w") as f:
-        json.dump(config.flat(), f, indent=2)
+        json.dump({**config.flat(), "resume": None}, f, indent=2)
     return path
 
 

@@ -25,6 +25,8 @@ logged once, whole, by the run that resumes it. Gradient clipping is the Trainer
 from __future__ import annotations
 
 import dataclasses
+import os
+import pickle
 import warnings
 
 import pytorch_lightning as pl
@@ -71,6 +73,19 @@ class WeightedMean(Metric):
             setattr(this, name, getattr(this, name).double())
             this._defaults[name] = this._defaults[name].double()
         return this
+
+
+def read_checkpoint(path: str) -> dict:
+    """A Lightning checkpoint's contents (``torch.load``, memory-mapped, on the CPU). Raises
+    FileNotFoundError for a missing file and ValueError naming it for one that is not a readable
+    checkpoint (cut short, or another format)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); was it cut short "
+                         "(a full disk, a copy still running)?") from None
 
 
 class LitVQA(pl.LightningModule):

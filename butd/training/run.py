@@ -31,11 +31,19 @@ def run_name(config: TrainConfig) -> str:
     return name
 
 
-def checkpoint_vocabulary(path: str):
-    """The vocabulary identity a checkpoint was trained with (None for one that has none)."""
-    import torch
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    return checkpoint.get("hyper_parameters", {}).get("vocabulary")
+def resumable_vocabulary(path: str, config: TrainConfig):
+    """The vocabulary identity the checkpoint ``path`` was trained with (None for one that has
+    none), after checking that ``config`` asks for the task and model it was trained as. Raises
+    ValueError naming the flags that differ."""
+    from butd.training.lit import read_checkpoint
+    hparams = read_checkpoint(path).get("hyper_parameters", {})
+    saved = {"dataset": hparams.get("task", config.data.dataset), **(hparams.get("model") or {})}
+    asked = {"dataset": config.data.dataset, **dataclasses.asdict(config.model)}
+    differ = [f"--{k} {saved[k]} (this run: {asked[k]})" for k in saved if k in asked and saved[k] != asked[k]]
+    if differ:
+        raise ValueError(f"{path} was trained with {', '.join(differ)}: resume with the run's settings "
+                         "(--resume alone reads them from the config.json beside the checkpoint)")
+    return hparams.get("vocabulary")
 
 
 def make_loggers(config: TrainConfig, run: str) -> list:
@@ -56,6 +64,9 @@ def check_devices(config: TrainConfig) -> None:
     """Refuse, before any work, GPUs that are not there: Lightning would end in a traceback."""
     import torch
     hw = config.hardware
+    if config.data.feature_cache == "gpu" and not torch.cuda.is_available():
+        raise ValueError("--feature_cache gpu keeps the feature stores on a GPU, and PyTorch sees none here; "
+                         "use --feature_cache auto (the default), pinned or none")
     if hw.accelerator not in ("gpu", "cuda"):
         return
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -107,6 +118,7 @@ def train(config: TrainConfig):
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")     # TF32 matmuls: the usual trade on Ampere and newer
 
+    vocabulary = resumable_vocabulary(config.run.resume, config) if config.run.resume else None
     paths = config.data.paths()
     qdir = ensure_caches(question_inputs(config), paths["features"], say=rank_zero_info)
     dm = VQADataModule(config.data.dataset, paths["cache"], batch_size=config.optim.bsz,
@@ -114,7 +126,7 @@ def train(config: TrainConfig):
                        seed=config.optim.seed, questions_dir=qdir)
     dm.setup("fit")
     if config.run.resume:
-        questions.check_vocabulary(checkpoint_vocabulary(config.run.resume), qdir, f"the checkpoint {config.run.resume}")
+        questions.check_vocabulary(vocabulary, qdir, f"the checkpoint {config.run.resume}")
     lit = LitVQA(config.data.dataset, model=dataclasses.asdict(config.model), optim=dataclasses.asdict(config.optim),
                  ntoken=dm.ntoken, num_answers=dm.num_answers, v_dim=dm.v_dim, spatial_dim=dm.spatial_dim,
                  vocabulary=dm.vocabulary)
