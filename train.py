@@ -25,9 +25,11 @@ With SLURM (one task per GPU; in an sbatch script with --nodes=2 --ntasks-per-no
 
 Every flag, its default and its meaning: `python train.py --help`; they come from the configuration
 dataclasses in butd/training/config.py. What a run writes is described in butd/training/run.py.
-Resume an interrupted run, in the same run directory, with --resume <that run's>/last.ckpt: it goes
-on where the run stopped, mid-epoch too (the loader's position is in the checkpoint). A user error (a
-missing file, a stale cache, GPUs that are not there) is one line on stderr and exit status 1.
+Resume an interrupted run, in the same run directory, with --resume <that run's>/last.ckpt (its
+settings come from the config.json beside it): it goes on where the run stopped, mid-epoch too (the
+loader's position is in the checkpoint; Ctrl-C of a single process saves last.ckpt at the end of the
+batch under way). A user error (a missing file, a stale cache, GPUs that are not there) is one line
+on stderr and exit status 1.
 
 The --bsz batch is per process: with DDP the global batch is bsz x processes. With --gpus 0 (the
 default) the accelerator is chosen automatically and one device is used; the specification instead

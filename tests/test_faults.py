@@ -10,6 +10,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -38,6 +39,7 @@ from butd.synthetic.gqa import generate  # noqa: E402
 from butd.synthetic.scene import format_row, write_tsv  # noqa: E402
 from butd.tasks import get_task  # noqa: E402
 from butd.text.glove import read_glove  # noqa: E402
+from butd.training.lit import LitVQA  # noqa: E402
 from helpers import REAL_TSV, interrupted_after, make_rows, questions_for, read_store, write_store  # noqa: E402
 
 EMB = 32
@@ -219,6 +221,32 @@ def test_4_resume_after_max_steps_goes_on_batch_for_batch(trained, tmp_path, one
     steps, part_losses = losses(tmp_path / "part")
     assert steps == list(range(12)) and part_losses == full_losses    # the same batches, in the same order
     assert epoch_figures(tmp_path / "part") == epoch_figures(tmp_path / "full")  # each epoch once, whole
+    for name, value in full.lightning_module.state_dict().items():
+        assert torch.equal(value, resumed.lightning_module.state_dict()[name]), name
+
+
+def test_4_ctrl_c_saves_the_batch_and_resume_goes_on_from_the_next(trained, tmp_path, one_thread, monkeypatch):
+    _, data, _ = trained
+    base = [*data, *FAST, "--epochs", "2"]
+    full, _ = train.main(["--run_name", "full", "--checkpoint", str(tmp_path / "full"), *base])
+    step = LitVQA.training_step
+
+    def interrupted_step(self, batch, batch_idx):   # Ctrl-C during the fourth step of the first epoch
+        if self.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LitVQA, "training_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--run_name", "part", "--checkpoint", str(tmp_path / "part"), *base])
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    [run] = os.listdir(tmp_path / "part" / "runs")
+    last = str(tmp_path / "part" / "runs" / run / "last.ckpt")
+    resumed, _ = train.main(["--resume", last])
+    assert resumed.global_step == 12
+    assert losses(tmp_path / "part") == losses(tmp_path / "full")    # the interrupted batch trained once
+    assert epoch_figures(tmp_path / "part") == epoch_figures(tmp_path / "full")
     for name, value in full.lightning_module.state_dict().items():
         assert torch.equal(value, resumed.lightning_module.state_dict()[name]), name
 

@@ -15,6 +15,10 @@ end (what Lightning itself writes for a mid-epoch checkpoint).
 """
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+
 import pytorch_lightning as pl
 
 
@@ -58,3 +62,43 @@ class MidEpochResume(pl.Callback):
         position = unfinished_position(checkpoint)
         if position is not None:
             rewind_to_batch_end(checkpoint, *position)
+
+
+class StopOnInterrupt(pl.Callback):
+    """Ctrl-C while a single process trains: finish the batch under way, write ``path`` (the run's
+    ``last.ckpt``) as a mid-epoch checkpoint, stop, and raise KeyboardInterrupt once the Trainer has
+    ended, so ``--resume path`` goes on with the next batch. A second Ctrl-C interrupts at once.
+
+    Under DDP Ctrl-C stays Lightning's (no checkpoint): each rank would see it at another point of
+    its step, and a checkpoint's collectives would pair with another rank's gradient all-reduce."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.requested = self.stopped = False
+        self._previous = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._request)
+
+    def _request(self, signum, frame) -> None:
+        self.requested = True
+        self._restore()
+        print("\n[*] Ctrl-C: stopping after this batch, to save a checkpoint to resume from "
+              "(Ctrl-C again stops at once, without one)", file=sys.stderr, flush=True)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.requested and not self.stopped:
+            trainer.save_checkpoint(self.path)
+            trainer.should_stop = self.stopped = True
+
+    def _restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()

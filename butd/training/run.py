@@ -109,7 +109,7 @@ def train(config: TrainConfig):
     from butd.training.caches import ensure_caches, question_inputs
     from butd.training.config import save_config
     from butd.training.lit import LitVQA
-    from butd.training.resume import MidEpochResume
+    from butd.training.resume import MidEpochResume, StopOnInterrupt
 
     check_devices(config)
     run = run_name(config)
@@ -139,12 +139,17 @@ def train(config: TrainConfig):
     loggers[0].log_hyperparams(config.flat())
     checkpoints = ModelCheckpoint(dirpath=run_dir, filename="butd-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
                                   monitor="val_acc", mode="max", save_top_k=3, save_last=True)
-    trainer = make_trainer(config, loggers, [checkpoints, MidEpochResume()])
+    stop = StopOnInterrupt(os.path.join(run_dir, "last.ckpt"))
+    trainer = make_trainer(config, loggers, [checkpoints, MidEpochResume(), *([] if config.run.fast_dev_run else [stop])])
     if trainer.is_global_zero and not config.run.fast_dev_run:
         save_config(run_dir, config)
 
     rank_zero_info("\n[*] Training...\n")
     trainer.fit(lit, datamodule=dm, ckpt_path=config.run.resume)
+    if stop.stopped:
+        rank_zero_info(f"[*] interrupted: {stop.path} holds the run up to the last batch; continue with "
+                       f"python train.py --resume '{stop.path}'")
+        raise KeyboardInterrupt
     if checkpoints.best_model_path:
         rank_zero_info(f"[*] best checkpoint: {checkpoints.best_model_path} "
                        f"(val_acc {float(checkpoints.best_model_score):.4f})")
