@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     p.add_argument("--dataset", default="gqa", choices=TASK_NAMES)
     p.add_argument("--data", default="data/", help="where downloaded data is located")
     p.add_argument("--questions", default=None, help="directory of the question files (default <data>/<task dir>)")
-    p.add_argument("--glove", default=None, help="GloVe vectors, .txt or .txt.gz (default <data>/GloVe/glove.6B.300d.txt)")
+    p.add_argument("--glove", default=None, help="GloVe vectors, .txt or .txt.gz (default <data>/GloVe/glove.6B.300d.txt, or .txt.gz if only that is there)")
     p.add_argument("--cache", default=None, help="directory holding the feature stores (default <data>/<task cache>)")
     p.add_argument("--out", default=None, help="output directory (default: <cache>/questions)")
     p.add_argument("--emb_dim", type=int, default=300, help="GloVe dimension (checked against the file)")

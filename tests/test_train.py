@@ -70,6 +70,15 @@ def test_defaults_are_the_specs():
     assert run_name(c).startswith("x-butd-x7+")
 
 
+def test_a_gzipped_glove_file_is_found_where_the_text_file_would_be(tmp_path):
+    glove = tmp_path / "GloVe" / "glove.6B.300d.txt"
+    os.makedirs(glove.parent)
+    (tmp_path / "GloVe" / "glove.6B.300d.txt.gz").write_bytes(b"")
+    assert parse_config(["--run_name", "x", "--data", str(tmp_path)]).data.glove == str(glove) + ".gz"
+    glove.write_text("")     # both there: the text file, as before
+    assert parse_config(["--run_name", "x", "--data", str(tmp_path)]).data.glove == str(glove)
+
+
 def test_a_second_run_in_the_same_minute_gets_its_own_name(tmp_path):
     c = parse_config(["--run_name", "x", "--checkpoint", str(tmp_path)])
     first = run_name(c)

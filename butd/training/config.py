@@ -71,7 +71,7 @@ class DataConfig:
     nlvr2_cache: Optional[str] = None
     """NLVR2 feature stores and question cache (default <data>/NLVR2-Cache)"""
     glove: Optional[str] = None
-    """GloVe 300-d vectors (default <data>/GloVe/glove.6B.300d.txt)"""
+    """GloVe 300-d vectors, .txt or .txt.gz (default <data>/GloVe/glove.6B.300d.txt, or .txt.gz if only that is there)"""
     drop_missing: bool = False
     """build the question cache without the questions whose image has no feature row"""
     num_workers: int = 0
@@ -88,7 +88,10 @@ class DataConfig:
         paths = {kind: getattr(self, f"{task.name}_{kind}", None)
                  or os.path.join(self.data, getattr(task, f"{kind}_dir"))
                  for kind in ("questions", "features", "cache")}
-        paths["glove"] = self.glove or os.path.join(self.data, "GloVe", "glove.6B.300d.txt")
+        default = os.path.join(self.data, "GloVe", "glove.6B.300d.txt")
+        if not self.glove and not os.path.exists(default) and os.path.exists(default + ".gz"):
+            default += ".gz"
+        paths["glove"] = self.glove or default
         return paths
 
 
