@@ -251,6 +251,14 @@ def test_4_ctrl_c_saves_the_batch_and_resume_goes_on_from_the_next(trained, tmp_
         assert torch.equal(value, resumed.lightning_module.state_dict()[name]), name
 
 
+def test_worker_processes_train_exactly_as_the_thread(trained, tmp_path, one_thread):
+    _, data, _ = trained
+    base = [*data, *FAST, "--epochs", "1", "--answer_dropout", "0.5", "--feature_cache", "none"]
+    for workers in (0, 1):
+        train.main(["--run_name", "w", "--checkpoint", str(tmp_path / str(workers)), *base, "--num_workers", str(workers)])
+    assert losses(tmp_path / "0") == losses(tmp_path / "1")   # the same batches and the same dropout draws
+
+
 def test_4_resume_with_worker_processes_and_epochs_1(trained, tmp_path, one_thread):
     """The issue's case: --epochs 1 --max_steps 3, then --resume: the resume used to train nothing."""
     _, data, _ = trained

@@ -222,7 +222,10 @@ class WorkerLoader(_Position):
                 _SlotFiller(self.dataset, self.ring()), sampler=_Numbered(self.sampler), batch_size=None,
                 collate_fn=_whole_batch, num_workers=self.num_workers, prefetch_factor=self.prefetch_factor,
                 persistent_workers=True, multiprocessing_context=self.context,
-                worker_init_fn=_ignore_interrupts)
+                worker_init_fn=_ignore_interrupts,
+                # the workers' base seed is drawn from this, not from the global RNG: the training's
+                # own draws (dropout) stay those of a run with num_workers=0
+                generator=torch.Generator())
         return self._workers
 
     def _batches(self):
