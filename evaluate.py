@@ -1,6 +1,6 @@
 """Evaluate a trained checkpoint: the task's scores by question type, and predictions for submission.
 
-    python evaluate.py --checkpoint checkpoints/runs/<run>/butd-epoch=..-val_acc=...ckpt
+    python evaluate.py --checkpoint checkpoints/runs/<run>/butd-epoch=..-val_acc=...ckpt   # film-epoch=.. for FiLM
     python evaluate.py --checkpoint CKPT --split submission --out submission.json   # GQA: upload this
     python evaluate.py --checkpoint CKPT --split val --accelerator gpu --bsz 1024
 

@@ -209,6 +209,7 @@ def test_the_real_statements_go_through_the_cache_training_and_evaluation(tmp_pa
                                  "--glove", REAL_GLOVE, "--checkpoint", str(tmp_path / "ckpt"), "--epochs", "1",
                                  "--hidden", "16", "--bsz", "16", "--accelerator", "cpu", "--model", "film"])
     capsys.readouterr()
+    assert os.path.basename(checkpoints.best_model_path).startswith("film-epoch=00-")
     csv = str(tmp_path / "dev.csv")
     scores = evaluate.main(["--checkpoint", checkpoints.best_model_path, "--out", csv])
     printed = capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 ``train.py`` is its command line. Each run writes, under ``--checkpoint``: ``runs/<run>/config.json``
 (the resolved configuration: ``--config`` reads it back, ``evaluate.py`` finds the data through
-it), ``runs/<run>/butd-epoch=..-val_loss=..-val_acc=...ckpt`` (the top 3 by val_acc, and
+it), ``runs/<run>/<model>-epoch=..-val_loss=..-val_acc=...ckpt`` (the top 3 by val_acc, and
 ``last.ckpt``), ``metrics/<run>-metrics.json`` (the specification's metric file) and, with
 ``--logger csv|tensorboard``, ``logs/<run>/``.
 """
@@ -137,7 +137,7 @@ def train(config: TrainConfig):
     run_dir = os.path.join(config.data.checkpoint, "runs", run)
     loggers = make_loggers(config, run)
     loggers[0].log_hyperparams(config.flat())
-    checkpoints = ModelCheckpoint(dirpath=run_dir, filename="butd-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
+    checkpoints = ModelCheckpoint(dirpath=run_dir, filename=config.model.model + "-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
                                   monitor="val_acc", mode="max", save_top_k=3, save_last=True)
     stop = StopOnInterrupt(os.path.join(run_dir, "last.ckpt"))
     trainer = make_trainer(config, loggers, [checkpoints, MidEpochResume(), *([] if config.run.fast_dev_run else [stop])])
