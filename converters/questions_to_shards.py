@@ -19,6 +19,7 @@ import os
 import sys
 
 from butd import questions
+from butd.cli import run
 from butd.tasks import TASK_NAMES
 from butd.training.config import DataConfig
 
@@ -43,15 +44,11 @@ def main(argv=None) -> dict:
     inputs = questions.Inputs(args.dataset, args.questions or paths["questions"], paths["glove"],
                               args.cache or paths["cache"], emb_dim=args.emb_dim, max_length=args.max_length,
                               drop_missing=args.drop_missing)
-    try:
-        summary = questions.build(inputs, args.out or os.path.join(inputs.cache, "questions"), force=args.force,
-                                  workers=args.workers)
-    # ValueError covers QuestionFileError, GloveFormatError and an incomplete or foreign feature store
-    except (OSError, ValueError, questions.StaleCacheError) as e:
-        sys.exit(f"[!] {' '.join(str(e).split())}")     # one line, exit status 1
+    summary = questions.build(inputs, args.out or os.path.join(inputs.cache, "questions"), force=args.force,
+                              workers=args.workers)
     print(json.dumps(summary))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))   # a user's error (a missing file, a bad question or GloVe file): one line, exit status 1

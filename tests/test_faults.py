@@ -27,6 +27,7 @@ import questions_to_shards  # noqa: E402
 import train  # noqa: E402
 import tsv_to_zarr  # noqa: E402
 from butd import cli, questions  # noqa: E402
+from butd.evaluation import plots  # noqa: E402
 from butd.features import schema  # noqa: E402
 from butd.features.convert import convert_stores, convert_tsv  # noqa: E402
 from butd.features.reader import FeatureStore  # noqa: E402
@@ -138,9 +139,9 @@ def test_2_ids_in_another_format_are_refused_showing_both_sides(trained, tmp_pat
         json.dump(qs, f)
     cache = copy_stores(root, tmp_path / "cache")
     for flags in ([], ["--drop-missing"]):
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(ValueError) as e:
             build_questions(qdir, data[3], cache, *flags)
-        message = str(e.value.code)
+        message = str(e.value)
         assert "95 of 95 train question(s)" in message and "COCO_train2014_0000023" in message
         store_ids = schema.read_image_ids(os.path.join(cache, "trainval.zarr"))[:5]
         assert all(i in message for i in store_ids), message       # the store's ids beside the questions'
@@ -536,8 +537,10 @@ def test_9_user_errors_are_one_line_from_every_command(tmp_path, capsys):
     assert status == 1 and "none.ckpt: no such checkpoint" in one_line_error(err)
     status, err = cli_run(train.main, ["--run_name", "x", "--data", str(tmp_path), "--accelerator", "cpu"], capsys)
     assert status == 1 and "vg_gqa_obj36.tsv: features TSV not found" in one_line_error(err)
-    with pytest.raises(SystemExit, match="questions directory not found|question file not found|not found"):
-        questions_to_shards.main(["--data", str(tmp_path)])
+    status, err = cli_run(questions_to_shards.main, ["--data", str(tmp_path)], capsys)
+    assert status == 1 and "not found" in one_line_error(err)
+    status, err = cli_run(plots.main, [str(tmp_path / "none-metrics.json")], capsys)
+    assert status == 1 and "none-metrics.json" in one_line_error(err)
 
 
 # ---- Several TSVs, one store ----

@@ -84,4 +84,7 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from butd.cli import run
+    sys.exit(run(main))   # a missing or empty metrics file: one line, exit status 1
