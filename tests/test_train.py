@@ -133,14 +133,17 @@ def test_resume_alone_reads_the_runs_settings_and_a_saved_file_never_resumes(tmp
     import dataclasses
     from butd.training.config import save_config
     run_dir = tmp_path / "runs" / "r"
-    ran = parse_config(["--run_name", "r", "--hidden", "64", "--dataset", "vqa2", "--checkpoint", str(tmp_path)])
+    ran = parse_config(["--run_name", "r", "--hidden", "64", "--dataset", "vqa2", "--checkpoint", str(tmp_path),
+                        "--max_steps", "3"])
     save_config(str(run_dir), dataclasses.replace(ran, run=dataclasses.replace(ran.run, resume="elsewhere/last.ckpt")))
     with open(run_dir / "config.json") as f:
         assert json.load(f)["resume"] is None      # how a run was started is not its configuration
     last = str(run_dir / "last.ckpt")
     resumed = parse_config(["--resume", last, "--epochs", "30"])
     assert resumed.run.resume == last and resumed.optim.epochs == 30
+    assert resumed.optim.max_steps == -1              # where the interrupted invocation stopped is not kept
     assert dataclasses.replace(resumed, run=ran.run, optim=ran.optim) == ran   # hidden 64, vqa2, its paths
+    assert parse_config(["--resume", last, "--max_steps", "5"]).optim.max_steps == 5
     # an older run's file that still says resume: starting from it with a new name is a new run
     with open(run_dir / "config.json") as f:
         old = {**json.load(f), "resume": last}

@@ -261,19 +261,23 @@ def _last_value(argv: list, flag: str) -> Optional[str]:
 def parse_config(argv=None) -> TrainConfig:
     """Parse command-line flags (``sys.argv[1:]`` by default) into a resolved ``TrainConfig``.
     ``--resume CKPT`` without ``--config`` starts from the configuration saved beside CKPT (later
-    flags override it); only the command line resumes: a ``resume`` in a ``--config`` file (a
-    resumed run's older config.json) is ignored, so starting from a run's file begins a new run."""
+    flags override it), all but where the interrupted invocation was to stop: ``--max_steps`` is
+    the command line's (a run stopped by ``--max_steps 3`` resumes to its ``--epochs``). Only the
+    command line resumes: a ``resume`` in a ``--config`` file (a resumed run's older config.json) is
+    ignored, so starting from a run's file begins a new run."""
     import sys
     argv = list(sys.argv[1:] if argv is None else argv)
     resume = _last_value(argv, "--resume")
-    if resume and _last_value(argv, "--config") is None:
-        saved = os.path.join(os.path.dirname(os.path.abspath(resume)), CONFIG_FILE)
-        if os.path.exists(saved):
-            argv = ["--config", saved, *argv]
+    saved = os.path.join(os.path.dirname(os.path.abspath(resume)), CONFIG_FILE) if resume else None
+    from_saved = bool(saved) and _last_value(argv, "--config") is None and os.path.exists(saved)
+    if from_saved:
+        argv = ["--config", saved, *argv]
     parser = make_parser()
     namespace = parser.parse_args(_expand_bare_flags(argv))
     values = {k: v for k, v in vars(namespace).items() if k != "config"}
     values["resume"] = resume
+    if from_saved and _last_value(argv, "--max_steps") is None:
+        values["max_steps"] = OptimConfig.max_steps
     return resolved(TrainConfig.from_flat(values))
 
 
