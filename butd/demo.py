@@ -20,6 +20,7 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ def generator_module(task: str) -> str:
 
 
 def _run(step: str, args: list) -> None:
-    print(f"\n[*] {step}\n    $ {' '.join(args)}", flush=True)
+    print(f"\n[*] {step}\n    $ python {shlex.join(args)}", flush=True)   # as a user would type it
     start = time.time()
     subprocess.run([sys.executable] + args, cwd=ROOT, check=True)
     print(f"    ({time.time() - start:.1f} s)", flush=True)

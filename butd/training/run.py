@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from datetime import datetime
 
 from butd.training.config import TrainConfig
@@ -139,6 +140,9 @@ def train(config: TrainConfig):
     loggers[0].log_hyperparams(config.flat())
     checkpoints = ModelCheckpoint(dirpath=run_dir, filename=config.model.model + "-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
                                   monitor="val_acc", mode="max", save_top_k=3, save_last=True)
+    # every run has a directory of its own (run_name), which holds config.json before any checkpoint
+    # and a resumed run's checkpoints: Lightning's "exists and is not empty" warning is always noise here
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     stop = StopOnInterrupt(os.path.join(run_dir, "last.ckpt"))
     trainer = make_trainer(config, loggers, [checkpoints, MidEpochResume(), *([] if config.run.fast_dev_run else [stop])])
     if trainer.is_global_zero and not config.run.fast_dev_run:
