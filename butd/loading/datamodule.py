@@ -22,8 +22,8 @@ from pytorch_lightning.utilities import rank_zero_info
 from butd import questions as q
 from butd.features import schema
 from butd.features.reader import FeatureStore
-from butd.loading.batches import BatchDataset
 from butd.loading import cache_choice
+from butd.loading.batches import BatchDataset
 from butd.loading.cache_choice import auto_cache, resident_nbytes
 from butd.loading.loaders import make_loader
 from butd.tasks import get_task
