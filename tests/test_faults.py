@@ -216,7 +216,14 @@ def test_4_resume_after_max_steps_goes_on_batch_for_batch(trained, tmp_path, one
     assert steps == list(range(12))                        # 2 epochs of 6 steps
     part, _ = train.main(["--run_name", "part", "--checkpoint", str(tmp_path / "part"), *base, "--max_steps", "3"])
     assert part.global_step == 3
-    last = os.path.join(os.path.dirname(part.checkpoint_callback.last_model_path), "last.ckpt")
+    last = os.path.join(part.checkpoint_callback.dirpath, "last.ckpt")
+    saved = os.path.join(part.checkpoint_callback.dirpath, "config.json")
+    with open(saved) as f:
+        before = f.read()
+    with pytest.raises(ValueError, match="after batch 3 of epoch 0"):   # mid-epoch: another --bsz is refused
+        train.main(["--resume", last, "--bsz", "8"])
+    with open(saved) as f:
+        assert f.read() == before      # ... and leaves the run's configuration as it was
     resumed, _ = train.main(["--run_name", "part", "--checkpoint", str(tmp_path / "part"), *base, "--resume", last])
     assert resumed.global_step == 12 and resumed.current_epoch == 2
     steps, part_losses = losses(tmp_path / "part")
@@ -232,8 +239,8 @@ def test_4_ctrl_c_saves_the_batch_and_resume_goes_on_from_the_next(trained, tmp_
     full, _ = train.main(["--run_name", "full", "--checkpoint", str(tmp_path / "full"), *base])
     step = LitVQA.training_step
 
-    def interrupted_step(self, batch, batch_idx):   # Ctrl-C during the fourth step of the first epoch
-        if self.global_step == 3:
+    def interrupted_step(self, batch, batch_idx):   # Ctrl-C during the third step of the second epoch
+        if self.global_step == 8:
             os.kill(os.getpid(), signal.SIGINT)
         return step(self, batch, batch_idx)
 
@@ -243,7 +250,15 @@ def test_4_ctrl_c_saves_the_batch_and_resume_goes_on_from_the_next(trained, tmp_
     monkeypatch.undo()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     [run] = os.listdir(tmp_path / "part" / "runs")
+    names = sorted(os.listdir(tmp_path / "part" / "runs" / run))
+    # one last.ckpt, at the end of the interrupted batch; no validation or top-k file of the part-epoch
+    assert [n for n in names if n.endswith(".ckpt")] == [n for n in names if n.startswith("butd-epoch=00")] + ["last.ckpt"]
     last = str(tmp_path / "part" / "runs" / run / "last.ckpt")
+    assert torch.load(last, weights_only=False)["global_step"] == 9
+    [metrics] = os.listdir(tmp_path / "part" / "metrics")
+    with open(tmp_path / "part" / "metrics" / metrics) as f:
+        events = json.load(f)
+    assert events["status"] == "interrupted" and len(events["val_acc"]) == 1
     resumed, _ = train.main(["--resume", last])
     assert resumed.global_step == 12
     assert losses(tmp_path / "part") == losses(tmp_path / "full")    # the interrupted batch trained once
@@ -266,7 +281,7 @@ def test_4_resume_with_worker_processes_and_epochs_1(trained, tmp_path, one_thre
     base = [*data, *FAST, "--epochs", "1", "--num_workers", "1"]
     train.main(["--run_name", "full", "--checkpoint", str(tmp_path / "full"), *base])
     part, _ = train.main(["--run_name", "part", "--checkpoint", str(tmp_path / "part"), *base, "--max_steps", "3"])
-    last = os.path.join(os.path.dirname(part.checkpoint_callback.last_model_path), "last.ckpt")
+    last = os.path.join(part.checkpoint_callback.dirpath, "last.ckpt")
     resumed, _ = train.main(["--run_name", "part", "--checkpoint", str(tmp_path / "part"), *base, "--resume", last])
     assert resumed.global_step == 6
     assert losses(tmp_path / "part") == losses(tmp_path / "full")

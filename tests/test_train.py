@@ -109,6 +109,8 @@ def test_training_beats_the_majority_answer_and_writes_the_run(trained):
     run_dir = os.path.dirname(checkpoints.best_model_path)
     names = sorted(os.listdir(run_dir))
     assert len([n for n in names if n.startswith("butd-epoch=")]) == 3 and "last.ckpt" in names
+    # last.ckpt is the last epoch's, whether or not that epoch made the top 3
+    assert torch.load(os.path.join(run_dir, "last.ckpt"), weights_only=False)["global_step"] == trainer.global_step
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
     assert os.path.basename(run_dir) == trainer.logger.name
@@ -139,11 +141,21 @@ def test_resume_alone_reads_the_runs_settings_and_a_saved_file_never_resumes(tmp
     with open(run_dir / "config.json") as f:
         assert json.load(f)["resume"] is None      # how a run was started is not its configuration
     last = str(run_dir / "last.ckpt")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        parse_config(["--resume", last])
+    (run_dir / "last.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit):           # no abbreviations: --resum is not --resume
+        parse_config(["--resum", last, "--run_name", "z"])
     resumed = parse_config(["--resume", last, "--epochs", "30"])
     assert resumed.run.resume == last and resumed.optim.epochs == 30
     assert resumed.optim.max_steps == -1              # where the interrupted invocation stopped is not kept
     assert dataclasses.replace(resumed, run=ran.run, optim=ran.optim) == ran   # hidden 64, vqa2, its paths
     assert parse_config(["--resume", last, "--max_steps", "5"]).optim.max_steps == 5
+    assert parse_config(["--config", str(run_dir / "config.json"), "--resume", last]).optim.max_steps == -1
+    # a run copied elsewhere resumes there, not into the directory it was first made in
+    copy = tmp_path / "elsewhere" / "runs" / "r"
+    shutil.copytree(run_dir, copy)
+    assert parse_config(["--resume", str(copy / "last.ckpt")]).data.checkpoint == str(tmp_path / "elsewhere")
     # an older run's file that still says resume: starting from it with a new name is a new run
     with open(run_dir / "config.json") as f:
         old = {**json.load(f), "resume": last}
@@ -157,6 +169,8 @@ def test_resuming_with_other_model_settings_or_a_damaged_checkpoint_is_one_error
     last = os.path.join(os.path.dirname(checkpoints.best_model_path), "last.ckpt")
     with pytest.raises(ValueError, match=r"--hidden 128 \(this run: 64\)"):
         train.main(["--resume", last, "--hidden", "64"])
+    with pytest.raises(ValueError, match=r"--opt adamax \(this run: adam\)"):   # its moments fit no other
+        train.main(["--resume", last, "--opt", "adam"])
     cut = tmp_path / "last.ckpt"   # beside its run's config.json, as evaluate.py wants it
     with open(last, "rb") as f:
         cut.write_bytes(f.read()[:4096])

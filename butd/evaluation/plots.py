@@ -62,7 +62,10 @@ def plot_training_curves(metrics_files: Sequence[str], out: str) -> str:
     loss: Series = {}
     for path in metrics_files:
         with open(path) as f:
-            events = json.load(f)
+            try:
+                events = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not a metrics JSON file ({e})") from None
         run = _run_name(path)
         for split, acc_key, loss_key in (("train", "train_epoch_acc", "train_epoch_loss"),
                                          ("val", "val_acc", "val_loss")):

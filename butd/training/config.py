@@ -217,7 +217,8 @@ def resolved(config: TrainConfig) -> TrainConfig:
 def make_parser(description: str = "Train BUTD/FiLM."):
     from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(description=description, default_env=False, exit_on_error=True)
+    # no abbreviations: --resum would parse as --resume, yet parse_config reads --resume from argv itself
+    parser = ArgumentParser(description=description, default_env=False, exit_on_error=True, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile,
                         help="a YAML or JSON file of flags (e.g. a run's saved config.json); later flags override it")
     for group in GROUPS.values():
@@ -261,22 +262,32 @@ def _last_value(argv: list, flag: str) -> Optional[str]:
 def parse_config(argv=None) -> TrainConfig:
     """Parse command-line flags (``sys.argv[1:]`` by default) into a resolved ``TrainConfig``.
     ``--resume CKPT`` without ``--config`` starts from the configuration saved beside CKPT (later
-    flags override it), all but where the interrupted invocation was to stop: ``--max_steps`` is
-    the command line's (a run stopped by ``--max_steps 3`` resumes to its ``--epochs``). Only the
-    command line resumes: a ``resume`` in a ``--config`` file (a resumed run's older config.json) is
-    ignored, so starting from a run's file begins a new run."""
+    flags override it) and writes where CKPT is (``<checkpoint>/runs/<run>/``), wherever the run
+    was first made; where the interrupted invocation was to stop is not kept: ``--max_steps`` of a
+    resume is the command line's (a run stopped by ``--max_steps 3`` resumes to its ``--epochs``).
+    Only the command line resumes: a ``resume`` in a ``--config`` file (a resumed run's older
+    config.json) is ignored, so starting from a run's file begins a new run. Raises
+    FileNotFoundError for a ``--resume`` checkpoint that is not there."""
     import sys
     argv = list(sys.argv[1:] if argv is None else argv)
     resume = _last_value(argv, "--resume")
-    saved = os.path.join(os.path.dirname(os.path.abspath(resume)), CONFIG_FILE) if resume else None
-    from_saved = bool(saved) and _last_value(argv, "--config") is None and os.path.exists(saved)
-    if from_saved:
-        argv = ["--config", saved, *argv]
+    if resume:
+        if not os.path.isfile(resume):
+            raise FileNotFoundError(f"{resume}: no such checkpoint (--resume)")
+        run_dir = os.path.dirname(os.path.abspath(resume))
+        saved = os.path.join(run_dir, CONFIG_FILE)
+        if _last_value(argv, "--config") is None:
+            if not os.path.exists(saved):
+                raise FileNotFoundError(f"{saved}: the run's configuration is missing beside the checkpoint; "
+                                        "resume with --config <that run's config.json> --resume ...")
+            argv = ["--config", saved, *argv]
+        if os.path.basename(os.path.dirname(run_dir)) == "runs" and _last_value(argv, "--checkpoint") is None:
+            argv += ["--checkpoint", os.path.dirname(os.path.dirname(run_dir))]   # a run moved or copied
     parser = make_parser()
     namespace = parser.parse_args(_expand_bare_flags(argv))
     values = {k: v for k, v in vars(namespace).items() if k != "config"}
     values["resume"] = resume
-    if from_saved and _last_value(argv, "--max_steps") is None:
+    if resume and _last_value(argv, "--max_steps") is None:
         values["max_steps"] = OptimConfig.max_steps
     return resolved(TrainConfig.from_flat(values))
 

@@ -6,7 +6,7 @@
 writes ``<save_dir>/metrics/<name>-metrics.json``: for each metric a list of values and a
 ``<metric>_step`` list of the global steps they were logged at (as the spec's file), the
 hyper-parameters under ``hyperparams``, and ``status`` ("running" until the Trainer finalises the
-run with "success" or "failed"). Only rank zero writes. The file is rewritten whenever an epoch-level
+run with "success" or "failed"; "interrupted" for a run stopped by Ctrl-C that can be resumed). Only rank zero writes. The file is rewritten whenever an epoch-level
 metric arrives (validation, train epoch means), so a killed run keeps what it measured, and at the end.
 """
 from __future__ import annotations

@@ -65,15 +65,16 @@ class MidEpochResume(pl.Callback):
 
 
 class StopOnInterrupt(pl.Callback):
-    """Ctrl-C while a single process trains: finish the batch under way, write ``path`` (the run's
-    ``last.ckpt``) as a mid-epoch checkpoint, stop, and raise KeyboardInterrupt once the Trainer has
-    ended, so ``--resume path`` goes on with the next batch. A second Ctrl-C interrupts at once.
+    """Ctrl-C while a single process trains: finish the batch under way, then stop as ``--max_steps``
+    would (no validation of the part-epoch, no top-k checkpoint of it; the run's ``last.ckpt``
+    callback saves the state, which ``MidEpochResume`` resumes batch for batch); ``train.py`` then
+    exits 130. A second Ctrl-C interrupts at once, as Lightning does.
 
     Under DDP Ctrl-C stays Lightning's (no checkpoint): each rank would see it at another point of
     its step, and a checkpoint's collectives would pair with another rank's gradient all-reduce."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, top_k=None):
+        self.top_k = top_k            # the top-k ModelCheckpoint, kept from saving the part-epoch
         self.requested = self.stopped = False
         self._previous = None
 
@@ -89,8 +90,10 @@ class StopOnInterrupt(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.requested and not self.stopped:
-            trainer.save_checkpoint(self.path)
-            trainer.should_stop = self.stopped = True
+            trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
+            if self.top_k is not None:
+                self.top_k.save_top_k = 0
+            self.stopped = True
 
     def _restore(self) -> None:
         if self._previous is not None:

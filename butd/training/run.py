@@ -38,8 +38,10 @@ def resumable_vocabulary(path: str, config: TrainConfig):
     ValueError naming the flags that differ."""
     from butd.training.lit import read_checkpoint
     hparams = read_checkpoint(path).get("hyper_parameters", {})
-    saved = {"dataset": hparams.get("task", config.data.dataset), **(hparams.get("model") or {})}
-    asked = {"dataset": config.data.dataset, **dataclasses.asdict(config.model)}
+    # the optimiser's kind too: its saved state (Adamax's, Adam's moments) fits no other
+    saved = {"dataset": hparams.get("task", config.data.dataset), **(hparams.get("model") or {}),
+             **{k: v for k, v in (hparams.get("optim") or {}).items() if k == "opt"}}
+    asked = {"dataset": config.data.dataset, **dataclasses.asdict(config.model), "opt": config.optim.opt}
     differ = [f"--{k} {saved[k]} (this run: {asked[k]})" for k in saved if k in asked and saved[k] != asked[k]]
     if differ:
         raise ValueError(f"{path} was trained with {', '.join(differ)}: resume with the run's settings "
@@ -139,20 +141,32 @@ def train(config: TrainConfig):
     loggers = make_loggers(config, run)
     loggers[0].log_hyperparams(config.flat())
     checkpoints = ModelCheckpoint(dirpath=run_dir, filename=config.model.model + "-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
-                                  monitor="val_acc", mode="max", save_top_k=3, save_last=True)
+                                  monitor="val_acc", mode="max", save_top_k=3)
+    # last.ckpt of its own callback, written at every epoch's end: Lightning's save_last writes it only
+    # when a top-k checkpoint was saved at the same step, so an epoch outside the top 3 left it behind
+    last = ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
     # every run has a directory of its own (run_name), which holds config.json before any checkpoint
     # and a resumed run's checkpoints: Lightning's "exists and is not empty" warning is always noise here
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    stop = StopOnInterrupt(os.path.join(run_dir, "last.ckpt"))
-    trainer = make_trainer(config, loggers, [checkpoints, MidEpochResume(), *([] if config.run.fast_dev_run else [stop])])
-    if trainer.is_global_zero and not config.run.fast_dev_run:
-        save_config(run_dir, config)
+    stop = StopOnInterrupt(top_k=checkpoints)
+
+    class SaveConfig(pl.Callback):
+        # once training starts: a resume refused while restoring its checkpoint leaves the file as it was
+        def on_train_start(self, trainer, pl_module):
+            if trainer.is_global_zero:
+                save_config(run_dir, config)
+
+    trainer = make_trainer(config, loggers, [checkpoints, last, MidEpochResume(),
+                                             *([] if config.run.fast_dev_run else [stop, SaveConfig()])])
+
 
     rank_zero_info("\n[*] Training...\n")
     trainer.fit(lit, datamodule=dm, ckpt_path=config.run.resume)
     if stop.stopped:
-        rank_zero_info(f"[*] interrupted: {stop.path} holds the run up to the last batch; continue with "
-                       f"python train.py --resume '{stop.path}'")
+        loggers[0].finalize("interrupted")
+        path = os.path.join(run_dir, "last.ckpt")
+        rank_zero_info(f"[*] interrupted: {path} holds the run up to the last batch; continue with "
+                       f"python train.py --resume '{path}'")
         raise KeyboardInterrupt
     if checkpoints.best_model_path:
         rank_zero_info(f"[*] best checkpoint: {checkpoints.best_model_path} "
