@@ -16,8 +16,8 @@ and reports steps/s, samples/s and loader efficiency = (b) / (a); with ``--compi
 ``compiled_vs_eager_resident``. Then, at the first precision and
 batch size, ``train.py``'s own loop against a bare one over the same loader:
   (c) ``trainer``: the LightningModule under the Trainer that ``train.py`` builds
-      (``butd.training.run.make_trainer``: its metrics logger, checkpoint callback, progress bar,
-      clipping and precision), timed from inside by a callback;
+      (``butd.training.run.make_trainer`` and ``run_callbacks``: its metrics logger, checkpoint
+      callbacks, Ctrl-C handling, progress bar, clipping and precision), timed from inside by a callback;
   (d) ``bare``: a plain PyTorch loop with the same model, batches, optimiser and clipping;
 runs of (d) and (c) alternate, ``--loop_rounds`` of (c) between ``--loop_rounds + 1`` of (d), and
 loop efficiency = median (c) / median (d): the share of steps/s the Trainer keeps.
@@ -244,11 +244,10 @@ class _StepTimer:
 
 def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workdir: str) -> list:
     """(c) train.py's Trainer loop against (d) a bare loop, over the same loader and model."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
 
     from butd.training.config import TrainConfig, RunConfig, resolved
     from butd.training.metrics_logger import MetricLogger
-    from butd.training.run import make_trainer
+    from butd.training.run import make_trainer, run_callbacks
 
     config = resolved(TrainConfig(RunConfig(run_name="step_speed", log_every=50)))
     config.data.checkpoint = workdir
@@ -276,9 +275,8 @@ def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workd
         dm = loader()
         lit = build_lit(args, dm, torch.device("cpu"))
         timer = _StepTimer(args.warmup, args.loop_steps, device)
-        checkpoints = ModelCheckpoint(dirpath=os.path.join(workdir, "runs", "step_speed"), monitor="val_acc",
-                                      mode="max", save_top_k=3, save_last=True)
-        trainer = make_trainer(config, [MetricLogger("step_speed", workdir)], [checkpoints, timer.callback],
+        callbacks, _, _ = run_callbacks(config, os.path.join(workdir, "runs", "step_speed"))   # train.py's own
+        trainer = make_trainer(config, [MetricLogger("step_speed", workdir)], [*callbacks, timer.callback],
                                limit_val_batches=0, max_epochs=-1)
         trainer.fit(lit, datamodule=dm)
         steps = args.loop_steps / timer.seconds

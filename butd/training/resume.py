@@ -15,10 +15,6 @@ end (what Lightning itself writes for a mid-epoch checkpoint).
 """
 from __future__ import annotations
 
-import signal
-import sys
-import threading
-
 import pytorch_lightning as pl
 
 
@@ -63,45 +59,3 @@ class MidEpochResume(pl.Callback):
         if position is not None:
             rewind_to_batch_end(checkpoint, *position)
 
-
-class StopOnInterrupt(pl.Callback):
-    """Ctrl-C while a single process trains: finish the batch under way, then stop as ``--max_steps``
-    would (no validation of the part-epoch, no top-k checkpoint of it; the run's ``last.ckpt``
-    callback saves the state, which ``MidEpochResume`` resumes batch for batch); ``train.py`` then
-    exits 130. A second Ctrl-C interrupts at once, as Lightning does.
-
-    Under DDP Ctrl-C stays Lightning's (no checkpoint): each rank would see it at another point of
-    its step, and a checkpoint's collectives would pair with another rank's gradient all-reduce."""
-
-    def __init__(self, top_k=None):
-        self.top_k = top_k            # the top-k ModelCheckpoint, kept from saving the part-epoch
-        self.requested = self.stopped = False
-        self._previous = None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._request)
-
-    def _request(self, signum, frame) -> None:
-        self.requested = True
-        self._restore()
-        print("\n[*] Ctrl-C: stopping after this batch, to save a checkpoint to resume from "
-              "(Ctrl-C again stops at once, without one)", file=sys.stderr, flush=True)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.requested and not self.stopped:
-            trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
-            if self.top_k is not None:
-                self.top_k.save_top_k = 0
-            self.stopped = True
-
-    def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        self._restore()
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self._restore()

@@ -100,19 +100,37 @@ def make_trainer(config: TrainConfig, loggers, callbacks: list, **overrides):
     return pl.Trainer(**options)
 
 
+def run_callbacks(config: TrainConfig, run_dir: str) -> tuple:
+    """``(callbacks, top_k, stop)``: the Lightning callbacks of a run writing to ``run_dir``: the top 3
+    checkpoints by val_acc (``top_k``), ``last.ckpt`` at every epoch's end, resuming mid-epoch, and
+    (not for ``--fast_dev_run``) the configuration saved when training starts and Ctrl-C (``stop``)."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from butd.training.callbacks import SaveConfig, StopOnInterrupt
+    from butd.training.resume import MidEpochResume
+    top_k = ModelCheckpoint(dirpath=run_dir, filename=config.model.model + "-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
+                            monitor="val_acc", mode="max", save_top_k=3)
+    # last.ckpt of its own callback, written at every epoch's end: Lightning's save_last writes it only
+    # when a top-k checkpoint was saved at the same step, so an epoch outside the top 3 left it behind
+    last = ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+    # every run has a directory of its own (run_name), which holds config.json before any checkpoint
+    # and a resumed run's checkpoints: Lightning's "exists and is not empty" warning is always noise here
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    stop = StopOnInterrupt(top_k=top_k)
+    extra = [] if config.run.fast_dev_run else [stop, SaveConfig(run_dir, config)]
+    return [top_k, last, MidEpochResume(), *extra], top_k, stop
+
+
 def train(config: TrainConfig):
     """Train as ``config`` says; returns the Trainer and the ModelCheckpoint callback."""
     import pytorch_lightning as pl
     import torch
-    from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.utilities import rank_zero_info
 
     from butd import questions
     from butd.loading import VQADataModule
     from butd.training.caches import ensure_caches, question_inputs
-    from butd.training.config import save_config
     from butd.training.lit import LitVQA
-    from butd.training.resume import MidEpochResume, StopOnInterrupt
 
     check_devices(config)
     run = run_name(config)
@@ -140,25 +158,8 @@ def train(config: TrainConfig):
     run_dir = os.path.join(config.data.checkpoint, "runs", run)
     loggers = make_loggers(config, run)
     loggers[0].log_hyperparams(config.flat())
-    checkpoints = ModelCheckpoint(dirpath=run_dir, filename=config.model.model + "-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
-                                  monitor="val_acc", mode="max", save_top_k=3)
-    # last.ckpt of its own callback, written at every epoch's end: Lightning's save_last writes it only
-    # when a top-k checkpoint was saved at the same step, so an epoch outside the top 3 left it behind
-    last = ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-    # every run has a directory of its own (run_name), which holds config.json before any checkpoint
-    # and a resumed run's checkpoints: Lightning's "exists and is not empty" warning is always noise here
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    stop = StopOnInterrupt(top_k=checkpoints)
-
-    class SaveConfig(pl.Callback):
-        # once training starts: a resume refused while restoring its checkpoint leaves the file as it was
-        def on_train_start(self, trainer, pl_module):
-            if trainer.is_global_zero:
-                save_config(run_dir, config)
-
-    trainer = make_trainer(config, loggers, [checkpoints, last, MidEpochResume(),
-                                             *([] if config.run.fast_dev_run else [stop, SaveConfig()])])
-
+    callbacks, checkpoints, stop = run_callbacks(config, run_dir)
+    trainer = make_trainer(config, loggers, callbacks)
 
     rank_zero_info("\n[*] Training...\n")
     trainer.fit(lit, datamodule=dm, ckpt_path=config.run.resume)
