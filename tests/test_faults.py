@@ -267,6 +267,35 @@ def test_4_ctrl_c_saves_the_batch_and_resume_goes_on_from_the_next(trained, tmp_
         assert torch.equal(value, resumed.lightning_module.state_dict()[name]), name
 
 
+def test_4_ctrl_c_during_the_sanity_check_stops_after_the_first_batch(trained, tmp_path, one_thread, monkeypatch):
+    _, data, _ = trained
+    validate = LitVQA.validation_step
+
+    def interrupted(self, batch, batch_idx):   # one Ctrl-C, at the sanity check's first batch
+        if self.trainer.sanity_checking and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return validate(self, batch, batch_idx)
+
+    monkeypatch.setattr(LitVQA, "validation_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--run_name", "s", "--checkpoint", str(tmp_path), *data, *FAST, "--epochs", "2"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    [run] = os.listdir(tmp_path / "runs")
+    assert torch.load(tmp_path / "runs" / run / "last.ckpt", weights_only=False)["global_step"] == 1
+
+
+def test_a_run_that_fails_leaves_ctrl_c_as_it_was(trained, tmp_path, one_thread, monkeypatch):
+    _, data, _ = trained
+
+    def broken(self, batch, batch_idx):
+        raise RuntimeError("a broken step")
+
+    monkeypatch.setattr(LitVQA, "training_step", broken)
+    with pytest.raises(RuntimeError, match="a broken step"):
+        train.main(["--run_name", "b", "--checkpoint", str(tmp_path), *data, *FAST, "--epochs", "1"])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_worker_processes_train_exactly_as_the_thread(trained, tmp_path, one_thread):
     _, data, _ = trained
     base = [*data, *FAST, "--epochs", "1", "--answer_dropout", "0.5", "--feature_cache", "none"]

@@ -24,10 +24,11 @@ class SaveConfig(pl.Callback):
 
 
 class StopOnInterrupt(pl.Callback):
-    """Ctrl-C while a single process trains: finish the batch under way, then stop as ``--max_steps``
-    would (no validation of the part-epoch, no top-k checkpoint of it; the run's ``last.ckpt``
-    callback saves the state, which ``MidEpochResume`` resumes batch for batch); ``train.py`` then
-    exits 130. A second Ctrl-C interrupts at once, as Lightning does.
+    """Ctrl-C while a single process fits: finish the training batch under way (the next one, from a
+    validation), then stop as ``--max_steps`` would (no validation of the part-epoch, no top-k
+    checkpoint of it; the run's ``last.ckpt`` callback saves the state, which ``MidEpochResume``
+    resumes batch for batch); ``train.py`` then exits 130. A second Ctrl-C interrupts at once, as
+    Lightning does.
 
     Under DDP Ctrl-C stays Lightning's (no checkpoint): each rank would see it at another point of
     its step, and a checkpoint's collectives would pair with another rank's gradient all-reduce."""
@@ -37,14 +38,23 @@ class StopOnInterrupt(pl.Callback):
         self.requested = self.stopped = False
         self._previous = None
 
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        # Ctrl-C during the sanity check or a validation stops after the next training batch, once
+        # the validation under way has finished. (Not from on_fit_start: Lightning's signal connector,
+        # set up after it, would put this handler back when fit ends.)
+        self._install(trainer)
+
     def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+        self._install(trainer)
+
+    def _install(self, trainer) -> None:
+        if self._previous is None and trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._request)
 
     def _request(self, signum, frame) -> None:
         self.requested = True
         self._restore()
-        print("\n[*] Ctrl-C: stopping after this batch, to save a checkpoint to resume from "
+        print("\n[*] Ctrl-C: stopping at the end of a training batch, to save a checkpoint to resume from "
               "(Ctrl-C again stops at once, without one)", file=sys.stderr, flush=True)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -55,11 +65,10 @@ class StopOnInterrupt(pl.Callback):
             self.stopped = True
 
     def _restore(self) -> None:
-        if self._previous is not None:
+        if self._previous is not None and signal.getsignal(signal.SIGINT) == self._request:
             signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def on_fit_end(self, trainer, pl_module) -> None:
         self._restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
