@@ -13,7 +13,7 @@ answer-prior baseline, then writes
     <out stem>-scores.json the scores, the baseline, the checkpoint and split
 
 On a split without answers (test) it writes the predictions and says that no score can be computed.
-Default ``--out``: <run dir>/predictions/<split>-predictions.json. The library code is
+Default ``--out``: <run dir>/predictions/<checkpoint name>/<split>-predictions.json. The library code is
 butd/evaluation/predict.py.
 
 GQA's test server scores every question of ``submission_all_questions.json`` and fails on a missing
@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Evaluate a BUTD/FiLM checkpoint on a split of its task.")
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by train.py")
     p.add_argument("--split", default=None, help="default: the task's validation split (GQA: testdev)")
-    p.add_argument("--out", default=None, help="predictions file (default <run dir>/predictions/<split>-predictions.json, .csv for NLVR2)")
+    p.add_argument("--out", default=None, help="predictions file (default <run dir>/predictions/<checkpoint name>/<split>-predictions.json, .csv for NLVR2)")
     p.add_argument("--cache", "--gqa_cache", dest="cache", default=None,
                    help="override the cache directory saved with the run")
     p.add_argument("--questions", default=None,

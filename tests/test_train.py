@@ -353,6 +353,19 @@ def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):
         assert json.load(f)["structural"]["query"]["count"] == int((testdev.types["structural"] == "query").sum())
 
 
+def test_two_checkpoints_of_a_run_write_their_own_predictions_by_default(trained):
+    import evaluate
+    *_, checkpoints, _ = trained
+    run_dir = os.path.dirname(checkpoints.best_model_path)
+    best, last = checkpoints.best_model_path, os.path.join(run_dir, "last.ckpt")
+    for ckpt in (best, last):
+        evaluate.main(["--checkpoint", ckpt])
+    for ckpt in (best, last):
+        stem = os.path.splitext(os.path.basename(ckpt))[0]
+        with open(os.path.join(run_dir, "predictions", stem, "testdev-predictions-scores.json")) as f:
+            assert json.load(f)["checkpoint"] == os.path.abspath(ckpt)
+
+
 def test_evaluate_on_a_split_without_answers(trained, tmp_path, capsys):
     import evaluate
     root, _, _, _, checkpoints, _ = trained

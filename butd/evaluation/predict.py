@@ -87,7 +87,7 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
              questions_dir: Optional[str] = None) -> dict:
     """Predict ``split`` (default: the task's validation split) with ``checkpoint``, print the task's
     scores beside its answer-prior baseline, write the predictions to ``out`` (default
-    ``<run dir>/predictions/<split>-predictions.json``, ``.csv`` for NLVR2: the task's
+    ``<run dir>/predictions/<checkpoint name>/<split>-predictions.json``, ``.csv`` for NLVR2: the task's
     ``predictions_suffix``) and the scores beside them
     (``<out stem>-scores.json``); returns the scores. ``questions_dir``: where the split's question
     file is now, if the cache left questions of it out and the file has moved since (see
@@ -120,7 +120,9 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     scores.update(split=split, checkpoint=os.path.abspath(checkpoint), baseline=baseline,
                   baseline_score=baseline_score)
 
+    # a folder per checkpoint: two checkpoints of one run do not overwrite each other's predictions
     out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "predictions",
+                              os.path.splitext(os.path.basename(checkpoint))[0],
                               f"{split}-predictions{task.predictions_suffix}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     scores["dropped"] = dropped   # listed in the predictions, not scored
