@@ -136,10 +136,12 @@ def test_resume_alone_reads_the_runs_settings_and_a_saved_file_never_resumes(tmp
     from butd.training.config import save_config
     run_dir = tmp_path / "runs" / "r"
     ran = parse_config(["--run_name", "r", "--hidden", "64", "--dataset", "vqa2", "--checkpoint", str(tmp_path),
-                        "--max_steps", "3"])
+                        "--max_steps", "3", "--data", str(tmp_path / "data"), "--glove", "glove.txt"])
     save_config(str(run_dir), dataclasses.replace(ran, run=dataclasses.replace(ran.run, resume="elsewhere/last.ckpt")))
     with open(run_dir / "config.json") as f:
-        assert json.load(f)["resume"] is None      # how a run was started is not its configuration
+        saved = json.load(f)
+    assert saved["resume"] is None      # how a run was started is not its configuration
+    assert saved["glove"] == os.path.abspath("glove.txt")   # paths absolute: it resumes from anywhere
     last = str(run_dir / "last.ckpt")
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         parse_config(["--resume", last])
@@ -149,6 +151,8 @@ def test_resume_alone_reads_the_runs_settings_and_a_saved_file_never_resumes(tmp
     resumed = parse_config(["--resume", last, "--epochs", "30"])
     assert resumed.run.resume == last and resumed.optim.epochs == 30
     assert resumed.optim.max_steps == -1              # where the interrupted invocation stopped is not kept
+    assert resumed.data.glove == os.path.abspath("glove.txt")
+    resumed.data.glove = ran.data.glove
     assert dataclasses.replace(resumed, run=ran.run, optim=ran.optim) == ran   # hidden 64, vqa2, its paths
     assert parse_config(["--resume", last, "--max_steps", "5"]).optim.max_steps == 5
     assert parse_config(["--config", str(run_dir / "config.json"), "--resume", last]).optim.max_steps == -1

@@ -292,13 +292,20 @@ def parse_config(argv=None) -> TrainConfig:
     return resolved(TrainConfig.from_flat(values))
 
 
+PATH_FIELDS = ("data", "checkpoint", "glove", *(f"{task}_{kind}" for task in TASK_NAMES
+                                                 for kind in ("questions", "features", "cache")))
+
+
 def save_config(run_dir: str, config: TrainConfig) -> str:
     """Write the resolved configuration as ``<run_dir>/config.json`` (``--config`` reads it back),
-    without ``resume``: how this run was started, not its configuration."""
+    its paths absolute (so that it resumes from any working directory), without ``resume``: how
+    this run was started, not its configuration."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, CONFIG_FILE)
+    values = {**config.flat(), "resume": None}
+    values.update({k: os.path.abspath(values[k]) for k in PATH_FIELDS if values.get(k)})
     with open(path, "w") as f:
-        json.dump({**config.flat(), "resume": None}, f, indent=2)
+        json.dump(values, f, indent=2)
     return path
 
 
