@@ -8,7 +8,10 @@ finished: a resumed run would start the next epoch, and epoch ``e``'s remaining 
 be trained (with ``--epochs`` already reached, the resume trains nothing and exits 0).
 ``MidEpochResume`` puts Lightning's counters back to "batch ``b`` of epoch ``e`` done" whenever the
 saved position says the epoch is unfinished, as if the checkpoint had been written at that batch's
-end (what Lightning itself writes for a mid-epoch checkpoint).
+end (what Lightning itself writes for a mid-epoch checkpoint). It also keeps torch's random states
+in the checkpoint (Lightning does not), so that a single-process run resumed goes on with the
+dropout draws it would have made: the same training as if it had not stopped. (Under DDP each rank
+has its own states and only rank 0's would be saved: there, dropout draws after a resume differ.)
 
     trainer = pl.Trainer(callbacks=[MidEpochResume(), ...])
     trainer.fit(lit, datamodule=dm, ckpt_path="runs/<run>/last.ckpt")
@@ -16,6 +19,9 @@ end (what Lightning itself writes for a mid-epoch checkpoint).
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
+
+RNG_STATES = "rng_states"   # checkpoint key: torch's CPU (and CUDA) random states
 
 
 def unfinished_position(checkpoint: dict):
@@ -54,8 +60,18 @@ def rewind_to_batch_end(checkpoint: dict, epoch: int, batches: int) -> None:
 class MidEpochResume(pl.Callback):
     """On resume, continue an epoch that was stopped part-way instead of starting the next one."""
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if trainer.world_size == 1:
+            checkpoint[RNG_STATES] = {"cpu": torch.get_rng_state(),
+                                      "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         position = unfinished_position(checkpoint)
         if position is not None:
             rewind_to_batch_end(checkpoint, *position)
+        states = checkpoint.get(RNG_STATES)
+        if states is not None and trainer.world_size == 1:
+            torch.set_rng_state(states["cpu"])
+            if states["cuda"] and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states["cuda"])
 
