@@ -133,13 +133,13 @@ def train(config: TrainConfig):
     from butd.training.lit import LitVQA
 
     check_devices(config)
+    vocabulary = resumable_vocabulary(config.run.resume, config) if config.run.resume else None
     run = run_name(config)
     rank_zero_info(f"[*] Starting Train Job in Mode {config.data.dataset.upper()} with Run Name: {run}")
     pl.seed_everything(config.optim.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")     # TF32 matmuls: the usual trade on Ampere and newer
 
-    vocabulary = resumable_vocabulary(config.run.resume, config) if config.run.resume else None
     paths = config.data.paths()
     qdir = ensure_caches(question_inputs(config), paths["features"], say=rank_zero_info)
     dm = VQADataModule(config.data.dataset, paths["cache"], batch_size=config.optim.bsz,
