@@ -24,7 +24,6 @@ from butd.features import schema
 from butd.features.reader import FeatureStore
 from butd.loading import cache_choice
 from butd.loading.batches import BatchDataset
-from butd.loading.cache_choice import auto_cache, resident_nbytes
 from butd.loading.loaders import make_loader
 from butd.tasks import get_task
 
@@ -128,7 +127,8 @@ class VQADataModule(pl.LightningDataModule):
         rank, so that all read alike and no machine is promised memory that only another one has."""
         copies = self.trainer.num_devices if self.trainer is not None else 1
         lines = []
-        reserved = sum(resident_nbytes(FeatureStore(p)) * copies for p, c in self._auto.items() if c == "pinned")
+        reserved = sum(cache_choice.resident_nbytes(FeatureStore(p)) * copies
+                       for p, c in self._auto.items() if c == "pinned")
         available = cache_choice.available_memory()
         if self.trainer is not None and self.trainer.world_size > 1:
             least = torch.tensor(available, dtype=torch.int64, device=self.trainer.strategy.root_device)
@@ -138,9 +138,9 @@ class VQADataModule(pl.LightningDataModule):
         chosen, whys = self._auto, {}
         for path in paths:
             store = FeatureStore(path)
-            chosen[path], whys[path] = auto_cache(store, copies, reserved, available)
+            chosen[path], whys[path] = cache_choice.auto_cache(store, copies, reserved, available)
             if chosen[path] == "pinned":
-                reserved += resident_nbytes(store) * copies
+                reserved += cache_choice.resident_nbytes(store) * copies
         if self.num_workers and chosen.get(self.task.store_path(self.cache_dir, self.train_split)) == "none":
             # a resident store would take the streamed training store's workers away
             for path in [p for p, c in chosen.items() if c == "pinned"]:
