@@ -26,6 +26,7 @@ from typing import Literal, Optional, Union
 from butd.tasks import TASK_NAMES, get_task
 
 CONFIG_FILE = "config.json"
+PATH_KINDS = ("questions", "features", "cache")   # each task's --<task>_<kind> directory
 
 
 @dataclass
@@ -87,7 +88,7 @@ class DataConfig:
         task = get_task(self.dataset)
         paths = {kind: getattr(self, f"{task.name}_{kind}", None)
                  or os.path.join(self.data, getattr(task, f"{kind}_dir"))
-                 for kind in ("questions", "features", "cache")}
+                 for kind in PATH_KINDS}
         default = os.path.join(self.data, "GloVe", "glove.6B.300d.txt")
         if not self.glove and not os.path.exists(default) and os.path.exists(default + ".gz"):
             default += ".gz"
@@ -201,7 +202,7 @@ def resolved(config: TrainConfig) -> TrainConfig:
     data = dataclasses.replace(config.data)
     task = get_task(data.dataset)
     paths = data.paths()
-    for kind in ("questions", "features", "cache"):
+    for kind in PATH_KINDS:
         setattr(data, f"{task.name}_{kind}", paths[kind])
     data.glove = paths["glove"]
     hw = dataclasses.replace(config.hardware)
@@ -292,8 +293,7 @@ def parse_config(argv=None) -> TrainConfig:
     return resolved(TrainConfig.from_flat(values))
 
 
-PATH_FIELDS = ("data", "checkpoint", "glove", *(f"{task}_{kind}" for task in TASK_NAMES
-                                                 for kind in ("questions", "features", "cache")))
+PATH_FIELDS = ("data", "checkpoint", "glove", *(f"{task}_{kind}" for task in TASK_NAMES for kind in PATH_KINDS))
 
 
 def save_config(run_dir: str, config: TrainConfig) -> str:
