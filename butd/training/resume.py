@@ -58,7 +58,8 @@ def rewind_to_batch_end(checkpoint: dict, epoch: int, batches: int) -> None:
 
 
 class MidEpochResume(pl.Callback):
-    """On resume, continue an epoch that was stopped part-way instead of starting the next one."""
+    """On resume, continue an epoch that was stopped part-way instead of starting the next one, with
+    the random states the run was saved with (single process)."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         if trainer.world_size == 1:
