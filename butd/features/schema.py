@@ -28,7 +28,11 @@ import numpy as np
 SCHEMA_VERSION = 1
 SPATIAL_DIM = 6
 BOX_DIM = 4
-LAYOUTS = ("obj36", "anderson")
+# The two TSV layouts, then the layouts of the other inputs (``butd.features.inputs``): the HDF5
+# caches (36-box; ban-vqa's adaptive one) and folders of per-image files (bottom-up-attention.pytorch
+# .npz, MCAN's transposed .npz, MMF .npy). Only obj36 holds object and attribute ids.
+TSV_LAYOUTS = ("obj36", "anderson")
+LAYOUTS = TSV_LAYOUTS + ("hdf5", "hdf5_adaptive", "npz", "npz_transposed", "mmf")
 FEATURE_DTYPES = ("float16", "float32")
 COMPRESSORS = ("none", "zstd", "blosc")
 
@@ -79,7 +83,7 @@ IMAGE_IDS = "image_ids"
 
 
 def fields_for(layout: str) -> tuple:
-    """The numeric fields a store of this TSV layout holds."""
+    """The numeric fields a store of this layout holds."""
     return tuple(f for f in FIELDS if layout in f.layouts)
 
 

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from butd.features.schema import LAYOUTS, TSV_COLUMNS
+from butd.features.schema import TSV_COLUMNS, TSV_LAYOUTS
 
 try:   # SIMD base64 (tens of GB/s); binascii (about 1 GB/s) decodes exactly the same
     from pybase64 import b64decode as _pybase64_decode
@@ -288,5 +288,5 @@ def spatial_features(boxes: np.ndarray, img_w, img_h) -> np.ndarray:
 
 
 def check_layout(layout: Optional[str]) -> None:
-    if layout is not None and layout not in LAYOUTS:
-        raise ValueError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)} (or None to detect)")
+    if layout is not None and layout not in TSV_LAYOUTS:
+        raise ValueError(f"layout {layout!r}: expected one of {', '.join(TSV_LAYOUTS)} (or None to detect)")

@@ -1,6 +1,6 @@
-"""Pass 2 of a conversion: decode one store chunk's rows and write every field's chunk, then the
-chunk's done marker. Runs in worker processes; each opens the store's zarr arrays itself (zarr's
-event loop does not survive a fork)."""
+"""Pass 2 of a conversion: decode one store chunk's rows (by the input's ``read``) and write every
+field's chunk, then the chunk's done marker. Runs in worker processes; each opens the store's zarr
+arrays itself (zarr's event loop does not survive a fork)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ from butd.features import schema
 from butd.features.convert.direct_io import Background, write_file
 from butd.features.convert.float16 import float32_to_float16
 from butd.features.schema import StoreAttrs, fields_for
-from butd.features.tsv import decode_row, spatial_features
+from butd.features.tsv import spatial_features
 
 PROGRESS_DIR = "_progress"
 
@@ -104,31 +104,24 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _fill_chunk(tsv_paths: list, attrs: StoreAttrs, offsets, lengths, lines, files, bufs: dict) -> list:
-    """Decode the rows (row ``i`` at ``offsets[i]`` of ``tsv_paths[files[i]]``) into ``bufs``
-    (padding zeroed); returns their image ids."""
+def _fill_chunk(images, attrs: StoreAttrs, bufs: dict) -> list:
+    """Put the decoded images (``ImageRow``s, from an input's ``read``) into ``bufs``, padding
+    zeroed; returns their image ids."""
     # spatials are computed from the boxes below
     fields = [f for f in fields_for(attrs.layout) if f.name not in ("spatials", "features")]
     ids = []
-    fds = {}
-    try:
-        for i, (offset, length, line_no, f_index) in enumerate(zip(offsets, lengths, lines, files)):
-            path = tsv_paths[int(f_index)]
-            if path not in fds:
-                fds[path] = os.open(path, os.O_RDONLY)
-            line = os.pread(fds[path], int(length), int(offset))
-            row = decode_row(line, attrs.layout, path, int(line_no), attrs.feature_dim)
-            ids.append(row.image_id)
-            _put_features(bufs, i, row.features)
-            for f in fields:
-                if f.per_image:
-                    bufs[f.name][i, :row.num_boxes] = getattr(row, f.name)
-                    bufs[f.name][i, row.num_boxes:] = 0
-                else:
-                    bufs[f.name][i] = getattr(row, f.name)
-    finally:
-        for fd in fds.values():
-            os.close(fd)
+    for i, row in enumerate(images):
+        if not 0 < row.num_boxes <= attrs.max_boxes:
+            raise ValueError(f"image {row.image_id!r} has {row.num_boxes} boxes, its plan at most {attrs.max_boxes}: "
+                             "did the input change during the conversion? (re-run with --overwrite)")
+        ids.append(row.image_id)
+        _put_features(bufs, i, row.features)
+        for f in fields:
+            if f.per_image:
+                bufs[f.name][i, :row.num_boxes] = getattr(row, f.name)
+                bufs[f.name][i, row.num_boxes:] = 0
+            else:
+                bufs[f.name][i] = getattr(row, f.name)
     n = len(ids)
     # Padded boxes are zero, so their spatials are zero too (0 / w).
     bufs["spatials"][:n] = spatial_features(bufs["boxes"][:n], bufs["img_w"][:n], bufs["img_h"][:n])
@@ -138,13 +131,14 @@ def _fill_chunk(tsv_paths: list, attrs: StoreAttrs, offsets, lengths, lines, fil
 
 
 def convert_chunk(task: tuple) -> tuple:
-    """Decode one chunk's rows, write every field's chunk, then the chunk's done marker."""
-    tsv_paths, out_path, attrs_json, chunk, offsets, lengths, lines, files = task
+    """Decode one chunk's rows (``rows`` of the plan, in ``paths``, by the input class ``reader``),
+    write every field's chunk, then the chunk's done marker."""
+    reader, params, paths, rows, out_path, attrs_json, chunk = task
     attrs = StoreAttrs.from_json(attrs_json)
     bufs = _buffers(attrs)
-    ids = _fill_chunk(tsv_paths, attrs, offsets, lengths, lines, files, bufs)
+    ids = _fill_chunk(reader.read(params, paths, rows), attrs, bufs)
     write_chunk(out_path, attrs, chunk, bufs, len(ids))
+    lines = rows["lines"]
     write_json_atomic(marker_path(out_path, chunk), {
         "chunk": chunk, "rows": len(ids), "lines": [int(lines[0]), int(lines[-1])], "image_ids": ids})
-    return chunk, len(ids), int(np.sum(lengths))
-
+    return chunk, len(ids), int(np.sum(rows["lengths"]))

@@ -1,24 +1,30 @@
-"""Parallel, resumable conversion of features TSVs into a chunked Zarr v3 feature store.
+"""Parallel, resumable conversion of region features into a chunked Zarr v3 feature store.
 
-    from butd.features.convert import convert_tsv
-    convert_tsv("data/GQA-Features/vg_gqa_obj36.tsv", "data/GQA-Cache/trainval.zarr", workers=2)
-    convert_tsv(["trainval_resnet101_faster_rcnn_genome_36.tsv.0", "....tsv.1"], "trainval.zarr")
+    from butd.features.convert import convert
+    convert("data/GQA-Features/vg_gqa_obj36.tsv", "data/GQA-Cache/trainval.zarr", workers=2)
+    convert(["trainval_resnet101_faster_rcnn_genome_36.tsv.0", "....tsv.1"], "trainval.zarr")
+    convert("data/trainval36.hdf5", "trainval.zarr")          # its id map beside it, or ids=...
+    convert("features/train2014/", "train2014.zarr")          # a folder of .npz, or of MMF .npy
 
-Several TSVs make one store: their rows in file order, file after file (VQA v2's Anderson features
-come split over several ``.tsv.N`` files); line numbers and errors name each row's own file, and
-the fingerprint covers every file. The feature size is the one most of the first rows agree on
-(or ``feature_dim``), never the first row's alone.
+The input is any layout of ``butd.features.inputs`` (TSVs, the HDF5 caches of the specification,
+hengyuan-hu and ban-vqa, folders of bottom-up-attention.pytorch or MCAN ``.npz`` and of MMF
+``.npy``), recognised from the input itself. Several inputs make one store: their images in order,
+input after input (VQA v2's Anderson features come split over several ``.tsv.N`` files); errors
+name each image's own file, and the fingerprint covers every file. In a TSV the feature size is the
+one most of the first rows agree on (or ``feature_dim``), never the first row's alone.
 
-(``converters/tsv_to_zarr.py`` is the command line.) Two passes over the file:
+(``converters/tsv_to_zarr.py`` is the command line.) Two passes over the input:
 
-1. *scan*, over the workers: newline-aligned byte ranges are walked row by row, each row's
-   structure checked from its head (the fields before the features) and the two bytes where its
-   line must end given its box count: the features, ~99% of the file, are not read (the convert
-   pass decodes them strictly). A line that this does not settle is read whole and checked from
-   its field lengths. With ``on_bad_row="skip"`` rows are fully decoded instead, so that every
-   bad row is known before row numbers are fixed. The result is the plan: each row's byte offset,
-   length, line number, image id and box count. Duplicate ids are found here. The plan is saved
-   inside the store, so a resumed run does not scan again.
+1. *plan*: the input's rows, checked, in store order (``FeatureInput.plan``). A TSV is scanned over
+   the workers: newline-aligned byte ranges are walked row by row, each row's structure checked
+   from its head (the fields before the features) and the two bytes where its line must end given
+   its box count: the features, ~99% of the file, are not read (the convert pass decodes them
+   strictly). A line that this does not settle is read whole and checked from its field lengths.
+   An HDF5 cache is planned from its id map and shapes, a folder from each file's small members.
+   With ``on_bad_row="skip"`` every image is fully decoded instead, so that every bad one is known
+   before row numbers are fixed. The result is the plan: each row's file, place in it, image id and
+   box count. Repeated images are found here. The plan is saved inside the store, so a resumed run
+   does not plan again.
 2. *convert*, over ``workers`` processes: each task is one store chunk (``chunk_images``
    consecutive rows): its rows are read, decoded, padded to the largest box count, cast, and
    written as whole chunks (features with O_DIRECT where possible). A small JSON marker per chunk
@@ -27,7 +33,7 @@ the fingerprint covers every file. The feature size is the one most of the first
 
 Workers are forked (ready at once) when this process has no other threads, else spawned.
 
-Row order is file order and every chunk is written by exactly one task, so the store is
+Row order is input order and every chunk is written by exactly one task, so the store is
 byte-identical whatever the number of workers. The store is marked ``complete`` only after every
 marker is present and the row count and ids check out. Memory stays flat: a worker holds one
 chunk's rows at a time.
@@ -41,15 +47,17 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
 
 
 from butd.features import schema
 from butd.features.convert.chunks import PROGRESS_DIR, convert_chunk, write_json_atomic
-from butd.features.convert.lifecycle import PLAN_FILE, bad_rows_report_path, create_store, dir_bytes, done_chunks, \
-    existing_store, fingerprint, mark_complete, record_settings, remove_store, sources_of, verify
+from butd.features.convert.lifecycle import bad_rows_report_path, create_store, dir_bytes, done_chunks, \
+    existing_store, fingerprint, mark_complete, record_settings, remove_store, verify
+from butd.features.convert.plan import PLAN_FILE, Plan
 from butd.features.convert.pool import Runner, progress_bar
-from butd.features.convert.scan import Plan, probe, scan
 from butd.features.schema import StoreAttrs
 from butd.features.tsv import check_layout
 
@@ -59,8 +67,9 @@ BAD_ROW_MODES = ("error", "skip")
 
 @dataclass
 class ConvertSummary:
-    """What a conversion did. ``rows`` is the store's row count, ``bytes_in`` the TSVs' size;
-    ``tsv_path`` names the TSV (the TSVs joined by " + ")."""
+    """What a conversion did. ``rows`` is the store's row count, ``bytes_in`` the input's size;
+    ``tsv_path`` names the input (the inputs joined by " + "), ``layout`` says which layout it is in
+    and ``notes`` what the conversion derived or left out."""
     tsv_path: str
     out_path: str
     rows: int
@@ -72,14 +81,18 @@ class ConvertSummary:
     chunks_resumed: int
     already_complete: bool = False
     bad_rows_report: Optional[str] = None
+    layout: str = ""
+    notes: tuple = ()
 
     def __str__(self) -> str:
         if self.already_complete:
             return f"[*] {self.out_path}: already complete ({self.rows} rows); nothing to do"
         rate = self.bytes_in / 1e6 / max(self.seconds, 1e-9)
-        lines = [f"[*] {self.tsv_path} -> {self.out_path}: {self.rows} rows, "
+        layout = f" ({self.layout})" if self.layout else ""
+        lines = [f"[*] {self.tsv_path}{layout} -> {self.out_path}: {self.rows} rows, "
                  f"{self.bytes_in / 1e6:.1f} MB in, {self.bytes_out / 1e6:.1f} MB out, "
-                 f"{self.seconds:.1f} s ({rate:.0f} MB/s of TSV)"]
+                 f"{self.seconds:.1f} s ({rate:.0f} MB/s of input)"]
+        lines += [f"    {note}" for note in self.notes]
         if self.chunks_resumed:
             lines.append(f"    resumed: {self.chunks_resumed} chunks were already done, "
                          f"{self.chunks_converted} converted now")
@@ -101,30 +114,35 @@ def check_args(dtype, compressor, chunk_images, on_bad_row, layout, feature_dim=
         raise ValueError(f"chunk_images {chunk_images}: expected a positive number of images per chunk")
 
 
-def convert_tsv(tsv_path: Union[str, Sequence[str]], out_path: str, *, layout: Optional[str] = None,
-                dtype: str = "float16", compressor: str = "none", chunk_images: int = DEFAULT_CHUNK_IMAGES,
-                workers: Optional[int] = None, on_bad_row: str = "error", overwrite: bool = False,
-                progress: bool = True, feature_dim: Optional[int] = None) -> ConvertSummary:
-    """Convert ``tsv_path`` (one TSV, or a list whose rows follow each other in order) into the
-    feature store ``out_path`` (see the module docstring); resumes an interrupted conversion of the
-    same input with the same settings. ``feature_dim``: the feature values per box every row must
-    have (default: what most of the first rows have). Raises TSVFormatError for a bad row (with
-    ``on_bad_row="error"``), FileNotFoundError/PermissionError for an unreadable input, ValueError
-    for an existing store that does not match, a compressed input, or a skip that would drop more
-    rows than it keeps. Print the returned summary to report."""
+def convert(inputs: Union[str, Sequence[str]], out_path: str, *, format: Optional[str] = None,
+            ids: Optional[str] = None, layout: Optional[str] = None, dtype: str = "float16",
+            compressor: str = "none", chunk_images: int = DEFAULT_CHUNK_IMAGES, workers: Optional[int] = None,
+            on_bad_row: str = "error", overwrite: bool = False, progress: bool = True,
+            feature_dim: Optional[int] = None, image_key: Optional[Callable[[str], str]] = None) -> ConvertSummary:
+    """Convert ``inputs`` (one input, or a list whose images follow each other in order: TSVs, HDF5
+    caches, folders of ``.npz`` or MMF ``.npy`` files; ``butd.features.inputs``, ``format`` to say
+    which) into the feature store ``out_path`` (see the module docstring); resumes an interrupted
+    conversion of the same input with the same settings. ``ids``: an HDF5 cache's id map, where it
+    is not beside it; ``layout``/``feature_dim``: the TSV layout and the feature values per box every
+    row must have (default: what most of the first rows have); ``image_key``: a task's
+    ``image_key``, under which two spellings of one image are refused like a repeated id. Raises
+    TSVFormatError/InputError for a bad image (with ``on_bad_row="error"``),
+    FileNotFoundError/PermissionError for an unreadable input, UnsafePickleError for a pickle that
+    names code, ValueError for an existing store that does not match, a compressed input, or a skip
+    that would drop more images than it keeps. Print the returned summary to report."""
+    from butd.features.inputs import open_input
     t0 = time.perf_counter()
-    paths = [os.fspath(tsv_path)] if isinstance(tsv_path, (str, os.PathLike)) else [os.fspath(p) for p in tsv_path]
-    if not paths:
-        raise ValueError("no features TSV given")
     check_args(dtype, compressor, chunk_images, on_bad_row, layout, feature_dim)
-    sources = sources_of(paths)
-    source = sources[0] if len(sources) == 1 else {"files": sources}
-    size = sum(s["size"] for s in sources)
-    name = " + ".join(paths)
+    source_input = open_input(inputs, format=format, ids=ids, layout=layout, feature_dim=feature_dim,
+                              image_key=image_key)
+    source = source_input.source()
+    size = sum(s["size"] for s in source.get("files", [source]))
     skip = on_bad_row == "skip"
-    probed = probe(paths, layout, skip, feature_dim)
-    layout, found_dim = probed.layout, probed.feature_dim
-    settings = {"layout": layout, "dtype": dtype, "compressor": compressor,
+    source_input.probe(skip)
+    if feature_dim is not None and source_input.feature_dim != int(feature_dim):
+        raise ValueError(f"{source_input.name}: {source_input.feature_dim} feature values per box, but --feature_dim "
+                         f"is {feature_dim}")
+    settings = {"layout": source_input.layout, "dtype": dtype, "compressor": compressor,
                 "chunk_images": int(chunk_images), "on_bad_row": on_bad_row,
                 "schema_version": schema.SCHEMA_VERSION}
     if feature_dim is not None:   # only when given: stores made before the option keep their fingerprint
@@ -137,16 +155,16 @@ def convert_tsv(tsv_path: Union[str, Sequence[str]], out_path: str, *, layout: O
     attrs = existing_store(out_path, fp, source, settings)
     plan_path = os.path.join(out_path, PROGRESS_DIR, PLAN_FILE)
     report = bad_rows_report_path(out_path) if skip else None
+    name, description = source_input.name, source_input.description
     if attrs is not None and attrs.complete:
-        summary = ConvertSummary(name, out_path, attrs.num_images, 0, size,
-                                 dir_bytes(out_path), time.perf_counter() - t0, 0, attrs.num_chunks,
-                                 already_complete=True, bad_rows_report=report)
-        return summary
+        return ConvertSummary(name, out_path, attrs.num_images, 0, size, dir_bytes(out_path),
+                              time.perf_counter() - t0, 0, attrs.num_chunks, already_complete=True,
+                              bad_rows_report=report, layout=description)
     if attrs is not None and not os.path.exists(plan_path):
         remove_store(out_path)   # ours, but killed before it was fully created
         attrs = None
     if attrs is None and not skip:
-        probed.check()   # after the existing store's check: a store made otherwise is named first
+        source_input.check()   # after the existing store's check: a store made otherwise is named first
 
     workers = max(1, int(workers or os.cpu_count() or 1))
     runner = Runner(workers)
@@ -156,23 +174,23 @@ def convert_tsv(tsv_path: Union[str, Sequence[str]], out_path: str, *, layout: O
         threading.Thread(target=importlib.import_module, args=("zarr",), daemon=True).start()
     try:
         if attrs is None:
-            plan = scan(paths, [s["size"] for s in sources], layout, found_dim, skip, runner, progress)
-            attrs = StoreAttrs(layout=layout, dtype=dtype, compressor=compressor, feature_dim=found_dim,
-                               max_boxes=int(plan.num_boxes.max()), num_images=len(plan.image_ids),
-                               chunk_images=int(chunk_images), source=source, fingerprint=fp)
+            plan = source_input.plan(runner, progress, skip)
+            attrs = StoreAttrs(layout=source_input.layout, dtype=dtype, compressor=compressor,
+                               feature_dim=source_input.feature_dim, max_boxes=int(plan.num_boxes.max()),
+                               num_images=len(plan.image_ids), chunk_images=int(chunk_images), source=source,
+                               fingerprint=fp)
             if skip:
                 os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
-                write_json_atomic(report, {"source": paths[0] if len(paths) == 1 else paths,
+                given = source_input.given
+                write_json_atomic(report, {"source": given[0] if len(given) == 1 else given,
                                             "skipped": len(plan.bad_rows), "rows": plan.bad_rows})
             create_store(out_path, attrs, plan)
             record_settings(out_path, settings)
         plan = Plan.load(plan_path)
         done = done_chunks(out_path)
         todo = [c for c in range(attrs.num_chunks) if c not in done]
-        chunk_rows = [slice(c * attrs.chunk_images, (c + 1) * attrs.chunk_images) for c in todo]
-        tasks = [(paths, out_path, attrs.to_json(), c, plan.offsets[s], plan.lengths[s], plan.lines[s],
-                  plan.files[s]) for c, s in zip(todo, chunk_rows)]
-        total = int(sum(plan.lengths[s].sum() for s in chunk_rows))
+        tasks = [_chunk_task(source_input, plan, attrs, c, out_path) for c in todo]
+        total = int(sum(int(np.sum(t[3]["lengths"])) for t in tasks))
         _run_chunks(runner, tasks, total, progress, os.path.basename(out_path))
     finally:
         runner.close()
@@ -182,10 +200,22 @@ def convert_tsv(tsv_path: Union[str, Sequence[str]], out_path: str, *, layout: O
     if skip:
         with open(report) as f:
             skipped = json.load(f)["skipped"]
-    summary = ConvertSummary(name, out_path, attrs.num_images, skipped, size,
-                             dir_bytes(out_path), time.perf_counter() - t0, len(todo), len(done),
-                             bad_rows_report=report)
-    return summary
+    return ConvertSummary(name, out_path, attrs.num_images, skipped, size, dir_bytes(out_path),
+                          time.perf_counter() - t0, len(todo), len(done), bad_rows_report=report,
+                          layout=description, notes=tuple(source_input.notes))
+
+
+# The TSV converter's name, kept for its callers: it converts every layout.
+convert_tsv = convert
+
+
+def _chunk_task(source_input, plan: Plan, attrs: StoreAttrs, chunk: int, out_path: str) -> tuple:
+    """The task that converts ``chunk``: its rows of the plan, with only the files they are in."""
+    rows = plan.rows(chunk * attrs.chunk_images, (chunk + 1) * attrs.chunk_images)
+    used, local = np.unique(rows["files"], return_inverse=True)
+    rows["files"] = local.astype(np.int32)
+    return (type(source_input), source_input.params(), [source_input.paths[int(i)] for i in used], rows,
+            out_path, attrs.to_json(), chunk)
 
 
 def _run_chunks(runner: Runner, tasks: list, total: int, progress: bool, name: str) -> None:
@@ -200,7 +230,9 @@ def _run_chunks(runner: Runner, tasks: list, total: int, progress: bool, name: s
 def convert_stores(task, features_dir: str, cache_dir: str, **options) -> dict:
     """Convert every feature store of ``task`` (a ``butd.tasks.Task``) from its TSV(s) under
     ``features_dir`` (all of a store's files, in order, into one store) into
-    ``<cache_dir>/<store>.zarr``; returns ``{store: ConvertSummary}``. ``options`` go to ``convert_tsv``."""
-    return {store: convert_tsv([os.path.join(features_dir, f) for f in files], task.store_path(cache_dir, store),
-                               **options)
+    ``<cache_dir>/<store>.zarr``; returns ``{store: ConvertSummary}``. ``options`` go to ``convert``;
+    two spellings of one image are refused as the task's ``image_key`` sees them."""
+    options.setdefault("image_key", task.image_key)
+    return {store: convert([os.path.join(features_dir, f) for f in files], task.store_path(cache_dir, store),
+                           **options)
             for store, files in task.stores.items()}

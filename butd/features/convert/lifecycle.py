@@ -12,10 +12,9 @@ import numpy as np
 
 from butd.features import schema
 from butd.features.convert.chunks import PROGRESS_DIR, marker_path
-from butd.features.convert.scan import Plan
+from butd.features.convert.plan import PLAN_FILE, Plan
 from butd.features.schema import IMAGE_IDS, StoreAttrs, fields_for
 
-PLAN_FILE = "plan.npz"
 SETTINGS_ATTR = "conversion_settings"
 # The command-line flag of each setting, for messages.
 FLAGS = {"layout": "--layout", "dtype": "--dtype", "compressor": "--compressor", "chunk_images": "--chunk_images",
@@ -140,27 +139,29 @@ def bad_rows_report_path(out_path: str) -> str:
     return os.path.normpath(out_path) + ".bad_rows.json"
 
 
-def source_of(tsv_path: str) -> dict:
+def source_of(path: str, what: str = "features TSV") -> dict:
+    """Path, size and modification time of the input file ``path`` (a ``what``), which must be a
+    readable file: the fingerprint of a conversion is made of these."""
     try:
-        st = os.stat(tsv_path)
-        if os.path.isdir(tsv_path):
-            raise IsADirectoryError(f"{tsv_path}: is a directory, expected a features TSV file")
-        with open(tsv_path, "rb"):
+        st = os.stat(path)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path}: is a directory, expected a {what} file")
+        with open(path, "rb"):
             pass
     except FileNotFoundError:
-        raise FileNotFoundError(f"{tsv_path}: features TSV not found") from None
+        raise FileNotFoundError(f"{path}: {what} not found") from None
     except PermissionError:
-        raise PermissionError(f"{tsv_path}: features TSV is not readable (permission denied)") from None
-    return {"path": os.path.abspath(tsv_path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        raise PermissionError(f"{path}: {what} is not readable (permission denied)") from None
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def sources_of(tsv_paths: list) -> list:
-    """``source_of`` each TSV; the same file twice is an error."""
-    sources = [source_of(p) for p in tsv_paths]
+def sources_of(paths: list, what: str = "features TSV") -> list:
+    """``source_of`` each file; the same file twice is an error."""
+    sources = [source_of(p, what) for p in paths]
     seen = {}
-    for path, source in zip(tsv_paths, sources):
+    for path, source in zip(paths, sources):
         if source["path"] in seen:
-            raise ValueError(f"{path}: given twice (also as {seen[source['path']]}); each TSV once")
+            raise ValueError(f"{path}: given twice (also as {seen[source['path']]}); each input once")
         seen[source["path"]] = path
     return sources
 
@@ -209,10 +210,11 @@ def _what_changed(out_path: str, attrs: StoreAttrs, source: dict, settings: dict
 
 
 def _input_changes(old: dict, new: dict) -> list:
-    """Per TSV: which of path, size and modification time differ (a source is one file's dict or
-    ``{"files": [...]}``)."""
+    """Per input file (or folder): which of path, size, modification time, file count and listing
+    differ (a source is one file's dict or ``{"files": [...]}``)."""
     old_files, new_files = old.get("files", [old]), new.get("files", [new])
     if [f.get("path") for f in old_files] != [f.get("path") for f in new_files]:
-        return [f"TSVs {', '.join(str(f.get('path')) for f in old_files)} -> {', '.join(f['path'] for f in new_files)}"]
-    return [f"{n['path']}: " + ", ".join(f"{k} {o.get(k)} -> {n[k]}" for k in ("size", "mtime_ns") if o.get(k) != n[k])
-            for o, n in zip(old_files, new_files) if any(o.get(k) != n[k] for k in ("size", "mtime_ns"))]
+        return [f"inputs {', '.join(str(f.get('path')) for f in old_files)} -> {', '.join(f['path'] for f in new_files)}"]
+    keys = ("size", "mtime_ns", "count", "listing")
+    return [f"{n['path']}: " + ", ".join(f"{k} {o.get(k)} -> {n.get(k)}" for k in keys if o.get(k) != n.get(k))
+            for o, n in zip(old_files, new_files) if any(o.get(k) != n.get(k) for k in keys)]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from butd.features.convert.plan import Plan, earlier_images, repeat_reason
 from butd.features.convert.pool import progress_bar
 from butd.features.schema import TSV_COLUMNS
 from butd.features.tsv import COLUMN_INDEX, TSVFormatError, UnreadField, b64_length, check_not_compressed, \
@@ -19,34 +20,6 @@ from butd.features.tsv import COLUMN_INDEX, TSVFormatError, UnreadField, b64_len
 SCAN_RANGE_BYTES = 256 << 20
 # The feature size is the one most of the first rows agree on (never row 1's alone).
 PROBE_ROWS = 16
-
-
-@dataclass
-class Plan:
-    """The rows of the store, in order: where each is in which TSV and what it is."""
-    offsets: np.ndarray      # int64 byte offset of the row's line
-    lengths: np.ndarray      # int64 byte length of the line (with its ending)
-    lines: np.ndarray        # int64 1-based line number in its file
-    num_boxes: np.ndarray    # int32
-    image_ids: np.ndarray    # str
-    bad_rows: list = field(default_factory=list)
-    files: Optional[np.ndarray] = None    # int32 index of the row's TSV in the conversion's list
-
-    def __post_init__(self):
-        if self.files is None:
-            self.files = np.zeros(len(self.offsets), np.int32)
-
-    def save(self, path: str) -> None:
-        tmp = path + ".tmp.npz"
-        np.savez(tmp, offsets=self.offsets, lengths=self.lengths, lines=self.lines,
-                 num_boxes=self.num_boxes, image_ids=self.image_ids.astype(np.str_), files=self.files)
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str) -> "Plan":
-        with np.load(path, allow_pickle=False) as z:
-            files = z["files"] if "files" in z.files else None    # a plan of one TSV written before
-            return cls(z["offsets"], z["lengths"], z["lines"], z["num_boxes"], z["image_ids"], files=files)
 
 
 def _first_rows(paths: Sequence[str], layout: Optional[str]) -> list:
@@ -239,25 +212,24 @@ def _join_ranges(path: str, index: int, scans: list, skip: bool, rows: dict, bad
         first_line += scan["line_count"]
 
 
-def _merge_scans(paths: Sequence[str], scans_by_file: list, skip: bool) -> Plan:
-    """Join the files' ranges in order (each file with its own line numbers); find duplicate ids,
-    across files too."""
+def _merge_scans(paths: Sequence[str], scans_by_file: list, skip: bool,
+                 image_key: Optional[Callable[[str], str]] = None) -> Plan:
+    """Join the files' ranges in order (each file with its own line numbers); find repeated images
+    (the same id, or with ``image_key`` another spelling of it), across files too."""
     rows = {name: [] for name in ("offsets", "lengths", "lines", "num_boxes", "ids", "files")}
     bad = []
     for index, (path, scans) in enumerate(zip(paths, scans_by_file)):
         _join_ranges(path, index, scans, skip, rows, bad)
-    seen, keep = {}, []
-    for i, (image_id, line, f) in enumerate(zip(rows["ids"], rows["lines"], rows["files"])):
-        if image_id in seen:
-            first_file, first_line = seen[image_id]
-            where = f"line {first_line}" if first_file == f else f"{paths[first_file]}:{first_line}"
-            reason = f"duplicate image id: first seen on {where}"
-            if not skip:
-                raise TSVFormatError(paths[f], line, image_id, reason)
-            bad.append({"file": paths[f], "line": line, "image_id": image_id, "reason": reason})
-        else:
-            seen[image_id] = (f, line)
-            keep.append(i)
+    repeated = set()
+    for i, j in earlier_images(rows["ids"], image_key):
+        f, first_file = rows["files"][i], rows["files"][j]
+        where = f"line {rows['lines'][j]}" if first_file == f else f"{paths[first_file]}:{rows['lines'][j]}"
+        reason = repeat_reason(rows["ids"][i], rows["ids"][j], where)
+        if not skip:
+            raise TSVFormatError(paths[f], rows["lines"][i], rows["ids"][i], reason)
+        bad.append({"file": paths[f], "line": rows["lines"][i], "image_id": rows["ids"][i], "reason": reason})
+        repeated.add(i)
+    keep = [i for i in range(len(rows["ids"])) if i not in repeated]
     where = paths[0] if len(paths) == 1 else ", ".join(paths)
     if not keep:
         raise ValueError(f"{where}: no valid rows (the file is empty or every row is bad)")
@@ -275,8 +247,8 @@ def _merge_scans(paths: Sequence[str], scans_by_file: list, skip: bool) -> Plan:
 
 
 def scan(paths: Sequence[str], sizes: Sequence[int], layout: str, feature_dim: int, skip: bool, runner,
-         progress) -> Plan:
-    """The plan of the rows of ``paths``, in order (file by file)."""
+         progress, image_key: Optional[Callable[[str], str]] = None) -> Plan:
+    """The plan of the rows of ``paths``, in order (file by file); ``image_key`` as ``_merge_scans``."""
     # Over the workers when there are some: checking rows from their heads is cheap but skip
     # mode's full decoding is not.
     total = sum(sizes)
@@ -293,4 +265,5 @@ def scan(paths: Sequence[str], sizes: Sequence[int], layout: str, feature_dim: i
         for i, result in runner(_scan_range, tasks, ordered=True):
             scans[i] = result
             bar.update(result["bytes"])
-    return _merge_scans(paths, [[s for s, o in zip(scans, owner) if o == index] for index in range(len(paths))], skip)
+    return _merge_scans(paths, [[s for s, o in zip(scans, owner) if o == index] for index in range(len(paths))], skip,
+                        image_key)
