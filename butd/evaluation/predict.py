@@ -98,8 +98,8 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     want_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if want_gpu else "cpu")
 
-    read_checkpoint(checkpoint)   # a damaged file: one error naming it, before Lightning's
-    lit = LitVQA.load_from_checkpoint(checkpoint, map_location=device).eval()
+    read_checkpoint(checkpoint)   # a damaged or unsafe file: one error naming it, before Lightning's
+    lit = LitVQA.load_from_checkpoint(checkpoint, map_location=device, weights_only=True).eval()
     task = lit.task
     split = split or task.val_split
     task.split(split)

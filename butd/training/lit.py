@@ -4,7 +4,7 @@
                  num_answers=dm.num_answers, v_dim=dm.v_dim)
     lit.model.load_embeddings(dm.glove)
     pl.Trainer(gradient_clip_val=0.25, ...).fit(lit, datamodule=dm)
-    lit = LitVQA.load_from_checkpoint(path)          # everything needed to rebuild is in hparams
+    lit = LitVQA.load_from_checkpoint(path, weights_only=True)   # everything needed to rebuild is in hparams
 
 ``model`` and ``optim`` are the run's ``ModelConfig`` and ``OptimConfig`` as dicts (defaults for what
 they leave out), so the checkpoint's hyper-parameters are exactly the run's model and optimiser
@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pickle
+import re
 import warnings
 
 import pytorch_lightning as pl
@@ -76,16 +77,34 @@ class WeightedMean(Metric):
 
 
 def read_checkpoint(path: str) -> dict:
-    """A Lightning checkpoint's contents (``torch.load``, memory-mapped, on the CPU). Raises
-    FileNotFoundError for a missing file and ValueError naming it for one that is not a readable
-    checkpoint (cut short, or another format)."""
+    """A Lightning checkpoint's contents (``torch.load``, memory-mapped, on the CPU), loaded with
+    ``weights_only=True``: only tensors and plain types (numbers, strings, lists, dicts: all that
+    train.py's checkpoints hold, random states and sampler positions included) are rebuilt, so a
+    checkpoint whose pickle names code (``os.system``) runs none of it. Raises FileNotFoundError for a
+    missing file, ValueError naming it for one that is not a readable checkpoint (cut short, or
+    another format) or that holds anything else."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError) as e:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise ValueError(f"{path}: refused: {unsafe_reason(str(e))}; a checkpoint written by train.py holds "
+                             "only tensors, numbers, strings, lists and dicts, and nothing in this one was run "
+                             "(was it made elsewhere, or altered?)") from None
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except (RuntimeError, EOFError) as e:
         raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); was it cut short "
                          "(a full disk, a copy still running)?") from None
+
+
+def unsafe_reason(message: str) -> str:
+    """What torch's weights-only loader refused, from its message: 'its pickle names posix.system'."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return f"its pickle names {found.group(1)}"
+    lines = [line for line in message.splitlines() if "error" in line.lower() or "unsupported" in line.lower()]
+    return f"its pickle holds what a weights-only load refuses ({(lines or ['?'])[-1].strip()})"
 
 
 class LitVQA(pl.LightningModule):

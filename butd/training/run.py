@@ -162,7 +162,8 @@ def train(config: TrainConfig):
     trainer = make_trainer(config, loggers, callbacks)
 
     rank_zero_info("\n[*] Training...\n")
-    trainer.fit(lit, datamodule=dm, ckpt_path=config.run.resume)
+    # weights_only: Lightning loads the checkpoint again, refusing what read_checkpoint refused
+    trainer.fit(lit, datamodule=dm, ckpt_path=config.run.resume, weights_only=True)
     if stop.stopped:
         loggers[0].finalize("interrupted")
         path = os.path.join(run_dir, "last.ckpt")
