@@ -237,7 +237,7 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
         if store not in rows_by_store:
             path = task.store_path(inputs.cache, store)
             store_ids = schema.read_image_ids(path)
-            rows_by_store[store] = (path, store_ids, {task.image_key(i): r for r, i in enumerate(store_ids.tolist())})
+            rows_by_store[store] = (path, store_ids, rows_by_image(task, path, store_ids))
         arrays[split], dropped[split] = _split_arrays(task, raws[split], split, tokens[counts[k]:counts[k + 1]],
                                                       ans2label, rows_by_store[store], inputs.drop_missing)
         if dropped[split]:
@@ -269,6 +269,24 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
             "num_answers": len(label2ans),
             "max_length": inputs.length, "vocabulary": vocabulary_identity(vocab.idx2word, label2ans),
             "glove_coverage": coverage, "phase_seconds": phase.end()}
+
+
+def rows_by_image(task, path: str, store_ids: np.ndarray) -> dict:
+    """``{task.image_key(image id): row}`` of a store's images. A store holding one image under two
+    spellings of its id that the task treats as one (VQA v2's ``COCO_train2014_000000458752`` and
+    ``458752``) is refused, naming both, the store and the files it was made from: a dict would
+    silently keep one of them and bind every question of that image to it."""
+    row_of, ids = {}, store_ids.tolist()
+    for r, image_id in enumerate(ids):
+        first = row_of.setdefault(task.image_key(image_id), r)
+        if first != r:
+            source = schema.read_attrs(path).source
+            made_from = " + ".join(str(f.get("path")) for f in source.get("files", [source]))
+            raise ValueError(f"{path}: holds image {ids[first]!r} (row {first}) and {image_id!r} (row {r}): one "
+                             f"{task.name} image under two spellings of its id, made from {made_from}; questions could "
+                             "bind to either. Convert the features again with `python converters/tsv_to_zarr.py "
+                             f"--dataset {task.name}`, which refuses them")
+    return row_of
 
 
 def present_splits(task, questions_dir: str) -> list:
