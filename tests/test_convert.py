@@ -101,6 +101,25 @@ def test_direct_and_buffered_writes_give_the_same_store(tmp_path, monkeypatch):
     assert store_files(tmp_path / "d.zarr") == store_files(tmp_path / "b.zarr")
 
 
+@pytest.mark.parametrize("source", [REAL_TSV, os.path.join(os.path.dirname(REAL_TSV), "layouts", "bua_npz")])
+def test_features_streamed_row_by_row_are_the_buffered_bytes(tmp_path, monkeypatch, source):
+    """2048 float16 values per box make every box whole 4 KB blocks: the rows are written as they
+    are decoded (O_DIRECT), the padding left as holes, and must give the bytes a buffered write of
+    the chunk gives (bua_npz: 20, 10 and 36 boxes per image, padded to 36)."""
+    streams = []
+    opened = direct_io.RowStream.open
+
+    def recorded(*args):
+        streams.append(opened(*args))
+        return streams[-1]
+    monkeypatch.setattr(direct_io.RowStream, "open", recorded)
+    convert_tsv(source, str(tmp_path / "d.zarr"), chunk_images=2, workers=1, progress=False)
+    assert len(streams) >= 2 and all(s is not None for s in streams) or not direct_io.DIRECT["ok"]
+    monkeypatch.setitem(direct_io.DIRECT, "ok", False)
+    convert_tsv(source, str(tmp_path / "b.zarr"), chunk_images=2, workers=1, progress=False)
+    assert store_files(tmp_path / "d.zarr") == store_files(tmp_path / "b.zarr")
+
+
 def test_line_endings_blank_lines_and_no_final_newline(tmp_path):
     """The scan predicts where each line ends; CRLF, blank lines and a last line without its
     newline must give the same store as plain lines."""

@@ -7,11 +7,12 @@ import json
 import math
 import mmap
 import os
+from typing import Optional
 
 import numpy as np
 
 from butd.features import schema
-from butd.features.convert.direct_io import Background, write_file
+from butd.features.convert.direct_io import Background, RowStream, write_file
 from butd.features.convert.float16 import float32_to_float16
 from butd.features.schema import StoreAttrs, fields_for
 from butd.features.tsv import spatial_features
@@ -68,16 +69,20 @@ def _put_features(bufs: dict, i: int, features: np.ndarray) -> None:
     bufs["features"][i, n:] = 0
 
 
-def write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows: int) -> None:
+def write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows: int,
+                features: Optional[RowStream] = None) -> None:
     """Write chunk ``chunk`` of every field. Uncompressed chunks are written as the raw C-order
     bytes zarr itself would write (bytes codec, little-endian; the last chunk full-size with zero
-    padding), which skips zarr's per-call overhead; compressed ones go through zarr."""
+    padding), which skips zarr's per-call overhead; compressed ones go through zarr. ``features``:
+    the features file already being written row by row (``feature_stream``), finished here."""
     if attrs.compressor == "none":
         # The big features chunk (a few ms waiting on the disk with O_DIRECT) is written by a
         # thread while this one creates the small fields' directories and files.
         background = None
         for f in sorted(fields_for(attrs.layout), key=lambda f: f.name != "features"):
             path = schema.chunk_file(out_path, f, chunk)
+            if f.name == "features" and features is not None:
+                continue
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if f.name == "features":
                 background = Background(write_file, path, bufs[f.name])
@@ -85,12 +90,23 @@ def write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows: 
                 write_file(path, bufs[f.name])
         if background is not None:
             background.result()
+        if features is not None:
+            features.finish()
         return
     arrays = _arrays(out_path, attrs.fingerprint, [f.name for f in fields_for(attrs.layout)])
     start = chunk * attrs.chunk_images
     for f in fields_for(attrs.layout):
         arrays[f.name][start:start + rows] = bufs[f.name][:rows]
 
+
+def feature_stream(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict) -> Optional[RowStream]:
+    """The features chunk file of an uncompressed store, written row by row as rows are decoded
+    (``RowStream``); None where it is written whole by ``write_chunk``."""
+    if attrs.compressor != "none":
+        return None
+    path = schema.chunk_file(out_path, next(f for f in schema.FIELDS if f.name == "features"), chunk)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return RowStream.open(path, bufs["features"], bufs["features"][0, 0].nbytes)
 
 
 def marker_path(out_path: str, chunk: int) -> str:
@@ -104,9 +120,9 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _fill_chunk(images, attrs: StoreAttrs, bufs: dict) -> list:
+def _fill_chunk(images, attrs: StoreAttrs, bufs: dict, stream: Optional[RowStream] = None) -> list:
     """Put the decoded images (``ImageRow``s, from an input's ``read``) into ``bufs``, padding
-    zeroed; returns their image ids."""
+    zeroed, handing each finished features row to ``stream``; returns their image ids."""
     # spatials are computed from the boxes below
     fields = [f for f in fields_for(attrs.layout) if f.name not in ("spatials", "features")]
     ids = []
@@ -116,6 +132,8 @@ def _fill_chunk(images, attrs: StoreAttrs, bufs: dict) -> list:
                              "did the input change during the conversion? (re-run with --overwrite)")
         ids.append(row.image_id)
         _put_features(bufs, i, row.features)
+        if stream is not None:
+            stream.put(i, row.num_boxes * bufs["features"][0, 0].nbytes)
         for f in fields:
             if f.per_image:
                 bufs[f.name][i, :row.num_boxes] = getattr(row, f.name)
@@ -136,8 +154,13 @@ def convert_chunk(task: tuple) -> tuple:
     reader, params, paths, rows, out_path, attrs_json, chunk = task
     attrs = StoreAttrs.from_json(attrs_json)
     bufs = _buffers(attrs)
-    ids = _fill_chunk(reader.read(params, paths, rows), attrs, bufs)
-    write_chunk(out_path, attrs, chunk, bufs, len(ids))
+    stream = feature_stream(out_path, attrs, chunk, bufs)
+    try:
+        ids = _fill_chunk(reader.read(params, paths, rows), attrs, bufs, stream)
+        write_chunk(out_path, attrs, chunk, bufs, len(ids), stream)
+    finally:
+        if stream is not None:
+            stream.close()     # after an error: no write left running on the re-used buffer
     lines = rows["lines"]
     write_json_atomic(marker_path(out_path, chunk), {
         "chunk": chunk, "rows": len(ids), "lines": [int(lines[0]), int(lines[-1])], "image_ids": ids})

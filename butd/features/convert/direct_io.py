@@ -63,3 +63,77 @@ def write_file(path: str, data: np.ndarray) -> None:
     with open(path, "wb") as out:
         out.write(data)
 
+
+
+class RowStream:
+    """One chunk file written row by row as its rows are filled: ``put(row, used)`` hands a
+    finished row to a writer thread, which writes its first ``used`` bytes (O_DIRECT ``pwrite``
+    at the row's offset) while the caller decodes the next rows, instead of the whole chunk after
+    them; ``finish()`` sets the file's full size and waits. What is not written (the boxes a row
+    pads to the store's largest count, the rows past the last image) is a hole in the file, read as
+    zeros: an adaptive store's padding costs no writes. Only for page-aligned buffers whose rows and
+    boxes are whole 4 KB blocks (2048 float16 or float32 values per box); ``open`` returns None
+    where that or O_DIRECT is not available, and the caller writes the whole file at the end.
+    (A thread per chunk: none outlives the chunk, so a later conversion in this process may fork.)"""
+
+    def __init__(self, fd: int, buf: np.ndarray):
+        import queue
+        self.fd, self.buf, self.error = fd, buf, None
+        self.row_bytes = buf[0].nbytes
+        self.queue = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def open(cls, path: str, buf: np.ndarray, box_bytes: int):
+        row_bytes = buf[0].nbytes if len(buf) else 0
+        if not (DIRECT["ok"] and row_bytes and row_bytes % DIRECT_ALIGN == 0 and box_bytes % DIRECT_ALIGN == 0
+                and buf.ctypes.data % DIRECT_ALIGN == 0):
+            return None
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o666)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            DIRECT["ok"] = False
+            return None
+        return cls(fd, buf)
+
+    def put(self, row: int, used: int) -> None:
+        """Row ``row`` is final: its first ``used`` bytes hold its boxes, the rest are zeros."""
+        if used:
+            self.queue.put((row, min(used, self.row_bytes)))
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is not None:
+                continue
+            row, used = item
+            view, offset = memoryview(self.buf[row]).cast("B")[:used], row * self.row_bytes
+            try:
+                while len(view):
+                    n = os.pwrite(self.fd, view, offset)
+                    view, offset = view[n:], offset + n
+            except OSError as e:
+                self.error = e
+
+    def finish(self) -> None:
+        """Wait for every write, give the file its full size (the rest reads as zeros), close;
+        re-raise a write's error."""
+        self.queue.put(None)
+        self.thread.join()
+        try:
+            if self.error is None:
+                os.ftruncate(self.fd, self.buf.nbytes)
+        finally:
+            self.close()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Wait for the writes queued and close the file (also after an error elsewhere)."""
+        if self.fd is not None:
+            self.queue.put(None)
+            self.thread.join()
+            os.close(self.fd)
+            self.fd = None

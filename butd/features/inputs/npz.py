@@ -19,6 +19,7 @@ attribute ids and confidences.
 """
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 import zlib
@@ -32,6 +33,8 @@ from butd.features.inputs.folder import FolderInput
 from butd.features.tsv import ImageRow
 
 MEMBERS = ("x", "bbox", "num_bbox", "image_h", "image_w")
+# Bytes of a member read for its header: numpy pads headers to 64 bytes (128 since numpy 2 for long shapes).
+HEADER_BYTES = 4096
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -52,7 +55,10 @@ class NpzInput(FolderInput):
     @classmethod
     def inspect(cls, path: str, full: bool) -> tuple:
         with _NpzImage(path) as image:
-            image.check(full)
+            if full:
+                image.decode()
+            else:
+                image.check()
             return image.num_boxes, image.feature_dim, image.transposed
 
     @staticmethod
@@ -60,12 +66,10 @@ class NpzInput(FolderInput):
         transposed = params
         for f in rows["files"]:
             with _NpzImage(paths[int(f)]) as image:
-                image.check(full=False)
+                x, bbox = image.decode()
                 if image.transposed != transposed:
-                    raise image.error(f"x is {list(image.x_shape)}, the other files' x is the other way round")
-                x = image.array("x")
-                features = x.T if transposed else x
-                yield ImageRow(image.image_id, image.image_h, image.image_w, image.array("bbox"), features)
+                    raise image.error(f"x is {list(x.shape)}, the other files' x is the other way round")
+                yield ImageRow(image.image_id, image.image_h, image.image_w, bbox, x.T if transposed else x)
 
 
 class _NpzImage:
@@ -87,32 +91,35 @@ class _NpzImage:
     def error(self, reason: str) -> InputError:
         return InputError(self.path, None, self.image_id, reason)
 
-    def _open(self, name: str):
+    def member(self, name: str) -> bytes:
+        """Member ``name``'s bytes (decompressed, CRC-checked by zipfile)."""
         try:
-            return self.zip.open(name + ".npy")
+            return self.zip.read(name + ".npy")
         except KeyError:
             raise self.error(f"has no {name} (it holds {', '.join(n[:-4] for n in self.zip.namelist())})") from None
         except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
             raise self.error(f"member {name} cannot be read ({e}): cut short?") from None
 
     def header(self, name: str) -> tuple:
-        with self._open(name) as f:
-            try:
-                from numpy.lib import format as npy
-                version = npy.read_magic(f)
-                shape, fortran, dtype = (npy.read_array_header_1_0 if version == (1, 0) else
-                                         npy.read_array_header_2_0)(f)
-            except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-                raise self.error(f"member {name} is not a readable array ({e}): cut short?") from None
-        return shape, dtype
+        """(shape, fortran order, dtype, data offset) of member ``name``, reading only its start."""
+        try:
+            with self.zip.open(name + ".npy") as f:
+                return _npy_header(f.read(HEADER_BYTES), name, self.error)
+        except KeyError:
+            raise self.error(f"has no {name} (it holds {', '.join(n[:-4] for n in self.zip.namelist())})") from None
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+            raise self.error(f"member {name} cannot be read ({e}): cut short?") from None
 
     def array(self, name: str) -> np.ndarray:
-        """Member ``name``, read without pickle (CRC-checked by zipfile)."""
-        try:
-            with self._open(name) as f:
-                return np.lib.format.read_array(f, allow_pickle=False)
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise self.error(f"member {name} cannot be read ({e}): cut short?") from None
+        """Member ``name`` as an array (a view of its bytes), read without pickle."""
+        data = self.member(name)
+        shape, fortran, dtype, offset = _npy_header(data, name, self.error)
+        if dtype.hasobject:
+            raise self.error(f"member {name} holds Python objects (a pickle), expected numbers")
+        count = int(np.prod(shape))
+        if len(data) - offset < count * dtype.itemsize:
+            raise self.error(f"member {name} is cut short ({len(data) - offset} of {count * dtype.itemsize} bytes)")
+        return np.frombuffer(data, dtype, count, offset).reshape(shape, order="F" if fortran else "C")
 
     def scalar(self, name: str) -> int:
         value = self.array(name)
@@ -120,8 +127,8 @@ class _NpzImage:
             raise self.error(f"{name} is {value.reshape(-1)[:4]!r} ({value.dtype}), expected one integer")
         return int(value.reshape(-1)[0])
 
-    def check(self, full: bool) -> None:
-        """Reads the small members and the headers; with ``full`` also every array (and ``info``)."""
+    def _small(self) -> set:
+        """Reads the box count and image size (checked); returns the member names."""
         names = {n[:-4] for n in self.zip.namelist()}
         missing = [m for m in MEMBERS if m not in names]
         if missing:
@@ -133,34 +140,57 @@ class _NpzImage:
             raise self.error(f"num_bbox is {self.num_boxes}, expected at least 1")
         if self.image_h < 1 or self.image_w < 1:
             raise self.error(f"image size {self.image_w}x{self.image_h}, expected positive width and height")
-        self.x_shape, x_dtype = self.header("x")
-        if len(self.x_shape) != 2 or x_dtype.kind != "f":
-            raise self.error(f"x is {x_dtype} {list(self.x_shape)}, expected a 2-d float array")
-        self.transposed = _boxes_axis(self.x_shape, self.num_boxes, self.error) == 1
-        self.feature_dim = int(self.x_shape[0 if self.transposed else 1])
-        bbox_shape, bbox_dtype = self.header("bbox")
+        return names
+
+    def _shapes(self, x_shape: tuple, x_dtype, bbox_shape: tuple, bbox_dtype) -> None:
+        if len(x_shape) != 2 or x_dtype.kind != "f":
+            raise self.error(f"x is {x_dtype} {list(x_shape)}, expected a 2-d float array")
+        self.transposed = _boxes_axis(x_shape, self.num_boxes, self.error) == 1
+        self.feature_dim = int(x_shape[0 if self.transposed else 1])
         if tuple(bbox_shape) != (self.num_boxes, 4) or bbox_dtype.kind != "f":
             raise self.error(f"bbox is {bbox_dtype} {list(bbox_shape)}, expected float [num_bbox ({self.num_boxes}), 4]")
-        if full:
-            self.array("x")
-            self.array("bbox")
+
+    def check(self) -> None:
+        """The plan's look: the small members and the headers of ``x`` and ``bbox``."""
+        self._small()
+        x_shape, _, x_dtype, _ = self.header("x")
+        bbox_shape, _, bbox_dtype, _ = self.header("bbox")
+        self._shapes(x_shape, x_dtype, bbox_shape, bbox_dtype)
+
+    def decode(self) -> tuple:
+        """Every member read and checked (``info`` too, where there is one): (x, bbox)."""
+        names = self._small()
+        x, bbox = self.array("x"), self.array("bbox")
+        self._shapes(x.shape, x.dtype, bbox.shape, bbox.dtype)
         if "info" in names:
             self.check_info()
+        return x, bbox
 
     def check_info(self) -> None:
         """``info`` (read without running anything it names) must agree with the members."""
-        with self._open("info") as f:
-            try:
-                info = safe_pickle.read_npy_object(f, f"{self.path} (info)", "info")
-            except safe_pickle.UnsafePickleError:
-                raise    # never a bad image to skip: a file that names code stops the conversion
-            except (ValueError, zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
-                raise self.error(f"info cannot be read ({e})") from None
+        try:
+            info = safe_pickle.read_npy_object(io.BytesIO(self.member("info")), f"{self.path} (info)", "info")
+        except safe_pickle.UnsafePickleError:
+            raise    # never a bad image to skip: a file that names code stops the conversion
+        except ValueError as e:
+            raise self.error(f"info cannot be read ({e})") from None
         if not isinstance(info, dict):
             raise self.error(f"info holds a {type(info).__name__}, expected a dict")
         for key, value in (("num_boxes", self.num_boxes), ("image_h", self.image_h), ("image_w", self.image_w)):
             if key in info and info[key] != value:
                 raise self.error(f"info says {key} {info[key]!r}, the file's own member says {value}")
+
+
+def _npy_header(data: bytes, name: str, error) -> tuple:
+    """(shape, fortran order, dtype, data offset) of the .npy whose bytes start ``data``."""
+    from numpy.lib import format as npy
+    f = io.BytesIO(data)
+    try:
+        version = npy.read_magic(f)
+        shape, fortran, dtype = (npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0)(f)
+    except (ValueError, OSError, EOFError) as e:
+        raise error(f"member {name} is not a readable array ({e}): cut short?") from None
+    return shape, fortran, dtype, f.tell()
 
 
 def _boxes_axis(shape: tuple, num_boxes: int, error) -> int:
