@@ -1,23 +1,42 @@
-"""TSV -> store conversion speed: butd's converter against the specification's converter.
+"""Conversion speed of every input layout: the converter against the simplest conversion and against
+its bound, all in one run on the same generated inputs.
 
-    python benchmarks/convert_speed.py                  # 2 GB generated TSV, workers 1..all cores
-    python benchmarks/convert_speed.py --size_mb 400    # a quicker look
+    python benchmarks/convert_speed.py                           # the TSV and each layout, 2 GB each
+    python benchmarks/convert_speed.py --size_mb 400             # a quicker look
+    python benchmarks/convert_speed.py --layouts hdf5 npz        # some of: tsv hdf5 hdf5_adaptive npz npz_transposed mmf
 
-The default, 2 GB, is the size the memory target names, so one run checks speed, peak memory and
-store size together; it is also large enough that the ~0.3 s of fixed start-up (interpreter, zarr
-import, store creation) does not hide the throughput, as it would not on the 58 GB GQA file.
+The TSV (``butd.synthetic.scene``'s obj36 rows, 36 boxes x 2048-d): the specification's converter
+(``readlines`` to count rows, one process, csv.DictReader, base64, float32 HDF5 via h5py) against
+butd's (float16) for every worker count from 1 to all cores; and the TSV's compute bound: the same
+rows, read into memory beforehand, base64-decoded and cast to float16 on every core (no I/O).
 
-Both convert the same generated obj36 TSV (``butd.synthetic.scene``, 36 boxes x 2048-d features),
-each in its own subprocess so that peak memory (RSS of the process and all its children, sampled by
-``harness.PeakMemory``) is its own. The baseline does what the specification's step 3 does: ``readlines`` to count rows, one
-process, csv.DictReader, base64, float32 HDF5 via h5py. The converter runs with float16 features
-for every worker count from 1 to all cores. Prints a table, writes ``convert_speed.json`` and
-``convert_speed.png`` to ``--results``/``--out`` (default benchmarks/results/), and ends with one JSON
-line.
+Every other layout (``benchmarks/layouts.py``: the specification's 36-box HDF5, ban-vqa's adaptive
+HDF5, bottom-up-attention.pytorch and MCAN npz folders, MMF npy folders), on a generated input of
+``--size_mb``, written as its extractor writes it:
+- the converter on all cores;
+- (a) the simplest conversion a user would write: one process, the layout's own reader (h5py row
+  by row, ``np.load`` per file), the same zarr arrays written block by block;
+- (b) the bound: the same input read, decoded and cast to float16 (into a chunk-sized buffer) on
+  every core, nothing written: the part of the work no writer can skip;
+- the converter on a quarter-size input, whose peak memory must equal the full one's.
+The bound and the converter run ``--repeat`` times, alternately (a shared machine moves both; the
+best of each is compared). Times are the work's own (inside each run's process: imports and
+interpreter start excluded, the converter's plan, store creation and verification included);
+peak memory is the RSS of the run's process and all its children (``harness.PeakMemory``). Each
+input is in the page cache before its runs. 2 GB by default: large enough that the converter's
+fixed costs (~0.3 s: zarr import, store creation, verification) do not hide its throughput.
+
+MB/s in the table are of the work's own time; the TSV summary's ``converter_mb_s`` and ``speedup``
+are of each process's wall time, start-up included, as this benchmark has always reported them.
+Prints a table and one line per layout with its ratios, writes ``convert_speed.json`` and
+``convert_speed.png`` to ``--results`` (default benchmarks/results/), ends with one JSON line.
+Generated inputs and outputs go under ``--work`` and are removed at the end (each layout's before
+the next is made).
 """
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import resource
 import shutil
@@ -30,9 +49,10 @@ import numpy as np
 from harness import MB, RESULTS, PeakMemory, report
 
 SETTLE_S = 3.0
+TSV = "tsv"
 
 
-def baseline_convert(tsv_path: str, h5_path: str) -> int:
+def spec_convert(tsv_path: str, h5_path: str) -> int:
     """The specification's ``gqa_create_image_features`` for one file (its per-split loop body)."""
     import base64
     import csv
@@ -92,9 +112,50 @@ def make_tsv(path: str, size_mb: float, seed: int) -> int:
     return rows
 
 
+def tsv_bound(tsv_path: str, workers: int) -> float:
+    """Seconds to decode every row of ``tsv_path`` (strict base64 of every array field, as the
+    converter decodes it) and cast its features to float16, on ``workers`` processes, each its
+    share of the rows read into memory beforehand (untimed), after a barrier."""
+    size = os.path.getsize(tsv_path)
+    bounds = [size * i // workers for i in range(workers + 1)]
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_tsv_bound_worker, args=(tsv_path, bounds[i], bounds[i + 1], barrier, results))
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    times = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return max(t1 for _, t1 in times) - min(t0 for t0, _ in times)
+
+
+def _tsv_bound_worker(path, start, end, barrier, results) -> None:
+    from butd.features.convert.float16 import float32_to_float16
+    from butd.features.tsv import decode_row
+    with open(path, "rb") as f:          # the lines that start in [start, end)
+        if start:
+            f.seek(start - 1)
+            f.readline()
+        lines = []
+        while f.tell() < end:
+            line = f.readline()
+            if not line:
+                break
+            lines.append(line)
+    chunk, scratch = np.zeros((32, 36, 2048), np.float16), {}
+    barrier.wait()
+    t0 = time.perf_counter()
+    for i, line in enumerate(lines):
+        row = decode_row(line, "obj36", path, i + 1, 2048)
+        float32_to_float16(row.features, chunk[i % 32, :row.num_boxes], scratch)
+    results.put((t0, time.perf_counter()))
+
+
 def measure(cmd: list) -> dict:
-    """Run ``cmd``; its wall time, CPU time (all its processes), and peak RSS summed over the
-    process tree (sampled every 20 ms, from statm: cheap enough not to slow the run)."""
+    """Run ``cmd``; its wall time, CPU time (all its processes), peak RSS summed over the process
+    tree (sampled every 20 ms, from statm: cheap enough not to slow the run) and the last line it
+    printed as JSON (the work's own time, where the run reports one)."""
     os.sync()   # start each run with nothing of the previous one's output still being written back
     # ... and with the memory the previous run freed already handed back: these VMs report freed
     # pages to the host a couple of seconds later, which would otherwise land in this run's time.
@@ -110,32 +171,149 @@ def measure(cmd: list) -> dict:
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed with exit code {proc.returncode}:\n{out}")
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": mem.rss / MB}
+    lines = out.strip().splitlines()
+    reported = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": mem.rss / MB, **reported}
 
 
 def run_one(args) -> None:
-    """Subprocess entry: one conversion."""
+    """Subprocess entry: one run; prints {"work_seconds": ...} last."""
+    import layouts
+    t0 = time.perf_counter()
     if args.run == "baseline":
-        baseline_convert(args.tsv, args.out)
-    else:
-        from butd.features.convert import convert_tsv
-        convert_tsv(args.tsv, args.out, workers=args.workers, dtype=args.dtype, overwrite=True, progress=False)
+        spec_convert(args.input, args.out)
+    elif args.run == "convert":
+        from butd.features.convert import convert
+        convert(args.input, args.out, workers=args.workers, dtype=args.dtype, overwrite=True, progress=False)
+    elif args.run == "tsv_bound":
+        print(json.dumps({"work_seconds": tsv_bound(args.input, args.workers)}))
+        return
+    elif args.run == "layout_baseline":
+        layouts.baseline_convert(args.layout, args.input, args.out, args.max_boxes)
+    elif args.run == "layout_bound":
+        print(json.dumps({"work_seconds": layouts.bound(args.layout, args.input, args.workers)}))
+        return
+    print(json.dumps({"work_seconds": time.perf_counter() - t0}))
+
+
+def warm(path: str) -> None:
+    """Every file of ``path`` read once: the same start for every run, the input in the page cache."""
+    files = [os.path.join(d, f) for d, _, names in os.walk(path) for f in names] if os.path.isdir(path) else [path]
+    for name in files:
+        with open(name, "rb") as f:
+            while f.read(64 << 20):
+                pass
+
+
+def bench_tsv(args, me: list, work: str) -> tuple:
+    """The TSV: the specification's converter, butd's for 1..all workers, the compute bound."""
+    from butd.features.convert import dir_bytes
+    tsv = os.path.join(work, f"bench_{args.size_mb:g}mb.tsv")
+    print(f"[*] generating {args.size_mb:g} MB TSV at {tsv} ...", flush=True)
+    rows = make_tsv(tsv, args.size_mb, args.seed)
+    size = os.path.getsize(tsv)
+    warm(tsv)
+    h5 = os.path.join(work, "baseline.hdf5")
+    baseline = measure(me + ["--run", "baseline", "--input", tsv, "--out", h5])
+    baseline.update(mb_s=size / 1e6 / baseline["seconds"], out_bytes=dir_bytes(h5))
+    results = []
+    for w in range(1, args.max_workers + 1):
+        store = os.path.join(work, f"store_w{w}.zarr")
+        r = measure(me + ["--run", "convert", "--input", tsv, "--out", store, "--workers", str(w)])
+        r.update(workers=w, mb_s=size / 1e6 / r["seconds"], out_bytes=dir_bytes(store))
+        r["speedup"] = r["mb_s"] / baseline["mb_s"]
+        results.append(r)
+    bound = min((measure(me + ["--run", "tsv_bound", "--input", tsv, "--workers", str(args.max_workers)])
+                 for _ in range(args.repeat)), key=lambda r: r["work_seconds"])
+    best = results[-1]
+    share = bound["work_seconds"] / best["work_seconds"]
+    line = (f"tsv: converter {size / 1e6 / best['work_seconds']:.0f} MB/s of TSV on {best['workers']} workers = "
+            f"{share:.2f} of its compute bound (base64 + float16 cast in memory, {size / 1e6 / bound['work_seconds']:.0f}"
+            f" MB/s); {best['speedup']:.2f}x the specification's converter ({baseline['mb_s']:.1f} MB/s)")
+    summary = {
+        "tsv_mb": round(size / 1e6, 1), "rows": rows,
+        "baseline_mb_s": round(baseline["mb_s"], 1), "baseline_peak_rss_mb": round(baseline["peak_rss_mb"]),
+        "converter_mb_s": {r["workers"]: round(r["mb_s"], 1) for r in results},
+        "speedup": {r["workers"]: round(r["speedup"], 2) for r in results},
+        "converter_peak_rss_mb": {r["workers"]: round(r["peak_rss_mb"]) for r in results},
+        "store_vs_hdf5_bytes": round(best["out_bytes"] / baseline["out_bytes"], 4),
+        "compute_bound_mb_s": round(size / 1e6 / bound["work_seconds"], 1), "share_of_compute_bound": round(share, 2),
+    }
+    rows_out = [dict(baseline, layout=TSV, name="spec (DictReader, f32 HDF5)", workers=1)] + \
+        [dict(r, layout=TSV, name="butd converter") for r in results] + \
+        [dict(bound, layout=TSV, name="compute bound (in memory)", workers=args.max_workers)]
+    for r in rows_out:
+        r.update(input_bytes=size)
+    cleanup = [h5] + [os.path.join(work, f"store_w{w}.zarr") for w in range(1, args.max_workers + 1)]
+    return summary, rows_out, line, cleanup
+
+
+def bench_layout(args, me: list, work: str, layout: str) -> tuple:
+    """One layout: the converter (``--repeat`` times, alternating with the bound), the simplest
+    conversion, and the converter on a quarter-size input."""
+    import layouts
+    from butd.features.convert import dir_bytes
+    folder = os.path.join(work, layout)
+    print(f"[*] generating {args.size_mb:g} MB of {layout} (and a quarter-size one) under {folder} ...", flush=True)
+    full = layouts.make(layout, os.path.join(folder, "full"), args.size_mb, args.seed)
+    quarter = layouts.make(layout, os.path.join(folder, "quarter"), args.size_mb / 4, args.seed + 1)
+    warm(full["input"])
+    warm(quarter["input"])
+    size = full["bytes"]
+    common = ["--layout", layout, "--workers", str(args.max_workers)]
+    converts, bounds = [], []
+    for k in range(args.repeat):
+        bounds.append(measure(me + ["--run", "layout_bound", "--input", full["input"]] + common))
+        converts.append(measure(me + ["--run", "convert", "--input", full["input"], "--workers", str(args.max_workers),
+                                      "--out", os.path.join(folder, f"store{k}.zarr")]))
+    baseline = measure(me + ["--run", "layout_baseline", "--input", full["input"], "--out",
+                             os.path.join(folder, "baseline.zarr"), "--max_boxes", str(full["max_boxes"])] + common)
+    small = measure(me + ["--run", "convert", "--input", quarter["input"], "--workers", str(args.max_workers),
+                          "--out", os.path.join(folder, "quarter.zarr")])
+    convert = min(converts, key=lambda r: r["work_seconds"])
+    bound = min(bounds, key=lambda r: r["work_seconds"])
+    mb = size / 1e6
+    out = {
+        "input_mb": round(mb, 1), "images": full["images"],
+        "converter_mb_s": round(mb / convert["work_seconds"], 1), "bound_mb_s": round(mb / bound["work_seconds"], 1),
+        "baseline_mb_s": round(mb / baseline["work_seconds"], 1),
+        "of_bound": round(bound["work_seconds"] / convert["work_seconds"], 2),
+        "x_baseline": round(baseline["work_seconds"] / convert["work_seconds"], 2),
+        "converter_peak_rss_mb": round(convert["peak_rss_mb"]), "quarter_input_peak_rss_mb": round(small["peak_rss_mb"]),
+        "baseline_peak_rss_mb": round(baseline["peak_rss_mb"]),
+        "store_mb": round(dir_bytes(os.path.join(folder, "store0.zarr")) / 1e6, 1),
+    }
+    line = (f"{layout}: converter {out['converter_mb_s']:.0f} MB/s of input = {out['of_bound']:.2f} of its bound "
+            f"({out['bound_mb_s']:.0f} MB/s), {out['x_baseline']:.2f}x its baseline ({out['baseline_mb_s']:.0f} MB/s); "
+            f"peak {out['converter_peak_rss_mb']} MB at {mb / 1e3:.1f} GB, {out['quarter_input_peak_rss_mb']} MB at "
+            f"{quarter['bytes'] / 1e9:.1f} GB")
+    rows = [dict(r, layout=layout, name=name, workers=w, input_bytes=n)
+            for r, name, w, n in ((bound, "bound (read+decode+cast)", args.max_workers, size),
+                                  (convert, "butd converter", args.max_workers, size),
+                                  (baseline, "baseline (1 process)", 1, size),
+                                  (small, "converter, quarter input", args.max_workers, quarter["bytes"]))]
+    return out, rows, line, [folder]
 
 
 def main() -> None:
+    import layouts
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    # 2 GB rather than the issue's minimum of 400 MB: see the module docstring.
-    p.add_argument("--size_mb", type=float, default=2048, help="size of the generated TSV")
+    p.add_argument("--size_mb", type=float, default=2048, help="size of each generated input")
+    p.add_argument("--layouts", nargs="+", default=[TSV, *layouts.LAYOUTS], choices=[TSV, *layouts.LAYOUTS])
     p.add_argument("--max_workers", type=int, default=os.cpu_count())
+    p.add_argument("--repeat", type=int, default=2, help="runs of each converter and bound (the best counts)")
     p.add_argument("--seed", type=int, default=0)
     # Not /tmp: on our VMs its directory has seen so much creating and deleting that creating a
     # file or directory there costs ~1.5 ms of kernel time instead of ~0.05 ms elsewhere on the
     # same file system, which bills the converter (~2000 chunk files and directories per GB) and
     # barely the baseline (one file).
-    p.add_argument("--work", default="/var/tmp/butd_convert_bench", help="where the TSV and outputs go")
+    p.add_argument("--work", default="/var/tmp/butd_convert_bench", help="where inputs and outputs go (removed after)")
     p.add_argument("--results", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
-    p.add_argument("--run", choices=("baseline", "convert"), help=argparse.SUPPRESS)
-    p.add_argument("--tsv", help=argparse.SUPPRESS)
+    p.add_argument("--run", choices=("baseline", "convert", "tsv_bound", "layout_baseline", "layout_bound"),
+                   help=argparse.SUPPRESS)
+    p.add_argument("--input", help=argparse.SUPPRESS)
+    p.add_argument("--layout", help=argparse.SUPPRESS)
+    p.add_argument("--max_boxes", type=int, help=argparse.SUPPRESS)
     p.add_argument("--out", help="the same as --results")   # in a --run child: where it converts to
     p.add_argument("--workers", type=int, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float16", help=argparse.SUPPRESS)
@@ -146,54 +324,42 @@ def main() -> None:
 
     os.makedirs(args.work, exist_ok=True)
     os.makedirs(args.results, exist_ok=True)
-    tsv = os.path.join(args.work, f"bench_{args.size_mb:g}mb.tsv")
-    print(f"[*] generating {args.size_mb:g} MB TSV at {tsv} ...", flush=True)
-    rows = make_tsv(tsv, args.size_mb, args.seed)
-    size = os.path.getsize(tsv)
-    with open(tsv, "rb") as f:   # same start for everyone: the file in the page cache
-        while f.read(64 << 20):
-            pass
-    me = [sys.executable, os.path.abspath(__file__), "--tsv", tsv]
-    from butd.features.convert import dir_bytes   # the parent only counts bytes; conversions run in children
+    me = [sys.executable, os.path.abspath(__file__)]
+    summary, runs, lines, cleanup = {"cores": os.cpu_count()}, [], [], []
+    try:
+        for layout in args.layouts:
+            # the previous layout's files go before this one's are made: creating files right after
+            # deleting many is several times slower on this file system (0.5 ms instead of 0.05 ms
+            # per file or directory), which the generation absorbs, not a measured run
+            for path in cleanup:
+                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+            bench = bench_tsv(args, me, args.work) if layout == TSV else bench_layout(args, me, args.work, layout)
+            out, rows, line, cleanup = bench
+            summary[layout] = out
+            runs += rows
+            lines.append(line)
+            print(f"[*] {line}", flush=True)
+    finally:
+        shutil.rmtree(args.work, ignore_errors=True)
 
-    h5 = os.path.join(args.work, "baseline.hdf5")
-    baseline = measure(me + ["--run", "baseline", "--out", h5])
-    baseline.update(mb_s=size / 1e6 / baseline["seconds"], out_bytes=dir_bytes(h5))
-    results = []
-    for w in range(1, args.max_workers + 1):
-        store = os.path.join(args.work, f"store_w{w}.zarr")
-        r = measure(me + ["--run", "convert", "--out", store, "--workers", str(w)])
-        r.update(workers=w, mb_s=size / 1e6 / r["seconds"], out_bytes=dir_bytes(store))
-        r["speedup"] = r["mb_s"] / baseline["mb_s"]
-        results.append(r)
-    # Outputs go only now: creating files right after deleting many is several times slower on
-    # this file system (0.5 ms instead of 0.05 ms per file or directory), which would bill one
-    # run for the previous one's clean-up.
-    os.remove(h5)
-    for w in range(1, args.max_workers + 1):
-        shutil.rmtree(os.path.join(args.work, f"store_w{w}.zarr"))
-
-    print(f"\nTSV: {rows} rows, {size / 1e6:.1f} MB; {os.cpu_count()} cores")
-    best = results[-1]
-    summary = {
-        "tsv_mb": round(size / 1e6, 1), "rows": rows, "cores": os.cpu_count(),
-        "baseline_mb_s": round(baseline["mb_s"], 1), "baseline_peak_rss_mb": round(baseline["peak_rss_mb"]),
-        "converter_mb_s": {r["workers"]: round(r["mb_s"], 1) for r in results},
-        "speedup": {r["workers"]: round(r["speedup"], 2) for r in results},
-        "converter_peak_rss_mb": {r["workers"]: round(r["peak_rss_mb"]) for r in results},
-        "store_vs_hdf5_bytes": round(best["out_bytes"] / baseline["out_bytes"], 4),
-    }
-    workers = [r["workers"] for r in results]
-    report("convert_speed", args.results, summary, results, baseline=baseline, columns=[
-        ("converter", "name", "<29"), ("workers", "workers", "7d"), ("seconds", "seconds", "8.2f"),
-        ("cpu s", "cpu_seconds", "6.2f"), ("MB/s", "mb_s", "7.1f"), ("x base", "speedup", "7.2f"),
-        ("peak MB", "peak_rss_mb", "8.0f"), ("out MB", lambda r: r["out_bytes"] / 1e6, "8.1f"),
-    ], table_rows=[dict(baseline, name="spec (DictReader, f32 HDF5)", workers=1, speedup=1.0)]
-        + [dict(r, name="butd (f16 zarr)") for r in results],
-        panels=[("TSV -> store conversion speed", "worker processes", "MB/s of TSV", {
-            "butd converter (float16 zarr)": (workers, [r["mb_s"] for r in results]),
-            "specification (float32 HDF5, 1 process)": (workers, [baseline["mb_s"]] * len(workers)),
-        })])
+    print()
+    for line in lines:
+        print(line)
+    names = [layout for layout in args.layouts if layout != TSV]
+    xs = list(range(len(names)))
+    for r in runs:
+        r["work_mb_s"] = r["input_bytes"] / 1e6 / r["work_seconds"]
+    report("convert_speed", args.results, summary, runs, columns=[
+        ("layout", "layout", "<15"), ("run", "name", "<26"), ("workers", "workers", "7d"),
+        ("input MB", lambda r: r["input_bytes"] / 1e6, "8.0f"), ("wall s", "seconds", "7.2f"),
+        ("work s", "work_seconds", "7.2f"), ("cpu s", "cpu_seconds", "6.2f"), ("MB/s", "work_mb_s", "7.1f"),
+        ("peak MB", "peak_rss_mb", "8.0f"),
+    ], panels=[("Conversion speed by layout (" + ", ".join(f"{i} {n}" for i, n in zip(xs, names)) + ")", "layout",
+                "MB/s of input", {
+                    "butd converter": (xs, [summary[n]["converter_mb_s"] for n in names]),
+                    "bound: read + decode + cast, nothing written": (xs, [summary[n]["bound_mb_s"] for n in names]),
+                    "baseline: one process, the layout's reader": (xs, [summary[n]["baseline_mb_s"] for n in names]),
+                })])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ class Background(threading.Thread):
 
 
 DIRECT_ALIGN = 4096
+# Least bytes per O_DIRECT write of a streamed chunk: 144 KB writes ran at 0.5 GB/s and 0.35 s of CPU
+# per GB on our VMs, 576 KB and more at 1.2 GB/s and 0.1 s.
+BATCH_BYTES = 1 << 20
 DIRECT = {"ok": hasattr(os, "O_DIRECT")}
 
 
@@ -78,7 +81,7 @@ class RowStream:
 
     def __init__(self, fd: int, buf: np.ndarray):
         import queue
-        self.fd, self.buf, self.error = fd, buf, None
+        self.fd, self.buf, self.error, self.pending = fd, buf, None, None
         self.row_bytes = buf[0].nbytes
         self.queue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -100,26 +103,42 @@ class RowStream:
         return cls(fd, buf)
 
     def put(self, row: int, used: int) -> None:
-        """Row ``row`` is final: its first ``used`` bytes hold its boxes, the rest are zeros."""
-        if used:
-            self.queue.put((row, min(used, self.row_bytes)))
+        """Row ``row`` is final: its first ``used`` bytes hold its boxes, the rest are zeros. Rows
+        that touch are written together, at least ``BATCH_BYTES`` at a time (small O_DIRECT writes
+        are several times slower per byte on our VMs)."""
+        if not used:
+            return
+        start = row * self.row_bytes
+        end = start + min(used, self.row_bytes)
+        if self.pending is not None and self.pending[1] == start:
+            self.pending[1] = end
+        else:
+            self._flush()
+            self.pending = [start, end]
+        if self.pending[1] - self.pending[0] >= BATCH_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending is not None:
+            self.queue.put(tuple(self.pending))
+            self.pending = None
 
     def _run(self) -> None:
+        data = memoryview(self.buf.reshape(-1).view(np.uint8))
         while (item := self.queue.get()) is not None:
-            if self.error is not None:
-                continue
-            row, used = item
-            view, offset = memoryview(self.buf[row]).cast("B")[:used], row * self.row_bytes
+            start, end = item
+            view = data[start:end]
             try:
-                while len(view):
-                    n = os.pwrite(self.fd, view, offset)
-                    view, offset = view[n:], offset + n
+                while len(view) and self.error is None:
+                    n = os.pwrite(self.fd, view, start)
+                    view, start = view[n:], start + n
             except OSError as e:
                 self.error = e
 
     def finish(self) -> None:
         """Wait for every write, give the file its full size (the rest reads as zeros), close;
         re-raise a write's error."""
+        self._flush()
         self.queue.put(None)
         self.thread.join()
         try:
