@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from butd.tasks.gqa import GROUPS, predictions, score
-from butd.evaluation.scores import format_table
+from butd.tasks.scores import format_table
 from butd.evaluation.plots import plot_training_curves
 
 # Eight questions worked by hand. Answer labels: 0 yes, 1 no, 2 red, 3 cat.

@@ -35,7 +35,7 @@ from butd.features.tsv import TSVFormatError  # noqa: E402
 from butd.loading.batches import BatchDataset  # noqa: E402
 from butd.loading.loaders import make_loader  # noqa: E402
 from butd.loading.sampler import ShardedBatchSampler  # noqa: E402
-from butd.questions.json_stream import json_lines, object_items  # noqa: E402
+from butd.tasks.json_stream import json_lines, object_items  # noqa: E402
 from butd.synthetic.gqa import generate  # noqa: E402
 from butd.synthetic.scene import format_row, write_tsv  # noqa: E402
 from butd.tasks import get_task  # noqa: E402

@@ -22,7 +22,7 @@ import train
 from butd import questions
 from butd.features.convert import convert_stores
 from butd.loading import VQADataModule
-from butd.questions.json_stream import QuestionFileError
+from butd.tasks.json_stream import QuestionFileError
 from butd.reference.nlvr2_metrics import nlvr2_metrics
 from butd.reference.spec import Dictionary, pad_tokens
 from butd.synthetic.nlvr2 import generate

@@ -9,7 +9,8 @@ import pytest
 import webdataset as wds
 
 from butd import questions as Q
-from butd.questions import json_stream, shards
+from butd.questions import shards
+from butd.tasks import json_stream
 from butd.questions.cache import MANIFEST
 from butd.tasks import get_task
 from butd.tasks.gqa import read_question_file

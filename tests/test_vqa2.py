@@ -16,7 +16,7 @@ import torch
 
 from butd import questions
 from butd.evaluation.predict import submission
-from butd.questions.json_stream import QuestionFileError, key_array_items
+from butd.tasks.json_stream import QuestionFileError, key_array_items
 from butd.reference import vqa_eval as ref
 from butd.synthetic.vqa2 import generate
 from butd.tasks import get_task
@@ -202,7 +202,7 @@ def test_loss_is_per_example_bce_and_the_score_the_soft_score_of_the_argmax():
 
 @pytest.mark.parametrize("block", [1, 3, 64, 1 << 23])
 def test_key_array_items_streams_the_elements_of_one_key(tmp_path, monkeypatch, block):
-    import butd.questions.json_stream as js
+    import butd.tasks.json_stream as js
     monkeypatch.setattr(js, "_BLOCK", block)
     with open(REAL_VQA2_QUESTIONS) as f:
         doc = json.load(f)

@@ -33,10 +33,10 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from butd.evaluation.scores import by_type, format_table, mean_score
-from butd.questions.json_stream import QuestionFileError, object_items
 from butd.tasks.answers import NO_ANSWER, majority_baseline, single_label_loss
 from butd.tasks.base import RawQuestions, Split, Task
+from butd.tasks.json_stream import QuestionFileError, object_items
+from butd.tasks.scores import by_type, format_table, mean_score
 
 QUESTION_FILE = "{split}_balanced_questions.json"
 SUBMISSION_FILE = "submission_all_questions.json"

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from butd.evaluation.scores import format_table, mean_score
-from butd.questions.json_stream import QuestionFileError, json_lines
 from butd.tasks.answers import NO_ANSWER, majority_baseline, single_label_loss
 from butd.tasks.base import RawQuestions, Split, Task
+from butd.tasks.json_stream import QuestionFileError, json_lines
+from butd.tasks.scores import format_table, mean_score
 
 QUESTION_FILE = "{split}.json"
 LABELS = ("False", "True")           # label k is LABELS[k]: 1 when the statement is true

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from butd.evaluation.scores import by_type, format_table, mean_score
-from butd.questions.json_stream import QuestionFileError, key_array_items
 from butd.tasks.answers import NO_ANSWER
 from butd.tasks.base import RawQuestions, Split, Task
+from butd.tasks.json_stream import QuestionFileError, key_array_items
+from butd.tasks.scores import by_type, format_table, mean_score
 from butd.tasks.vqa_answers import (
     MAX_LABELS,
     MIN_ANSWER_COUNT,
