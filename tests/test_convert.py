@@ -332,3 +332,31 @@ def test_skip_report_into_a_directory_not_made_yet(tmp_path):
     summary = convert_tsv(str(tmp_path / "f.tsv"), out, chunk_images=4, workers=1, on_bad_row="skip",
                           progress=False)
     assert summary.rows == 5 and os.path.exists(out + ".bad_rows.json")
+
+
+# A conversion runs the converter's command and the task's file table; it never needs torch, whose
+# import alone takes about a second: as long as a 400 MB conversion.
+NO_TORCH = """
+import runpy, sys
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["TSV", "--out", "OUT", "--workers", "1"],
+                                  ["--dataset", "vqa2", "--data", "DATA", "--workers", "1"]])
+def test_the_converter_never_imports_torch(tmp_path, args):
+    (tmp_path / "VQA2-Features").mkdir()
+    for files in get_task("vqa2").stores.values():
+        for name in files:
+            make_tsv(str(tmp_path / "VQA2-Features" / name), n=4)
+    make_tsv(str(tmp_path / "in.tsv"), n=4)
+    args = [{"TSV": str(tmp_path / "in.tsv"), "OUT": str(tmp_path / "out.zarr"), "DATA": str(tmp_path)}.get(a, a)
+            for a in args]
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, CLI, *args], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "False"

@@ -22,7 +22,8 @@ from butd.synthetic.vqa2 import generate
 from butd.tasks import get_task
 from butd.tasks import vqa_answers as va
 from butd.tasks.base import RawQuestions
-from butd.tasks.vqa2 import ANNOTATION_FILE, QUESTION_FILE, HumanAnswers, dense_targets, official_accuracy
+from butd.tasks.losses import dense_targets
+from butd.tasks.vqa2 import ANNOTATION_FILE, QUESTION_FILE, HumanAnswers, official_accuracy
 from helpers import REAL_GLOVE, REAL_TSV, REAL_VQA2_ANNOTATIONS, REAL_VQA2_QUESTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -21,10 +21,12 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:   # annotations only: a task's files and stores need no torch (butd.tasks.losses)
+    import torch
 
 
 # attributes every task sets (the others have defaults)

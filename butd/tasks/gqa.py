@@ -33,7 +33,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-from butd.tasks.answers import NO_ANSWER, majority_baseline, single_label_loss
+from butd.tasks.answers import NO_ANSWER, majority_baseline
 from butd.tasks.base import RawQuestions, Split, Task
 from butd.tasks.json_stream import QuestionFileError, object_items
 from butd.tasks.scores import by_type, format_table, mean_score
@@ -102,6 +102,7 @@ class GQA(Task):
         return {"labels": labels}
 
     def loss_and_score(self, logits, batch):
+        from butd.tasks.losses import single_label_loss   # torch, only where a loss is computed
         return single_label_loss(logits, batch["labels"])
 
     # -- evaluation --------------------------------------------------------------------------------
