@@ -61,13 +61,62 @@ def test_defaults_are_the_specs():
     assert (o.bsz, o.epochs, m.hidden, m.emb_dim, m.rnn, m.rnn_layers, o.opt, o.gradient_clip, o.seed) == \
         (256, 15, 1024, 300, "GRU", 1, "adamax", 0.25, 7)
     assert (m.weight_norm, m.bidirectional, m.attention_dropout, m.answer_dropout) == (True, False, 0.2, 0.5)
-    assert (d.dataset, d.gqa_questions, d.gqa_cache) == \
+    assert (d.dataset, d.questions, d.cache) == \
         ("gqa", os.path.join("data/", "GQA-Questions"), os.path.join("data/", "GQA-Cache"))
     assert d.glove == os.path.join("data/", "GloVe", "glove.6B.300d.txt") and d.checkpoint == "checkpoints/"
-    c = parse_config(["--run_name", "x", "--gpus", "2", "--no-weight_norm", "--bidirectional"])
+    c = parse_config(["--run_name", "x", "--gpus", "2", "--no_weight_norm", "--bidirectional"])
     assert (c.hardware.accelerator, c.hardware.devices, c.model.weight_norm, c.model.bidirectional) == \
         ("gpu", 2, False, True)
     assert run_name(c).startswith("x-butd-x7+")
+    c = parse_config(["--fast_dev_run", "--run_name", "x", "--weight_norm", "--bidirectional", "false"])
+    assert (c.run.fast_dev_run, c.model.weight_norm, c.model.bidirectional) == (1, True, False)
+    assert parse_config(["--run_name", "x", "--fast_dev_run", "3", "--weight_norm=no"]).run.fast_dev_run == 3
+
+
+def test_a_datasets_paths_under_the_specifications_names():
+    c = parse_config(["--run_name", "x", "--gqa_questions", "q", "--gqa_cache", "c", "--vqa2_cache", "v"])
+    assert (c.data.questions, c.data.features, c.data.cache) == ("q", os.path.join("data/", "GQA-Features"), "c")
+    # another dataset's are ignored, as in the modular branch; the dataset's own win over the generic flag
+    c = parse_config(["--run_name", "x", "--dataset", "vqa2", "--gqa_cache", "c", "--features", "f"])
+    assert (c.data.cache, c.data.features) == (os.path.join("data/", "VQA2-Cache"), "f")
+    c = parse_config(["--run_name", "x", "--dataset", "nlvr2", "--cache", "generic", "--nlvr2_cache", "own"])
+    assert c.data.cache == "own"
+
+
+def test_an_older_runs_config_with_per_dataset_paths_still_loads(tmp_path):
+    from butd.training.config import load_config
+    run_dir = tmp_path / "runs" / "old"
+    os.makedirs(run_dir)
+    older = {**parse_config(["--run_name", "old", "--dataset", "vqa2"]).flat(), "resume": None}
+    for kind in ("questions", "features", "cache"):     # what config.json held before --questions/--features/--cache
+        del older[kind]
+        older.update({f"{task}_{kind}": f"/{task}/{kind}" for task in ("gqa", "vqa2", "nlvr2")})
+    with open(run_dir / "config.json", "w") as f:
+        json.dump(older, f)
+    (run_dir / "last.ckpt").write_bytes(b"")
+    for config in (load_config(str(run_dir / "last.ckpt")), parse_config(["--config", str(run_dir / "config.json")]),
+                   parse_config(["--resume", str(run_dir / "last.ckpt")])):
+        assert (config.data.questions, config.data.cache) == ("/vqa2/questions", "/vqa2/cache")
+
+
+def test_evaluate_options_come_from_the_configuration(capsys):
+    from butd.training.config import DataConfig, HardwareConfig, OptimConfig, parse_evaluate
+    options = parse_evaluate(["--checkpoint", "c.ckpt"])
+    assert (options.bsz, options.num_workers, options.accelerator) == \
+        (OptimConfig.bsz, DataConfig.num_workers, HardwareConfig.accelerator)
+    assert parse_evaluate(["--checkpoint", "c", "--gqa_cache", "g", "--bsz", "1024"]).cache == "g"
+    with pytest.raises(SystemExit):
+        parse_evaluate(["--split", "val"])          # --checkpoint is required
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_print_config_prints_a_file_that_starts_the_same_run(tmp_path, capsys):
+    argv = ["--run_name", "p", "--hidden", "64", "--bidirectional", "--no_weight_norm", "--vqa2_cache", "v",
+            "--dataset", "vqa2"]
+    with pytest.raises(SystemExit):
+        parse_config([*argv, "--print_config"])
+    (tmp_path / "p.yaml").write_text(capsys.readouterr().out)
+    assert parse_config(["--config", str(tmp_path / "p.yaml")]) == parse_config(argv)
 
 
 def test_a_gzipped_glove_file_is_found_where_the_text_file_would_be(tmp_path):
@@ -114,7 +163,7 @@ def test_training_beats_the_majority_answer_and_writes_the_run(trained):
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
     assert os.path.basename(run_dir) == trainer.logger.name
-    assert config["gqa_cache"] == os.path.join(root, "GQA-Cache") and config["hidden"] == 128
+    assert config["cache"] == os.path.join(root, "GQA-Cache") and config["hidden"] == 128
     assert LitVQA.load_from_checkpoint(checkpoints.best_model_path).hparams.v_dim == 64
 
 
@@ -293,13 +342,13 @@ def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp
                      questions_per_image=3, feature_dim=16, emb_dim=EMB)
     config = parse_config(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"],
                            "--emb_dim", str(EMB)])
-    inputs, features = question_inputs(config), config.data.gqa_features
+    inputs, features = question_inputs(config), config.data.features
     qdir = ensure_caches(inputs, features)
     built = questions.read_manifest(qdir)["fingerprint"]
     ensure_caches(inputs, features)                               # up to date: nothing rebuilt
     assert questions.read_manifest(qdir)["fingerprint"] == built
 
-    qfile = os.path.join(config.data.gqa_questions, "train_balanced_questions.json")
+    qfile = os.path.join(config.data.questions, "train_balanced_questions.json")
     with open(qfile) as f:
         data = json.load(f)
     next(iter(data.values()))["question"] = "Is there a zebra in the picture?"
@@ -321,7 +370,7 @@ def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_pat
     paths = generate(str(tmp_path), seed=6, train_images=6, val_images=2, test_images=2, testdev_images=2,
                      questions_per_image=2, feature_dim=16, emb_dim=EMB)
     config = parse_config(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"], "--emb_dim", str(EMB)])
-    features, cache = config.data.gqa_features, config.data.paths()["cache"]
+    features, cache = config.data.features, config.data.paths()["cache"]
     convert_stores(get_task("gqa"), features, cache, compressor="zstd", dtype="float32", chunk_images=4,
                    workers=1, progress=False)
     store = os.path.join(cache, "testdev.zarr")
