@@ -18,10 +18,10 @@ import train  # noqa: E402  (train.py lives at the repository root)
 from butd import questions  # noqa: E402
 from butd.evaluation.predict import evaluate  # noqa: E402
 from butd.synthetic.gqa import generate  # noqa: E402
-from butd.training.caches import ensure_caches, question_inputs  # noqa: E402
+from butd.loading.caches import check_caches, prepare_caches  # noqa: E402
 from butd.training.config import parse_config  # noqa: E402
 from butd.training.lit import LitVQA  # noqa: E402
-from butd.training.run import run_name  # noqa: E402
+from butd.training.run import prepare_before_fit, question_inputs, run_name  # noqa: E402
 from helpers import make_tsv  # noqa: E402
 
 EMB = 32
@@ -343,9 +343,9 @@ def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp
     config = parse_config(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"],
                            "--emb_dim", str(EMB)])
     inputs, features = question_inputs(config), config.data.features
-    qdir = ensure_caches(inputs, features)
+    qdir = prepare_caches(inputs, features)
     built = questions.read_manifest(qdir)["fingerprint"]
-    ensure_caches(inputs, features)                               # up to date: nothing rebuilt
+    prepare_caches(inputs, features)                              # up to date: nothing rebuilt
     assert questions.read_manifest(qdir)["fingerprint"] == built
 
     qfile = os.path.join(config.data.questions, "train_balanced_questions.json")
@@ -354,11 +354,19 @@ def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp
     next(iter(data.values()))["question"] = "Is there a zebra in the picture?"
     with open(qfile, "w") as f:
         json.dump(data, f)
-    monkeypatch.setenv("LOCAL_RANK", "1")                         # an extra DDP process never builds
     with pytest.raises(questions.StaleCacheError, match="train"):
-        ensure_caches(inputs, features)
-    monkeypatch.delenv("LOCAL_RANK")
-    ensure_caches(inputs, features)                               # the first process rebuilds
+        check_caches(inputs, features)                            # a process that does not prepare never builds
+    # which process prepares is Lightning's rule: global rank zero (prepare_data_per_node is False)
+    from types import SimpleNamespace
+    from butd.loading import VQADataModule
+    for local_rank, node_rank in ((1, 0), (0, 1)):
+        dm = VQADataModule("gqa", inputs.cache, inputs=inputs, features_dir=features)
+        prepare_before_fit(SimpleNamespace(local_rank=local_rank, node_rank=node_rank), dm)
+        with pytest.raises(questions.StaleCacheError, match="train"):
+            dm.setup("fit")                                       # ... the others check in setup
+    dm = VQADataModule("gqa", inputs.cache, inputs=inputs, features_dir=features)
+    prepare_before_fit(SimpleNamespace(local_rank=0, node_rank=0), dm)   # the one that prepares rebuilds
+    dm.setup("fit")
     assert questions.read_manifest(qdir)["fingerprint"] != built
     assert "zebra" in questions.load_vocab(qdir).word2idx
 
@@ -375,14 +383,14 @@ def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_pat
                    workers=1, progress=False)
     store = os.path.join(cache, "testdev.zarr")
     made = os.path.getmtime(os.path.join(store, "zarr.json"))
-    ensure_caches(question_inputs(config), features)              # the TSVs are still there: checked, kept
+    prepare_caches(question_inputs(config), features)             # the TSVs are still there: checked, kept
     attrs = schema.read_attrs(store)
     assert (attrs.compressor, attrs.dtype, attrs.chunk_images, attrs.complete) == ("zstd", "float32", 4, True)
     assert os.path.getmtime(os.path.join(store, "zarr.json")) == made
     # its input changed, even to the other layout: refused as another input
     make_tsv(os.path.join(features, "gqa_testdev_obj36.tsv"), layout="anderson", n=2, boxes=(10, 12), feature_dim=16)
     with pytest.raises(ValueError, match=r"testdev\.zarr: exists but was made from other input"):
-        ensure_caches(question_inputs(config), features)
+        prepare_caches(question_inputs(config), features)
 
 
 def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):
