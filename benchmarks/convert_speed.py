@@ -154,7 +154,7 @@ def main() -> None:
         while f.read(64 << 20):
             pass
     me = [sys.executable, os.path.abspath(__file__), "--tsv", tsv]
-    from butd.features.convert import dir_bytes   # the parent only counts bytes; conversions run in children
+    from butd.features.convert import dir_bytes  # the parent only counts bytes; conversions run in children
 
     h5 = os.path.join(args.work, "baseline.hdf5")
     baseline = measure(me + ["--run", "baseline", "--out", h5])

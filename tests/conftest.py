@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from butd.synthetic.gqa import generate
+
 from helpers import build_gqa_caches
 
 

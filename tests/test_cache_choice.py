@@ -9,6 +9,7 @@ import torch
 from butd.features.reader import FeatureStore
 from butd.loading import VQADataModule, cache_choice
 from butd.loading.cache_choice import auto_cache, cgroup_room, resident_nbytes
+
 from helpers import as_tensors, build_gqa_caches, write_store
 
 GiB = 2 ** 30

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import zarr
 
-from butd.features.convert import chunks, direct_io, float16, lifecycle
 from butd.features import schema
-from butd.features.convert import convert_stores, convert_tsv
-from butd.tasks import get_task
+from butd.features.convert import chunks, convert_stores, convert_tsv, direct_io, float16, lifecycle
 from butd.features.tsv import TSVFormatError
-from helpers import (REAL_TSV, interrupted_after, make_rows, make_tsv, read_store, spec_rows, spec_spatials,
-                     store_files)
+from butd.tasks import get_task
+
+from helpers import REAL_TSV, interrupted_after, make_rows, make_tsv, read_store, spec_rows, spec_spatials, store_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "converters", "tsv_to_zarr.py")

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from butd.features import schema
 from butd.features.reader import FeatureStore, StoreError
 from butd.loading import BatchDataset, ShardedBatchSampler, ThreadedLoader, VQADataModule, make_loader
+
 from helpers import as_tensors, questions_for, write_store
 
 
@@ -119,7 +120,8 @@ def test_worker_processes_serve_every_pass_and_a_pass_left_early_does_not_distur
     followed by complete, correct ones."""
     path, qs = store
     loader = make_loader(_FilledBy(qs, FeatureStore(path)), 8, shuffle=True, seed=2, num_workers=2)
-    fillers = lambda batches: {int(b["tokens"][0, 0]) for b in batches}
+    def fillers(batches):
+        return {int(b["tokens"][0, 0]) for b in batches}
     first = fillers(loader)
     assert len(first) == 2 and os.getpid() not in first
     for leave_after in (1, loader.ring().size + 1, 1):

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
+from butd.evaluation.plots import plot_training_curves
 from butd.tasks.gqa import GROUPS, predictions, score
 from butd.tasks.scores import format_table
-from butd.evaluation.plots import plot_training_curves
 
 # Eight questions worked by hand. Answer labels: 0 yes, 1 no, 2 red, 3 cat.
 #  i  structural semantic  gold  predicted  correct

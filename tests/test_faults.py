@@ -22,10 +22,6 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "converters"))
-import evaluate  # noqa: E402  (evaluate.py and train.py live at the repository root)
-import questions_to_shards  # noqa: E402
-import train  # noqa: E402
-import tsv_to_zarr  # noqa: E402
 from butd import cli, questions  # noqa: E402
 from butd.evaluation import plots  # noqa: E402
 from butd.features import schema  # noqa: E402
@@ -35,12 +31,17 @@ from butd.features.tsv import TSVFormatError  # noqa: E402
 from butd.loading.batches import BatchDataset  # noqa: E402
 from butd.loading.loaders import make_loader  # noqa: E402
 from butd.loading.sampler import ShardedBatchSampler  # noqa: E402
-from butd.tasks.json_stream import json_lines, object_items  # noqa: E402
 from butd.synthetic.gqa import generate  # noqa: E402
 from butd.synthetic.scene import format_row, write_tsv  # noqa: E402
 from butd.tasks import get_task  # noqa: E402
+from butd.tasks.json_stream import json_lines, object_items  # noqa: E402
 from butd.text.glove import read_glove  # noqa: E402
 from butd.training.lit import LitVQA  # noqa: E402
+
+import evaluate  # noqa: E402  (evaluate.py and train.py live at the repository root)
+import questions_to_shards  # noqa: E402
+import train  # noqa: E402
+import tsv_to_zarr  # noqa: E402
 from helpers import REAL_TSV, interrupted_after, make_rows, questions_for, read_store, write_store  # noqa: E402
 
 EMB = 32

@@ -15,20 +15,20 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)   # evaluate.py and train.py live at the repository root
-from helpers import REAL_GLOVE, REAL_NLVR2, read_store
-
-import evaluate
-import train
 from butd import questions
 from butd.features.convert import convert_stores
 from butd.loading import VQADataModule
-from butd.tasks.json_stream import QuestionFileError
 from butd.reference.nlvr2_metrics import nlvr2_metrics
 from butd.reference.spec import Dictionary, pad_tokens
 from butd.synthetic.nlvr2 import generate
 from butd.synthetic.scene import SceneModel, write_tsv
 from butd.tasks import get_task
+from butd.tasks.json_stream import QuestionFileError
 from butd.tasks.nlvr2 import read_statements, score
+
+import evaluate
+import train
+from helpers import REAL_GLOVE, REAL_NLVR2, read_store
 
 TASK = get_task("nlvr2")
 EMB = 32

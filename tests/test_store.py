@@ -10,7 +10,9 @@ import zarr
 
 from butd.features import schema
 from butd.features.reader import FeatureStore, StoreError
+
 from helpers import direct, write_store
+
 
 @pytest.fixture()
 def store_path(tmp_path):

@@ -7,7 +7,9 @@ import pytest
 
 from butd.reference.spec import Dictionary, pad_questions
 from butd.text import GloveFormatError, Vocabulary, read_glove, split_batch
+
 from helpers import REAL_GLOVE, REAL_QUESTIONS, spec_glove
+
 
 def real_questions():
     with open(REAL_QUESTIONS) as f:

@@ -14,14 +14,15 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import train  # noqa: E402  (train.py lives at the repository root)
 from butd import questions  # noqa: E402
 from butd.evaluation.predict import evaluate  # noqa: E402
-from butd.synthetic.gqa import generate  # noqa: E402
 from butd.loading.caches import check_caches, prepare_caches  # noqa: E402
+from butd.synthetic.gqa import generate  # noqa: E402
 from butd.training.config import parse_config  # noqa: E402
 from butd.training.lit import LitVQA  # noqa: E402
 from butd.training.run import prepare_before_fit, question_inputs, run_name  # noqa: E402
+
+import train  # noqa: E402  (train.py lives at the repository root)
 from helpers import make_tsv  # noqa: E402
 
 EMB = 32
@@ -182,6 +183,7 @@ def test_a_run_started_from_its_saved_config_resolves_to_the_same_configuration(
 
 def test_resume_alone_reads_the_runs_settings_and_a_saved_file_never_resumes(tmp_path):
     import dataclasses
+
     from butd.training.config import save_config
     run_dir = tmp_path / "runs" / "r"
     ran = parse_config(["--run_name", "r", "--hidden", "64", "--dataset", "vqa2", "--checkpoint", str(tmp_path),
@@ -358,6 +360,7 @@ def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp
         check_caches(inputs, features)                            # a process that does not prepare never builds
     # which process prepares is Lightning's rule: global rank zero (prepare_data_per_node is False)
     from types import SimpleNamespace
+
     from butd.loading import VQADataModule
     for local_rank, node_rank in ((1, 0), (0, 1)):
         dm = VQADataModule("gqa", inputs.cache, inputs=inputs, features_dir=features)

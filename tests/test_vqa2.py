@@ -16,21 +16,23 @@ import torch
 
 from butd import questions
 from butd.evaluation.predict import submission
-from butd.tasks.json_stream import QuestionFileError, key_array_items
 from butd.reference import vqa_eval as ref
 from butd.synthetic.vqa2 import generate
 from butd.tasks import get_task
 from butd.tasks import vqa_answers as va
 from butd.tasks.base import RawQuestions
+from butd.tasks.json_stream import QuestionFileError, key_array_items
 from butd.tasks.losses import dense_targets
 from butd.tasks.vqa2 import ANNOTATION_FILE, QUESTION_FILE, HumanAnswers, official_accuracy
+
 from helpers import REAL_GLOVE, REAL_TSV, REAL_VQA2_ANNOTATIONS, REAL_VQA2_QUESTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from converters import questions_to_shards, tsv_to_zarr  # noqa: E402
+
 import evaluate  # noqa: E402  (the command lines live at the repository root)
 import train  # noqa: E402
-from converters import questions_to_shards, tsv_to_zarr  # noqa: E402
 
 TASK = get_task("vqa2")
 EMB = 32

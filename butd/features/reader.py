@@ -35,6 +35,7 @@ import torch
 
 from butd.features import batch_io, schema
 from butd.features.residency import Residency, residency
+
 # The two fields a training batch needs; the rest of the store (boxes, ids, ...) is for analysis.
 BATCH_FIELDS = tuple(f for f in schema.FIELDS if f.name in ("features", "spatials"))
 _REMAKE = "re-run `python converters/tsv_to_zarr.py` to rebuild it"

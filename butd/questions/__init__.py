@@ -2,9 +2,22 @@
 ``shards`` (WebDataset shards) and ``cache`` (build and read). Task-agnostic: the task
 (``butd.tasks``) reads its files (through ``butd.tasks.json_stream``) and makes its targets."""
 from butd.questions.arrays import QuestionArrays
-from butd.questions.cache import (BUILD_COMMAND, StaleCacheError, build, check_inputs, check_stores, check_vocabulary, load_answers,
-                                  load_glove, load_split, load_vocab, read_manifest, shard_paths, stream_split,
-                                  vocabulary_identity)
+from butd.questions.cache import (
+    BUILD_COMMAND,
+    StaleCacheError,
+    build,
+    check_inputs,
+    check_stores,
+    check_vocabulary,
+    load_answers,
+    load_glove,
+    load_split,
+    load_vocab,
+    read_manifest,
+    shard_paths,
+    stream_split,
+    vocabulary_identity,
+)
 from butd.questions.fingerprint import Inputs
 from butd.tasks.json_stream import QuestionFileError
 

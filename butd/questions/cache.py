@@ -31,8 +31,8 @@ from butd.features import schema
 from butd.questions import shards
 from butd.questions.arrays import QuestionArrays
 from butd.questions.fingerprint import FORMAT_VERSION, Inputs, changes, fingerprint
-from butd.tasks.json_stream import QuestionFileError
 from butd.tasks import get_task
+from butd.tasks.json_stream import QuestionFileError
 from butd.text import Vocabulary, check_glove_dim, pad_front, read_glove, split_batch
 
 MANIFEST = "manifest.json"

@@ -25,7 +25,6 @@ import numpy as np
 from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
 
 
-
 def _question(rng, scene: dict) -> tuple:
     """(question, answer, full answer, structural, semantic, detailed) about one scene."""
     present = sorted(scene)

@@ -102,7 +102,7 @@ class GQA(Task):
         return {"labels": labels}
 
     def loss_and_score(self, logits, batch):
-        from butd.tasks.losses import single_label_loss   # torch, only where a loss is computed
+        from butd.tasks.losses import single_label_loss  # torch, only where a loss is computed
         return single_label_loss(logits, batch["labels"])
 
     # -- evaluation --------------------------------------------------------------------------------

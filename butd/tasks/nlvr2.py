@@ -71,7 +71,7 @@ class NLVR2(Task):
         return {"labels": np.array(labels, dtype=np.int64)}
 
     def loss_and_score(self, logits, batch):
-        from butd.tasks.losses import single_label_loss   # torch, only where a loss is computed
+        from butd.tasks.losses import single_label_loss  # torch, only where a loss is computed
         return single_label_loss(logits, batch["labels"])
 
     # -- evaluation --------------------------------------------------------------------------------

@@ -152,7 +152,7 @@ class VQA2(Task):
         """The modular branch's ``per_example_bce`` per question (binary cross-entropy with logits
         summed over the answers: its mean over the batch and answers times the number of answers)
         and the soft score of the arg-max answer."""
-        from butd.tasks.losses import soft_score_loss   # torch, only where a loss is computed
+        from butd.tasks.losses import soft_score_loss  # torch, only where a loss is computed
         return soft_score_loss(logits, batch["answer_labels"], batch["answer_scores"], batch["answered"])
 
     # -- evaluation --------------------------------------------------------------------------------

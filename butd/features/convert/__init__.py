@@ -1,8 +1,13 @@
 """Features TSV -> Zarr feature store: ``scan`` (pass 1: the plan of rows), ``chunks`` (pass 2: decode
 and write a chunk), ``float16`` (the cast), ``direct_io`` (O_DIRECT writes), ``pool`` (worker
 processes), ``lifecycle`` (create, resume, verify, complete) and ``driver`` (``convert_tsv``)."""
-from butd.features.convert.driver import (BAD_ROW_MODES, DEFAULT_CHUNK_IMAGES, ConvertSummary, convert_stores,
-                                          convert_tsv)
+from butd.features.convert.driver import (
+    BAD_ROW_MODES,
+    DEFAULT_CHUNK_IMAGES,
+    ConvertSummary,
+    convert_stores,
+    convert_tsv,
+)
 from butd.features.convert.float16 import float32_to_float16
 from butd.features.convert.lifecycle import bad_rows_report_path, dir_bytes
 
