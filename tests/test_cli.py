@@ -1,7 +1,15 @@
-"""What every command does with its user's errors and its output (butd.cli)."""
+"""What every command does with its user's errors and its output (butd.cli): one line naming the
+error, exit status 1, a quiet end on a closed pipe."""
 import os
 import subprocess
 import sys
+
+from butd.evaluation import plots
+
+import evaluate
+import questions_to_shards
+import train
+from helpers import cli_run, one_line_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -14,3 +22,14 @@ def test_a_closed_pipe_ends_the_command_quietly():
     proc.stdout.close()                      # as `| head -1` does
     err = proc.stderr.read()
     assert proc.wait() == 141 and err == ""
+
+
+def test_user_errors_are_one_line_from_every_command(tmp_path, capsys):
+    status, err = cli_run(evaluate.main, ["--checkpoint", str(tmp_path / "none.ckpt")], capsys)
+    assert status == 1 and "none.ckpt: no such checkpoint" in one_line_error(err)
+    status, err = cli_run(train.main, ["--run_name", "x", "--data", str(tmp_path), "--accelerator", "cpu"], capsys)
+    assert status == 1 and "vg_gqa_obj36.tsv: features TSV not found" in one_line_error(err)
+    status, err = cli_run(questions_to_shards.main, ["--data", str(tmp_path)], capsys)
+    assert status == 1 and "not found" in one_line_error(err)
+    status, err = cli_run(plots.main, [str(tmp_path / "none-metrics.json")], capsys)
+    assert status == 1 and "none-metrics.json" in one_line_error(err)

@@ -1,5 +1,6 @@
 """The question cache: parity with the specification's steps 1, 2 and 4, shard round trips,
-fingerprints, bad inputs, missing images."""
+fingerprints, bad inputs, missing images, image ids in another format (both sides shown), question
+files with a byte-order mark."""
 import json
 import os
 import shutil
@@ -18,8 +19,9 @@ from butd.questions.cache import MANIFEST
 from butd.reference.spec import Dictionary, pad_questions
 from butd.tasks import get_task, json_stream
 from butd.tasks.gqa import read_question_file
+from butd.tasks.json_stream import json_lines, object_items
 
-from helpers import REAL_QUESTIONS, spec_glove
+from helpers import BOM, REAL_QUESTIONS, build_questions, copy_stores, spec_glove
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -406,3 +408,31 @@ def test_a_features_tsv_given_as_glove_is_one_short_line(inputs, tmp_path):
                           "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and len(out.stderr) < 400, out.stderr[:500]
     assert REAL_TSV in out.stderr and "COCO_train2014" in out.stderr
+
+
+def test_ids_in_another_format_are_refused_showing_both_sides(small_run, tmp_path, capsys):
+    root, data, _ = small_run
+    qdir = shutil.copytree(os.path.join(root, "GQA-Questions"), tmp_path / "q")
+    path = qdir / "train_balanced_questions.json"
+    with open(path) as f:
+        qs = json.load(f)
+    for q in qs.values():       # VQA-style: the questions say 2300000, the store COCO_..._000002300000
+        q["imageId"] = f"COCO_train2014_{int(q['imageId']):012d}"
+    with open(path, "w") as f:
+        json.dump(qs, f)
+    cache = copy_stores(root, tmp_path / "cache")
+    for flags in ([], ["--drop-missing"]):
+        with pytest.raises(ValueError) as e:
+            build_questions(qdir, data[3], cache, *flags)
+        message = str(e.value)
+        assert "95 of 95 train question(s)" in message and "COCO_train2014_0000023" in message
+        store_ids = schema.read_image_ids(os.path.join(cache, "trainval.zarr"))[:5]
+        assert all(i in message for i in store_ids), message       # the store's ids beside the questions'
+    assert not os.path.exists(os.path.join(cache, "questions"))
+
+
+def test_question_files_with_a_bom(tmp_path):
+    (tmp_path / "q.json").write_bytes(BOM + json.dumps({"q1": {"question": "Is it?"}}).encode())
+    assert list(object_items(str(tmp_path / "q.json"))) == [("q1", {"question": "Is it?"})]
+    (tmp_path / "q.jsonl").write_bytes(BOM + b'{"identifier": "dev-1-0-0"}\n{"identifier": "dev-1-0-1"}\n')
+    assert [v["identifier"] for _, v in json_lines(str(tmp_path / "q.jsonl"))] == ["dev-1-0-0", "dev-1-0-1"]

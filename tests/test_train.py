@@ -1,7 +1,8 @@
 """train.py end to end on a generated GQA-shaped sample: converters run when the caches are missing,
 a fast_dev_run, a training that must beat the majority answer by a wide margin (features, questions
 and answers aligned from the TSVs to the loss), --resume, the metrics file, a 2-process DDP run,
-and evaluate.py on the trained run."""
+and evaluate.py on the trained run; an empty split refused, a cache built with --drop_missing
+used as it is, GPUs that are not there named, the configuration's flags."""
 import json
 import os
 import shutil
@@ -24,7 +25,16 @@ from butd.training.run import prepare_before_fit, question_inputs, run_name  # n
 from butd.training.summary import summary  # noqa: E402
 
 import train  # noqa: E402  (train.py lives at the repository root)
-from helpers import make_tsv  # noqa: E402
+import tsv_to_zarr
+from helpers import (
+    SMALL_FLAGS,
+    build_questions,
+    cli_run,
+    copy_stores,
+    make_small_sample,
+    make_tsv,  # noqa: E402
+    one_line_error,
+)
 
 EMB = 32
 # Small, fast settings.
@@ -457,3 +467,53 @@ def test_evaluate_on_a_split_without_answers(trained, tmp_path, capsys):
     test = questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "test")
     with open(out) as f:
         assert [p["questionId"] for p in json.load(f)] == test.question_ids.tolist()
+
+
+@pytest.mark.parametrize("split", ["train", "testdev"])
+def test_training_refuses_an_empty_split(small_run, tmp_path, capsys, split):
+    root, data, _ = small_run
+    qdir = shutil.copytree(os.path.join(root, "GQA-Questions"), tmp_path / "q")
+    with open(qdir / f"{split}_balanced_questions.json", "w") as f:
+        json.dump({}, f)
+    cache = copy_stores(root, tmp_path / "cache")
+    argv = ["--run_name", "e", *data, "--gqa_questions", str(qdir), "--gqa_cache", cache,
+            "--checkpoint", str(tmp_path / "ck"), *SMALL_FLAGS, "--epochs", "1"]
+    status, err = cli_run(train.main, argv, capsys)
+    verb = "train" if split == "train" else "validate"
+    assert status == 1 and f"the {split} split has no questions; nothing to {verb} on" in one_line_error(err)
+    assert not os.path.exists(tmp_path / "ck" / "metrics")
+
+
+def test_a_cache_built_with_drop_missing_is_used_by_train(tmp_path, capsys, caplog, one_thread):
+    data = make_small_sample(tmp_path / "s", seed=4)
+    tsv = tmp_path / "s" / "GQA-Features" / "vg_gqa_obj36.tsv"
+    with open(tmp_path / "s" / "GQA-Questions" / "train_balanced_questions.json") as f:
+        gone = sorted({q["imageId"] for q in json.load(f).values()})[:2]
+    with open(tsv) as f:
+        lines = [line for line in f if line.split("\t")[0] not in gone]
+    with open(tsv, "w") as f:
+        f.writelines(lines)
+    assert tsv_to_zarr.main(["--data", str(tmp_path / "s"), "--workers", "1", "--quiet"]) == 0
+    run = ["--run_name", "d", *data, "--checkpoint", str(tmp_path / "ck"), *SMALL_FLAGS, "--fast_dev_run"]
+    # without the cache, train.py stops at the missing images: one line that names a flag it has
+    status, err = cli_run(train.main, run, capsys)
+    assert status == 1 and "pass --drop_missing" in one_line_error(err)
+    # the user follows the converter's advice ...
+    summary = build_questions(tmp_path / "s" / "GQA-Questions", data[3], tmp_path / "s" / "GQA-Cache",
+                              "--drop-missing")
+    assert summary["dropped"]["train"] == 10
+    # ... and train.py, without the flag, uses that cache as it is
+    trainer, _ = train.main(run)
+    assert trainer.state.finished and "built with --drop_missing (10 question(s)" in caplog.text
+    assert questions.read_manifest(str(tmp_path / "s" / "GQA-Cache" / "questions"))["summary"]["dropped"]["train"] == 10
+    trainer, _ = train.main(run + ["--drop_missing"])     # the flag itself is train.py's too
+    assert trainer.state.finished
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
+def test_gpus_without_a_gpu_say_so_and_how_to_run_ddp_on_cpu(tmp_path):
+    done = subprocess.run([sys.executable, "train.py", "--run_name", "x", "--gpus", "2", "--data", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    line = one_line_error(done.stderr)
+    assert "no GPU is visible" in line and "--accelerator cpu --devices 2 --strategy ddp" in line
