@@ -83,6 +83,8 @@ def test_defaults_are_the_specs():
     c = parse_config(["--fast_dev_run", "--run_name", "x", "--weight_norm", "--bidirectional", "false"])
     assert (c.run.fast_dev_run, c.model.weight_norm, c.model.bidirectional) == (1, True, False)
     assert parse_config(["--run_name", "x", "--fast_dev_run", "3", "--weight_norm=no"]).run.fast_dev_run == 3
+    with pytest.raises(SystemExit):
+        parse_config(["--run_name", "x", "--resume"])    # no value: jsonargparse's error and usage
 
 
 def test_a_datasets_paths_under_the_specifications_names():

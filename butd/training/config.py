@@ -319,10 +319,14 @@ def _resume_flags(argv: list):
     which must be found before the flags are parsed over it, and takes these from the command line
     only. (argparse's ``parse_known_args``, which jsonargparse does not offer.)"""
     import argparse
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    for flag in ("--resume", "--config", "--checkpoint", "--max_steps"):
+    flags = ("--resume", "--config", "--checkpoint", "--max_steps")
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for flag in flags:
         pre.add_argument(flag)
-    return pre.parse_known_args(argv)[0]
+    try:
+        return pre.parse_known_args(argv)[0]
+    except argparse.ArgumentError:   # a flag without its value: jsonargparse's parse says so, with the usage
+        return argparse.Namespace(**{flag[2:]: None for flag in flags})
 
 
 def parse_config(argv=None) -> TrainConfig:
