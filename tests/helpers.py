@@ -236,3 +236,25 @@ def build_questions(qdir, glove, cache, *flags):
     import questions_to_shards
     return questions_to_shards.main(["--questions", str(qdir), "--glove", glove, "--cache", str(cache),
                                      "--emb_dim", str(SMALL_EMB), "--workers", "1", *flags])
+
+
+# Runs a command line as ``python SCRIPT ARGS`` would, then says whether torch was imported.
+_IMPORTS_TORCH = """
+import runpy, sys
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+print("torch" in sys.modules)
+"""
+
+
+def imports_torch(script, args) -> bool:
+    """Whether ``python script *args`` (which must succeed) imports torch, whose import alone takes
+    a second or more."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_TORCH, script, *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(DATA)))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1] == "True"

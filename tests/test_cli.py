@@ -33,3 +33,9 @@ def test_user_errors_are_one_line_from_every_command(tmp_path, capsys):
     assert status == 1 and "not found" in one_line_error(err)
     status, err = cli_run(plots.main, [str(tmp_path / "none-metrics.json")], capsys)
     assert status == 1 and "none-metrics.json" in one_line_error(err)
+
+
+def test_help_pages_import_no_torch():
+    from helpers import imports_torch
+    for script in ("train.py", "evaluate.py", os.path.join("converters", "questions_to_shards.py")):
+        assert not imports_torch(os.path.join(ROOT, script), ["--help"]), script

@@ -27,6 +27,7 @@ from helpers import (
     BOM,
     REAL_TSV,
     cli_run,
+    imports_torch,
     interrupted_after,
     make_rows,
     make_tsv,
@@ -353,17 +354,6 @@ def test_skip_report_into_a_directory_not_made_yet(tmp_path):
 
 # A conversion runs the converter's command and the task's file table; it never needs torch, whose
 # import alone takes about a second: as long as a 400 MB conversion.
-NO_TORCH = """
-import runpy, sys
-sys.argv = [sys.argv[1]] + sys.argv[2:]
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as e:
-    assert not e.code, e.code
-print("torch" in sys.modules)
-"""
-
-
 @pytest.mark.parametrize("args", [["--help"], ["TSV", "--out", "OUT", "--workers", "1"],
                                   ["--dataset", "vqa2", "--data", "DATA", "--workers", "1"]])
 def test_the_converter_never_imports_torch(tmp_path, args):
@@ -374,9 +364,7 @@ def test_the_converter_never_imports_torch(tmp_path, args):
     make_tsv(str(tmp_path / "in.tsv"), n=4)
     args = [{"TSV": str(tmp_path / "in.tsv"), "OUT": str(tmp_path / "out.zarr"), "DATA": str(tmp_path)}.get(a, a)
             for a in args]
-    done = subprocess.run([sys.executable, "-c", NO_TORCH, CLI, *args], capture_output=True, text=True, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == "False"
+    assert not imports_torch(CLI, args)
 
 
 def _real_rows_with_a_narrow_first_row(path):

@@ -383,8 +383,9 @@ def shard_paths(questions_dir: str, split: str) -> list:
 def stream_split(questions_dir: str, split: str, shard_shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False):
     """The split's shards as a WebDataset, an equal share for each DDP rank and DataLoader worker
-    (see ``butd.questions.shards.stream_shards``)."""
+    (see ``butd.questions.stream.stream_shards``)."""
     summary = read_manifest(questions_dir)["summary"]
     # Caches from before "shard_samples" was recorded were all written with 2000 per shard.
     counts = shards.shard_counts(summary["questions"][split], summary.get("shard_samples", 2000))
-    return shards.stream_shards(shard_paths(questions_dir, split), counts, shard_shuffle, seed, drop_last)
+    from butd.questions.stream import stream_shards  # webdataset imports torch: only when streaming
+    return stream_shards(shard_paths(questions_dir, split), counts, shard_shuffle, seed, drop_last)
