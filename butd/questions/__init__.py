@@ -3,11 +3,11 @@ cache was built from), ``arrays`` (a split as arrays), ``shards`` (WebDataset sh
 (build and read). Task-agnostic: the task (``butd.tasks``) reads its files and makes its targets."""
 from butd.questions.arrays import QuestionArrays
 from butd.questions.cache import (BUILD_COMMAND, StaleCacheError, build, check_inputs, check_stores, check_vocabulary, load_answers,
-                                  load_glove, load_split, load_vocab, read_manifest, shard_paths, stream_split,
-                                  vocabulary_identity)
+                                  load_glove, load_spellings, load_split, load_vocab, read_manifest, shard_paths,
+                                  stream_split, vocabulary_identity)
 from butd.questions.fingerprint import Inputs
 from butd.questions.json_stream import QuestionFileError
 
 __all__ = ["QuestionArrays", "BUILD_COMMAND", "StaleCacheError", "build", "check_inputs", "check_stores", "check_vocabulary",
-           "load_answers", "load_glove", "load_split", "load_vocab", "read_manifest", "shard_paths",
+           "load_answers", "load_glove", "load_spellings", "load_split", "load_vocab", "read_manifest", "shard_paths",
            "stream_split", "vocabulary_identity", "Inputs", "QuestionFileError"]

@@ -116,6 +116,11 @@ class Task:
         """(ans2label, label2ans) from the splits whose answers join the vocabulary."""
         raise NotImplementedError
 
+    def answer_spellings(self, raws: Dict[str, RawQuestions], ans2label: dict, label2ans: list) -> list:
+        """How each answer label is written in predictions, by label: ``label2ans`` unless the task's
+        answers come in several spellings per label (GQA)."""
+        return list(label2ans)
+
     def targets(self, raw: RawQuestions, ans2label: dict) -> Dict[str, np.ndarray]:
         """Per-question training targets as arrays with the question as first axis (the loader
         gathers them with the batch); questions without an answer get the task's 'none' value."""
@@ -128,9 +133,21 @@ class Task:
         raise NotImplementedError
 
     # -- evaluation --------------------------------------------------------------------------------
+    def written_answers(self, questions, spellings: Sequence[str]) -> list:
+        """The answer string written for each label in a split's predictions: ``spellings``
+        (``answer_spellings``) unless the split's own gold answers spell a label otherwise (GQA)."""
+        return list(spellings)
+
     def evaluate(self, questions, predicted: np.ndarray, label2ans: Sequence[str]) -> dict:
-        """Scores of predicted answer labels (int [N], in question order) with counts."""
+        """Scores of predicted answer labels (int [N], in question order) with counts; ``label2ans``
+        the answers written for the labels (``written_answers``)."""
         raise NotImplementedError
+
+    def official_files(self, questions_dir: str, split: str):
+        """The task's official evaluation files for ``split`` beside its question files, for the
+        figures beyond ``evaluate`` (GQA: ``butd.tasks.gqa_metrics.OfficialFiles``); None where the
+        task or the split has none."""
+        return None
 
     def format_scores(self, scores: dict) -> str:
         raise NotImplementedError
