@@ -31,8 +31,9 @@ from tqdm import tqdm
 from butd.evaluation.inference import SplitPredictions, predict_split
 from butd.loading.batches import BatchDataset
 from butd.loading.loaders import make_loader
-from butd.questions import QuestionArrays, QuestionFileError
+from butd.questions import QuestionArrays, QuestionFileError, read_manifest
 from butd.questions.json_stream import object_items
+from butd.tasks.answers import majority_label
 from butd.tasks.gqa import prediction_entry, question_chunks
 from butd.tasks.gqa_metrics import GQAScorer, OfficialFiles, attention_cells, attention_entry, read_scene_graphs
 from butd.text import pad_front, split_batch
@@ -125,16 +126,20 @@ def score_cached(task, files: OfficialFiles, arrays: QuestionArrays, predicted: 
     return _complete(scorer.finish(files.choices if question_file else None), files, True, attention)
 
 
-def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: list, fallback: int,
-                          device: torch.device, out: str, attentions: Optional[str], attention: Optional[str],
-                          max_length: int, drop_missing: bool, say=print) -> tuple:
-    """Predict every question of ``files.all_questions`` with ``lit``, streamed, and write them to
-    ``out`` (the official predictions file) and, for every balanced question, their attention to
-    ``attentions`` (None: none); returns ``(scores, questions written, left out)``. A question whose
-    image has no row in the split's store is an error naming it, unless the question cache was
-    built with ``drop_missing``: it is then answered with the label ``fallback`` and left out of
-    the figures (``left out``). ``written``: the answer written per label."""
+def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: list, device: torch.device,
+                          out: str, attentions: Optional[str], attention: Optional[str], say=print) -> tuple:
+    """Predict every question of ``files.all_questions`` with ``lit`` (``dm``: the set-up
+    ``VQADataModule`` of its question cache), streamed, and write them to ``out`` (the official
+    predictions file) and, for every balanced question, their attention to ``attentions`` (None:
+    none); returns ``(scores, questions written, left out)``. ``written``: the answer written per
+    label; ``attention`` None for a model with attention, else its name. A question whose image has
+    no row in the split's store is an error naming it, unless the question cache was built with
+    ``--drop_missing``: it is then answered with the most frequent training answer and left out of
+    the figures (``left out``)."""
     task, vocab, store = dm.task, dm.vocab, dm.store(split)
+    manifest = read_manifest(dm.questions_dir)
+    max_length, drop_missing = manifest["summary"]["max_length"], manifest["inputs"]["settings"]["drop_missing"]
+    fallback = majority_label(dm.questions(dm.train_split).targets["labels"]) if drop_missing else 0
     row_of = {task.image_key(i): r for r, i in enumerate(store.image_ids().tolist())}
     scenes = read_scene_graphs(files.scene_graphs) if files.scene_graphs and attentions else None
     scorer, left_out = GQAScorer(consistency=True, scenes=scenes), 0

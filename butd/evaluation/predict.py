@@ -18,7 +18,6 @@ from butd import questions
 from butd.evaluation import gqa_official
 from butd.evaluation.inference import has_attention, predict_split
 from butd.loading import VQADataModule
-from butd.tasks.answers import majority_label
 from butd.training.config import load_config
 from butd.training.lit import LitVQA, read_checkpoint
 
@@ -115,11 +114,8 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     if official is not None and official.all_questions:
         say(f"[*] evaluating {checkpoint} on {split}: every question of its all-questions file "
             f"({len(arrays)} balanced in the cache)")
-        settings = manifest["inputs"]["settings"]
-        fallback = majority_label(dm.questions(dm.train_split).targets["labels"])
         scores, written_count, dropped = gqa_official.predict_all_questions(
-            lit, dm, split, official, written, fallback, device, out, attentions, attention,
-            manifest["summary"]["max_length"], settings.get("drop_missing", False), say)
+            lit, dm, split, official, written, device, out, attentions, attention, say)
     else:
         say(f"[*] evaluating {checkpoint} on {split}: {len(arrays)} questions")
         predicted = predict_split(lit, dm.dataloader_for(split), len(arrays), device,
