@@ -303,3 +303,41 @@ def test_official_chunks_are_found_in_number_order_and_arrays_stream_as_json_dum
             w.add({})
             raise KeyError("stopped")
     assert not os.path.exists(tmp_path / "b.json") and not os.path.exists(tmp_path / "b.json.partial")
+
+
+def test_an_all_questions_image_without_features_is_named(official_set, tmp_path, capsys):
+    s = official_set
+    qdir = tmp_path / "q"
+    shutil.copytree(s["questions"], qdir)
+    chunk = qdir / "testdev_all_questions" / "testdev_all_questions_1.json"
+    with open(chunk) as f:
+        questions_ = json.load(f)
+    questions_["77777777"] = {**next(iter(questions_.values())), "imageId": "n404", "isBalanced": False}
+    with open(chunk, "w") as f:
+        json.dump(questions_, f)
+    with pytest.raises(questions.QuestionFileError, match=r"testdev_all_questions_1\.json: question 77777777 asks "
+                                                          r"about image n404.*--drop_missing"):
+        run_evaluate(s["butd"], tmp_path / "p.json", capsys, "--questions", str(qdir))
+    assert not os.path.exists(tmp_path / "p.json") and not os.path.exists(tmp_path / "p.json.partial")
+
+
+def test_the_attention_tap_reads_butd_attention_without_changing_the_model():
+    import torch
+    from butd.evaluation.inference import AttentionTap, BatchPredictions
+    from butd.models import BUTD, FiLM
+    torch.manual_seed(0)
+    model = BUTD(ntoken=20, num_answers=7, v_dim=8, emb_dim=6, hidden=16).eval()
+    features, spatials = torch.rand(3, 5, 8), torch.rand(3, 5, 6)
+    tokens, num_boxes = torch.randint(0, 21, (3, 4)), torch.tensor([[5], [3], [1]])
+    with torch.no_grad():
+        plain = model(features, spatials, tokens, num_boxes)
+        with AttentionTap(model) as tap:
+            tapped = model(features, spatials, tokens, num_boxes)
+            weights = tap.weights[..., 0]
+    assert torch.equal(plain, tapped) and not model.att._forward_hooks              # removed after use
+    assert torch.allclose(weights.sum(dim=1), torch.ones(3)) and (weights[1, 3:] == 0).all() and weights[2, 0] == 1
+    assert not AttentionTap(FiLM(ntoken=20, num_answers=7, v_dim=8, emb_dim=6, hidden=16)).available
+    out = BatchPredictions(np.arange(3), plain, weights.numpy(), spatials[..., :4].numpy(), np.ones((3, 5), bool))
+    labels, probabilities = out.top(3)
+    assert (labels[:, 0] == out.labels).all() and (np.diff(probabilities, axis=1) <= 0).all()
+    assert np.allclose(probabilities[:, 0], torch.softmax(plain, 1).max(1).values.numpy())
