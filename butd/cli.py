@@ -30,12 +30,17 @@ def user_errors() -> tuple:
 
 def run(main, argv=None) -> int:
     """Call ``main(argv)``: its exit status (0 unless it returns an int); a user error is printed as
-    ``error: <message>`` (one line) and gives 1, Ctrl-C gives 130."""
+    ``error: <message>`` (one line) and gives 1, Ctrl-C gives 130, and a reader that closed the
+    pipe early (``| head``) ends it quietly with 141, as SIGPIPE would."""
     try:
         result = main(argv)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Python would report the failed flush of stdout at exit too: point it at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except user_errors() as e:
         if os.environ.get("BUTD_TRACEBACK"):
             raise

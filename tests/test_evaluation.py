@@ -7,7 +7,7 @@ import pytest
 
 from butd.tasks.gqa import GROUPS, predictions, score
 from butd.evaluation.scores import format_table
-from butd.evaluation.plots import plot_training_curves
+from butd.evaluation.plots import plot_training_curves, training_curve_panels
 
 # Eight questions worked by hand. Answer labels: 0 yes, 1 no, 2 red, 3 cat.
 #  i  structural semantic  gold  predicted  correct
@@ -84,3 +84,19 @@ def test_training_curves_without_metrics_is_an_error(tmp_path):
     path.write_text("{}")
     with pytest.raises(ValueError, match="no per-epoch"):
         plot_training_curves([str(path)], str(tmp_path / "x.png"))
+
+
+def test_training_curves_number_epochs_as_checkpoints_and_pair_a_runs_lines(tmp_path):
+    files = []
+    for run, dataset in (("a", "vqa2"), ("b", "gqa")):
+        path = tmp_path / f"{run}-metrics.json"
+        path.write_text(json.dumps({"train_epoch_acc": [0.3, 0.5, 0.6], "val_acc": [0.25, 0.45, 0.5],
+                                    "train_epoch_loss": [2.0, 1.5, 1.2], "val_loss": [2.1, 1.7, 1.4],
+                                    "hyperparams": {"dataset": dataset}}))
+        files.append(str(path))
+    (score, _, ylabel, acc), loss = training_curve_panels(files)[0]
+    assert acc["a train"][0] == [0, 1, 2]                   # epoch=2 in a checkpoint name is the third
+    assert acc["a train"][2]["color"] == acc["a val"][2]["color"] != acc["b val"][2]["color"]
+    assert acc["a train"][2]["linestyle"] != acc["a val"][2]["linestyle"]
+    assert "VQA score" in ylabel and "exact match" in ylabel
+    assert "GQA, VQA2" in training_curve_panels(files)[1]

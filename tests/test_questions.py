@@ -3,6 +3,8 @@ fingerprints, bad inputs, missing images."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,6 +19,8 @@ from butd.features import schema
 from butd.features.convert import convert_stores, convert_tsv
 from butd.reference.spec import Dictionary, pad_questions
 from helpers import REAL_QUESTIONS, spec_glove
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 GQA = get_task("gqa")
 SPEC_QUESTION_FILES = ['train_balanced_questions.json', 'val_balanced_questions.json',
@@ -379,3 +383,25 @@ def test_never_replaces_a_directory_that_is_not_a_question_cache(inputs, tmp_pat
     with pytest.raises(FileExistsError, match="not a question cache"):
         build(inputs, precious)
     assert (precious / "keep.txt").read_text() == "mine"
+
+
+def test_glove_that_covers_few_question_tokens_is_warned_about_by_name(inputs, tmp_path, capsys):
+    build(inputs, tmp_path / "good")
+    assert "warning" not in capsys.readouterr().err
+    with open(inputs.glove) as f:
+        lines = f.readlines()
+    few = tmp_path / "few.txt"
+    few.write_text("".join(lines[:12]))          # the most frequent words only
+    summary = build(Q.Inputs("gqa", inputs.questions, str(few), inputs.cache), tmp_path / "few")
+    err = capsys.readouterr().err
+    assert summary["glove_coverage"]["tokens"] < Q.cache.MIN_GLOVE_TOKEN_COVERAGE
+    assert err.count("\n") == 1 and err.startswith(f"warning: {few} covers only")
+
+
+def test_a_features_tsv_given_as_glove_is_one_short_line(inputs, tmp_path):
+    from helpers import REAL_TSV
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "converters", "questions_to_shards.py"),
+                          "--questions", inputs.questions, "--glove", REAL_TSV, "--cache", inputs.cache,
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and len(out.stderr) < 400, out.stderr[:500]
+    assert REAL_TSV in out.stderr and "COCO_train2014" in out.stderr

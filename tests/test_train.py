@@ -22,6 +22,7 @@ from butd.training.caches import ensure_caches, question_inputs  # noqa: E402
 from butd.training.config import parse_config  # noqa: E402
 from butd.training.lit import LitVQA  # noqa: E402
 from butd.training.run import run_name  # noqa: E402
+from butd.training.summary import summary  # noqa: E402
 from helpers import make_tsv  # noqa: E402
 
 EMB = 32
@@ -92,6 +93,22 @@ def test_a_second_run_in_the_same_minute_gets_its_own_name(tmp_path):
 def test_missing_input_names_the_file_and_the_command(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"vg_gqa_obj36\.tsv.*converters/tsv_to_zarr\.py"):
         train.main(["--run_name", "x", "--data", str(tmp_path), "--accelerator", "cpu"])
+
+
+def test_the_metrics_file_says_how_the_run_ended(trained):
+    _, _, _, trainer, checkpoints, _ = trained
+    events = metrics_of(trainer)
+    best, final = events["best"], events["final"]
+    assert (final["epoch"], final["step"]) == (7, events["val_acc_step"][-1])
+    assert (final["val_acc"], final["val_loss"]) == (events["val_acc"][-1], events["val_loss"][-1])
+    assert final["checkpoint"] == os.path.join(os.path.dirname(checkpoints.best_model_path), "last.ckpt")
+    epoch = best["epoch"]
+    assert best["val_acc"] == events["val_acc"][epoch] == max(events["val_acc"])
+    assert (best["val_loss"], best["step"]) == (events["val_loss"][epoch], events["val_acc_step"][epoch])
+    assert best["checkpoint"] == checkpoints.best_model_path and f"epoch={epoch:02d}" in best["checkpoint"]
+    text = summary(events, 8, 75, "runs/r", "metrics/r-metrics.json", None)
+    assert f"best    epoch {epoch}  val_loss {best['val_loss']:.4f}  val_acc {100 * best['val_acc']:.2f}%" in text
+    assert "8 epochs in 1 min 15 s" in text and "final   epoch 7" in text
 
 
 def test_training_beats_the_majority_answer_and_writes_the_run(trained):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from itertools import compress, repeat
 from typing import Optional
@@ -41,6 +42,9 @@ BUILD_COMMAND = "python converters/questions_to_shards.py"
 # More than this share of a split's questions without an image row is a mismatch of ids or files,
 # not a few missing images: --drop-missing would train on a remnant.
 MAX_MISSING_SHARE = 0.5
+# Real GloVe (6B or 840B) covers well over 95% of the question tokens of GQA, VQA v2 and NLVR2 (the
+# words it lacks are typos and rare names): less is the wrong file, or a truncated one.
+MIN_GLOVE_TOKEN_COVERAGE = 0.9
 
 
 class StaleCacheError(RuntimeError):
@@ -267,6 +271,11 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
                 "tokens": round(float(token_counts[found].sum() / max(token_counts.sum(), 1)), 4)}
     say(f"[*] vocabulary {vocab.ntoken} words, {len(label2ans)} answers; GloVe covers "
         f"{coverage['vocabulary']:.1%} of the vocabulary and {coverage['tokens']:.1%} of question tokens")
+    if coverage["tokens"] < MIN_GLOVE_TOKEN_COVERAGE:
+        print(f"warning: {inputs.glove} covers only {coverage['tokens']:.1%} of the question tokens "
+              f"({coverage['vocabulary']:.1%} of the {vocab.ntoken} words); real GloVe covers over "
+              f"{MIN_GLOVE_TOKEN_COVERAGE:.0%} of any English question set's tokens: is --glove the right file? "
+              "(words it lacks start from zero vectors)", file=sys.stderr)
     return {"task": task.name, "questions": {s: len(arrays[s]) for s in names}, "absent": absent, "dropped": dropped,
             "shards": shard_counts, "shard_samples": shards.SHARD_SAMPLES, "ntoken": vocab.ntoken,
             "num_answers": len(label2ans),

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import warnings
 from datetime import datetime
 
 from butd.training.config import TrainConfig
+from butd.training.summary import summary
 
 
 def run_name(config: TrainConfig) -> str:
@@ -162,14 +164,17 @@ def train(config: TrainConfig):
     trainer = make_trainer(config, loggers, callbacks)
 
     rank_zero_info("\n[*] Training...\n")
+    start = time.perf_counter()
     trainer.fit(lit, datamodule=dm, ckpt_path=config.run.resume)
+    last = os.path.join(run_dir, "last.ckpt")
+    if not config.run.fast_dev_run:   # (which writes neither checkpoints nor metrics)
+        ended = loggers[0].record_outcome(checkpoints.best_model_path or None, last if os.path.exists(last) else None)
+        logs = os.path.join(config.data.checkpoint, "logs", run) if config.run.logger else None
+        rank_zero_info(summary(ended, trainer.current_epoch, time.perf_counter() - start, run_dir, loggers[0].path,
+                               logs, "interrupted" if stop.stopped else "finished"))
     if stop.stopped:
         loggers[0].finalize("interrupted")
-        path = os.path.join(run_dir, "last.ckpt")
-        rank_zero_info(f"[*] interrupted: {path} holds the run up to the last batch; continue with "
-                       f"python train.py --resume '{path}'")
+        rank_zero_info(f"[*] interrupted: {last} holds the run up to the last batch; continue with "
+                       f"python train.py --resume '{last}'")
         raise KeyboardInterrupt
-    if checkpoints.best_model_path:
-        rank_zero_info(f"[*] best checkpoint: {checkpoints.best_model_path} "
-                       f"(val_acc {float(checkpoints.best_model_score):.4f})")
     return trainer, checkpoints
