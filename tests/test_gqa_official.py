@@ -22,6 +22,7 @@ from butd.features.reader import FeatureStore  # noqa: E402
 from butd.reference.gqa_eval import gqa_eval  # noqa: E402
 from butd.synthetic.scene import SceneModel, write_glove, write_tsv  # noqa: E402
 from butd.tasks.gqa_metrics import METRICS, official_paths, steps_number  # noqa: E402
+from butd.text import split_batch  # noqa: E402
 from helpers import REAL_QUESTIONS  # noqa: E402
 
 EMB = 16
@@ -110,9 +111,9 @@ def build_official_set(root, seed=0):
     features = os.path.join(root, "GQA-Features")
     write_tsv(os.path.join(features, "vg_gqa_obj36.tsv"), rows.values())
     write_tsv(os.path.join(features, "gqa_testdev_obj36.tsv"), rows.values())
-    words = {w for q in every.values() for w in re.findall(r"[a-z']+", q["question"].lower())}
+    words, _ = split_batch([q["question"] for q in every.values()])
     glove = os.path.join(root, "GloVe", "glove.txt")
-    write_glove(glove, rng, sorted(words), EMB)
+    write_glove(glove, rng, sorted(set(words)), EMB)
     return {"questions": qdir, "glove": glove, "rows": rows, "testdev": testdev, "every": every,
             "spelled": spelled}
 
