@@ -245,7 +245,8 @@ def test_train_and_evaluate_from_the_command_line_learn_well_beyond_chance(learn
          "--answer_dropout", "0.2", "--checkpoint", str(tmp_path)],
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    best = re.search(r"\[\*\] best checkpoint: (.*\.ckpt) \(val_acc", run.stdout + run.stderr).group(1)
+    # train.py's closing summary: "    best    epoch N  val_acc ..  val_loss ..  <checkpoint>"
+    best = re.search(r"^\s+best\s+epoch \d+ .*\s(\S+\.ckpt)$", run.stdout + run.stderr, re.M).group(1)
     csv = str(tmp_path / "dev.csv")
     done = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", best, "--split", "dev", "--out", csv],
                           check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
