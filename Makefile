@@ -33,6 +33,7 @@ bench: install
 	$(PY) benchmarks/loader_speed.py
 	$(PY) benchmarks/larger_than_ram.py
 	$(PY) benchmarks/step_speed.py
+	$(PY) benchmarks/gqa_eval_memory.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

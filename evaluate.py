@@ -15,6 +15,11 @@ answer-prior baseline, then writes
     <out>                  the predictions in the task's submission format, one per question of the split
     <out stem>-scores.json the scores, the baseline, the checkpoint and split
 
+GQA: GQA's official figures too (consistency, validity, plausibility, distribution, grounding, accuracy
+by reasoning steps and words), from the official files found beside the question files
+(``<split>_all_questions.json``, ``_choices.json``, ``_sceneGraphs.json``: each figure says which file it
+needs where one is missing); with the all-questions file, every question of it is predicted and written.
+A BUTD checkpoint also writes ``<out stem>-attentions.json`` (the official object-attention format).
 On a split without answers (test) it writes the predictions and says that no score can be computed.
 Default ``--out``: <run dir>/predictions/<checkpoint name>/<split>-predictions.json. The library code is
 butd/evaluation/predict.py.

@@ -4,7 +4,8 @@ This replaces the specification's steps 1, 2 and 4 (``gqa_create_dictionary_glov
 ``gqa_create_answers``, ``GQAFeatureDataset.tokenize``) with a cache that is built once per task:
 
     <out>/vocab.json          idx2word (padding index = its length)
-    <out>/answers.json        label2ans and ans2label
+    <out>/answers.json        label2ans and ans2label, and the spelling each label is written in
+                              (``spellings``: the task's ``answer_spellings``)
     <out>/glove.npy           float32 [ntoken, emb_dim], zero rows for words GloVe lacks
     <out>/<split>.npz         the split as arrays (``QuestionArrays``): the loader's fast path, one
                               np.load at training start
@@ -222,6 +223,7 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
         say(f"[*] no question file for the optional split(s) {', '.join(absent)}: left out of the cache")
     raws = {s: task.read_split(inputs.questions, s) for s in names}
     ans2label, label2ans = task.answer_vocabulary(raws)
+    spellings = task.answer_spellings(raws, ans2label, label2ans)
 
     phase("tokenize", "[*] tokenizing, resolving image rows")
     words, lengths = split_batch([q for s in names for q in raws[s].questions])
@@ -262,7 +264,8 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
     weights, found = read_glove(inputs.glove, vocab.word2idx, inputs.emb_dim)
     np.save(os.path.join(out, "glove.npy"), weights)
     _write_json(os.path.join(out, "vocab.json"), vocab.idx2word)
-    _write_json(os.path.join(out, "answers.json"), {"label2ans": label2ans, "ans2label": ans2label})
+    _write_json(os.path.join(out, "answers.json"), {"label2ans": label2ans, "ans2label": ans2label,
+                                                    "spellings": spellings})
     token_counts = np.bincount(ids, minlength=vocab.ntoken + 1)[:vocab.ntoken]
     coverage = {"vocabulary": round(float(found.mean()) if len(found) else 0.0, 4),
                 "tokens": round(float(token_counts[found].sum() / max(token_counts.sum(), 1)), 4)}
@@ -292,10 +295,23 @@ def _split_arrays(task, raw, split, tokens, ans2label, store, drop_missing) -> t
     arrays = QuestionArrays(np.array(raw.question_ids, dtype=str),
                             np.stack([np.array(ids, dtype=str) for ids in raw.image_ids], axis=1)
                             if len(raw) else np.zeros((0, task.images_per_question), dtype=str),
-                            rows, tokens, targets, {k: np.array(v, dtype=str) for k, v in raw.types.items()})
+                            rows, tokens, targets, {k: np.array(v, dtype=str) for k, v in raw.types.items()},
+                            gold_answers(raw.answers))
     kept = np.flatnonzero((rows >= 0).all(axis=1))
     order = kept[task.question_order(arrays.question_ids[kept])]
     return arrays.take(order), int(len(raw) - len(kept))
+
+
+def gold_answers(answers: list) -> Optional[np.ndarray]:
+    """The answers as a file writes them, UTF-8 bytes [N] (b"" where None), or None where some
+    answer is not a string (VQA v2's human answers): what an exact-match scorer compares."""
+    if not all(a is None or isinstance(a, str) for a in answers):
+        return None
+    strings = ["" if a is None else a for a in answers]
+    try:
+        return np.array(strings, dtype="S")          # ASCII, the usual case: numpy encodes it at once
+    except UnicodeEncodeError:
+        return np.char.encode(np.array(strings, dtype=str), "utf-8")
 
 
 def _image_rows(task, raw, split: str, store: tuple, drop_missing: bool) -> np.ndarray:
@@ -367,6 +383,14 @@ def load_answers(questions_dir: str, inputs: Optional[Inputs] = None) -> tuple[d
     with open(os.path.join(questions_dir, "answers.json")) as f:
         answers = json.load(f)
     return answers["ans2label"], answers["label2ans"]
+
+
+def load_spellings(questions_dir: str, inputs: Optional[Inputs] = None) -> list:
+    """How each answer label is written in predictions (``Task.answer_spellings``, over the splits
+    with answers), by label."""
+    _open(questions_dir, inputs)
+    with open(os.path.join(questions_dir, "answers.json")) as f:
+        return json.load(f)["spellings"]
 
 
 def load_glove(questions_dir: str, inputs: Optional[Inputs] = None) -> np.ndarray:

@@ -133,6 +133,11 @@ class Task(ABC):
     def answer_vocabulary(self, raws: Dict[str, RawQuestions]) -> Tuple[dict, list]:
         """(ans2label, label2ans) from the splits whose answers join the vocabulary."""
 
+    def answer_spellings(self, raws: Dict[str, RawQuestions], ans2label: dict, label2ans: list) -> list:
+        """How each answer label is written in predictions, by label: ``label2ans`` unless the task's
+        answers come in several spellings per label (GQA)."""
+        return list(label2ans)
+
     @abstractmethod
     def targets(self, raw: RawQuestions, ans2label: dict) -> Dict[str, np.ndarray]:
         """Per-question training targets as arrays with the question as first axis (the loader
@@ -145,9 +150,21 @@ class Task(ABC):
         ``(loss * weight).sum() / weight.sum()``."""
 
     # -- evaluation --------------------------------------------------------------------------------
+    def written_answers(self, questions, spellings: Sequence[str]) -> list:
+        """The answer string written for each label in a split's predictions: ``spellings``
+        (``answer_spellings``) unless the split's own gold answers spell a label otherwise (GQA)."""
+        return list(spellings)
+
     @abstractmethod
     def evaluate(self, questions, predicted: np.ndarray, label2ans: Sequence[str]) -> dict:
-        """Scores of predicted answer labels (int [N], in question order) with counts."""
+        """Scores of predicted answer labels (int [N], in question order) with counts; ``label2ans``
+        the answers written for the labels (``written_answers``)."""
+
+    def official_files(self, questions_dir: str, split: str):
+        """The task's official evaluation files for ``split`` beside its question files, for the
+        figures beyond ``evaluate`` (GQA: ``butd.tasks.gqa_metrics.OfficialFiles``); None where the
+        task or the split has none."""
+        return None
 
     @abstractmethod
     def format_scores(self, scores: dict) -> str:
