@@ -1,6 +1,7 @@
 # The README's commands. `make demo` runs the whole pipeline on a generated GQA sample
-# (`make demo DATASET=vqa2` or `DATASET=nlvr2`: that task's sample);
-# `make test` runs the tests. Both set up the virtual environment first.
+# (`make demo DATASET=vqa2` or `DATASET=nlvr2`: that task's sample), in $(DATA)/demo/$(DATASET)/ only
+# (`make demo DATA=/scratch/butd`: elsewhere); `make test` runs the tests. Both set up the virtual
+# environment first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -32,6 +33,7 @@ bench: install
 	$(PY) benchmarks/loader_speed.py
 	$(PY) benchmarks/larger_than_ram.py
 	$(PY) benchmarks/step_speed.py
+	$(PY) benchmarks/gqa_eval_memory.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

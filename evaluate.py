@@ -4,14 +4,22 @@
     python evaluate.py --checkpoint CKPT --split submission --out submission.json   # GQA: upload this
     python evaluate.py --checkpoint CKPT --split val --accelerator gpu --bsz 1024
 
-The task and the data are found through the configuration saved beside the checkpoint (``config.json``
-in the run directory; ``--cache`` overrides its cache directory). It prints the task's scores with
+Every option, its default and its meaning: ``python evaluate.py --help``; they come from
+``EvaluateConfig`` in butd/training/config.py (``--bsz``, ``--num_workers`` and ``--accelerator``
+are train.py's, with its defaults). The task and the data are found through the configuration
+saved beside the checkpoint (``config.json`` in the run directory; ``--cache``, or
+``--<dataset>_cache``, overrides its cache directory). It prints the task's scores with
 counts (GQA: accuracy overall, binary/open, per structural and semantic type) beside the best
 answer-prior baseline, then writes
 
     <out>                  the predictions in the task's submission format, one per question of the split
     <out stem>-scores.json the scores, the baseline, the checkpoint and split
 
+GQA: GQA's official figures too (consistency, validity, plausibility, distribution, grounding, accuracy
+by reasoning steps and words), from the official files found beside the question files
+(``<split>_all_questions.json``, ``_choices.json``, ``_sceneGraphs.json``: each figure says which file it
+needs where one is missing); with the all-questions file, every question of it is predicted and written.
+A BUTD checkpoint also writes ``<out stem>-attentions.json`` (the official object-attention format).
 On a split without answers (test) it writes the predictions and says that no score can be computed.
 Default ``--out``: <run dir>/predictions/<checkpoint name>/<split>-predictions.json. The library code is
 butd/evaluation/predict.py.
@@ -26,33 +34,21 @@ exit status 1.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from butd.cli import run
+from butd.training.config import parse_evaluate
 
-
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Evaluate a BUTD/FiLM checkpoint on a split of its task.")
-    p.add_argument("--checkpoint", required=True, help="a .ckpt written by train.py")
-    p.add_argument("--split", default=None, help="default: the task's validation split (GQA: testdev)")
-    p.add_argument("--out", default=None, help="predictions file (default <run dir>/predictions/<checkpoint name>/<split>-predictions.json, .csv for NLVR2)")
-    p.add_argument("--cache", "--gqa_cache", dest="cache", default=None,
-                   help="override the cache directory saved with the run")
-    p.add_argument("--questions", default=None,
-                   help="the split's question file directory, if it moved since the question cache was built "
-                        "(read only when the cache left questions out: --drop_missing)")
-    p.add_argument("--bsz", type=int, default=512)
-    p.add_argument("--num_workers", type=int, default=0)
-    p.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu", "cuda"])
-    return p.parse_args(argv)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    options = parse_evaluate(argv)
+    if options.accelerator not in ACCELERATORS:
+        raise ValueError(f"--accelerator {options.accelerator}: evaluate.py runs on one of {', '.join(ACCELERATORS)}")
     from butd.evaluation.predict import evaluate
-    return evaluate(args.checkpoint, args.split, args.out, args.cache, args.bsz, args.num_workers, args.accelerator,
-                    questions_dir=args.questions)
+    return evaluate(options.checkpoint, options.split, options.out, options.cache, options.bsz, options.num_workers,
+                    options.accelerator, questions_dir=options.questions)
 
 
 if __name__ == "__main__":

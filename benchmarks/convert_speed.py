@@ -252,6 +252,7 @@ def bench_layout(args, me: list, work: str, layout: str) -> tuple:
     """One layout: the converter (``--repeat`` times, alternating with the bound), the simplest
     conversion, and the converter on a quarter-size input."""
     import layouts
+
     from butd.features.convert import dir_bytes
     folder = os.path.join(work, layout)
     print(f"[*] generating {args.size_mb:g} MB of {layout} (and a quarter-size one) under {folder} ...", flush=True)

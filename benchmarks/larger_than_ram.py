@@ -48,11 +48,11 @@ ZSTD_TARGET = 0.5
 
 def child(args) -> dict:
     import numpy as np
+    from loader_speed import drop_cache, random_questions, run_gather, run_pread
 
     from butd.features import schema
     from butd.features.reader import FeatureStore
     from butd.loading.cache_choice import auto_cache
-    from loader_speed import drop_cache, random_questions, run_gather, run_pread
 
     meta = FeatureStore(args.store)
     rows = min(args.rows or meta.num_images, meta.num_images)
@@ -146,8 +146,9 @@ def main(argv=None) -> dict:
     workdir = tempfile.mkdtemp(prefix="larger_than_ram_")
     try:
         if not args.store:
-            from butd.features.convert import DEFAULT_CHUNK_IMAGES
             from loader_speed import generate_store
+
+            from butd.features.convert import DEFAULT_CHUNK_IMAGES
             args.store = os.path.join(workdir, "store.zarr")
             images = int(args.gb * GB / (36 * 2048 * 2))
             args.zstd_store = os.path.join(workdir, "zstd.zarr")

@@ -83,6 +83,7 @@ from butd.features.reader import FeatureStore
 from butd.loading import BatchDataset, ShardedBatchSampler, make_loader
 from butd.loading.cache_choice import auto_cache
 from butd.questions import QuestionArrays
+
 from harness import MB, RESULTS, PeakMemory, report, rollup, series, time_loop
 
 GB = 1e9
@@ -418,7 +419,8 @@ class DecodeBound:
         def batches():
             for i, rows in enumerate(rows_of_batches):
                 out = self.outs[i % buffers]
-                list(self.pool.map(lambda span, rows=rows.tolist(): part(rows, out, *span),
+                # the map ends before the next batch: binding this batch's rows and buffer is safe
+                list(self.pool.map(lambda span, rows=rows.tolist(): part(rows, out, *span),  # noqa: B008, B023
                                    spans(len(rows), self.threads)))
                 yield len(rows)
 
@@ -653,8 +655,10 @@ def report_all(results: list, args, rows: int, store: FeatureStore, stores: dict
             met[f"{key}>=0.5"] = summary[key] >= TARGETS["zstd_vs_none"]
     summary["targets_met"] = met
     ws = sorted({r["workers"] for r in results if r["method"] in ("loader", "spec")})
-    label = lambda r: None if r["method"] in ("pread", "gather", "decode") or r["temp"] == "cold" else \
-        r["method"] + ("" if r["store"] == "store" else f" ({r['store']} store)")
+    def label(r):
+        if r["method"] in ("pread", "gather", "decode") or r["temp"] == "cold":
+            return None
+        return r["method"] + ("" if r["store"] == "store" else f" ({r['store']} store)")
     speed = series(results, label, "workers", "samples_per_s")
     speed["copy bound (median)"] = (ws, [summary["copy_bound_samples_per_s"]] * len(ws))
     if "pread_cold_samples_per_s" in summary:

@@ -32,6 +32,7 @@ from butd.features.tsv import ImageRow
 from butd.reference.spec import Dictionary, pad_tokens
 from butd.synthetic.scene import write_tsv
 from butd.tasks import get_task
+
 from harness import RESULTS, report, timed
 
 TASK = get_task("gqa")

@@ -50,6 +50,7 @@ from butd.synthetic.gqa import generate  # noqa: E402
 from butd.tasks import get_task  # noqa: E402
 from butd.training.config import ModelConfig  # noqa: E402
 from butd.training.lit import LitVQA  # noqa: E402
+
 from harness import RESULTS, Table, report, series, time_loop  # noqa: E402
 
 TASK = "gqa"
@@ -245,7 +246,7 @@ class _StepTimer:
 def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workdir: str) -> list:
     """(c) train.py's Trainer loop against (d) a bare loop, over the same loader and model."""
 
-    from butd.training.config import TrainConfig, RunConfig, resolved
+    from butd.training.config import RunConfig, TrainConfig, resolved
     from butd.training.metrics_logger import MetricLogger
     from butd.training.run import make_trainer, run_callbacks
 
@@ -338,8 +339,9 @@ def summarise(results: list, args, device) -> dict:
                                  "batch_size": loop[0]["batch_size"], "precision": loop[0]["precision"],
                                  "target_met": loop[0]["efficiency"] >= LOOP_TARGET}
     ok = [r for r in results if r["mode"] in ("resident", "loader")]
-    label = lambda r: f"{r['precision']} " + ("resident" if r["mode"] == "resident"
-                                               else f"loader w={r['num_workers']} {r['feature_cache']}")
+    def label(r):
+        return f"{r['precision']} " + ("resident" if r["mode"] == "resident"
+                                       else f"loader w={r['num_workers']} {r['feature_cache']}")
     return report("step_speed", args.out, summary, results, columns=TABLE_COLUMNS,
                   table_rows=[r for r in results if r["mode"] != "error"],
                   panels=[("training throughput", "batch size", "samples/s", series(ok, label, "batch_size", "samples_per_s"))],

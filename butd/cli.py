@@ -12,30 +12,34 @@ from __future__ import annotations
 import os
 import sys
 
+# Exception types of user errors that are not OSError or ValueError, by module: stale caches, stores
+# that cannot be read as they are, and Lightning's misconfigurations.
+_USER_ERRORS = (("butd.questions.cache", "StaleCacheError"), ("butd.features.reader", "StoreError"),
+                ("lightning_fabric.utilities.exceptions", "MisconfigurationException"))
+
 
 def user_errors() -> tuple:
     """The exception types that describe the user's input, not a bug: files (OSError), values and
-    formats (ValueError: TSVFormatError, QuestionFileError, GloveFormatError, ...), stale caches,
-    stores that cannot be read as they are, and Lightning's misconfigurations."""
-    from butd.features.reader import StoreError
-    from butd.questions import StaleCacheError
-    errors = [OSError, ValueError, StaleCacheError, StoreError]
-    try:
-        from lightning_fabric.utilities.exceptions import MisconfigurationException
-        errors.append(MisconfigurationException)
-    except ImportError:   # pragma: no cover - Lightning is a dependency
-        pass
-    return tuple(errors)
+    formats (ValueError: TSVFormatError, QuestionFileError, GloveFormatError, ...) and those of
+    ``_USER_ERRORS`` whose module is loaded (one that is not cannot have raised: importing it here
+    would make every ``--help``, a SystemExit passing through ``run``, import torch)."""
+    return (OSError, ValueError, *(getattr(sys.modules[module], name) for module, name in _USER_ERRORS
+                                   if module in sys.modules))
 
 
 def run(main, argv=None) -> int:
     """Call ``main(argv)``: its exit status (0 unless it returns an int); a user error is printed as
-    ``error: <message>`` (one line) and gives 1, Ctrl-C gives 130."""
+    ``error: <message>`` (one line) and gives 1, Ctrl-C gives 130, and a reader that closed the
+    pipe early (``| head``) ends it quietly with 141, as SIGPIPE would."""
     try:
         result = main(argv)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Python would report the failed flush of stdout at exit too: point it at /dev/null first
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except user_errors() as e:
         if os.environ.get("BUTD_TRACEBACK"):
             raise

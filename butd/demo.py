@@ -1,14 +1,22 @@
 """The end-to-end demo a newcomer runs first: everything you would do on the real data, on a generated sample.
 
-    make demo                     # GQA; the same as: python -m butd.demo --data data
+    make demo                     # GQA; the same as: python -m butd.demo --data data --dataset gqa
     make demo DATASET=vqa2        # VQA v2 (or nlvr2): python -m butd.demo --data data --dataset vqa2
-    python -m butd.demo --data /tmp/demo --epochs 6
+    make demo DATA=/scratch/butd  # anywhere else (the demo then works in /scratch/butd/demo/gqa/)
+    python -m butd.demo --quick   # a smaller sample, model and training: a smoke test in about a minute
 
-Steps (each is the real tool, run as you would run it on the real data; <task> is --dataset):
- 1. generate a sample of the task in its real formats   python -m butd.synthetic.<task> --out data
- 2. convert the feature TSVs into Zarr stores            python converters/tsv_to_zarr.py --dataset <task>
- 3. build the vocabulary, GloVe matrix and shards        python converters/questions_to_shards.py --dataset <task>
- 4. train BUTD on CPU for a few epochs                   python train.py --dataset <task> --run_name demo ...
+Everything the demo writes (sample, caches, checkpoints, predictions, plots) lives in a directory of
+its own per dataset, ``<data>/demo/<dataset>/`` (``<dataset>-quick`` with ``--quick``), never where
+the README puts real data (``data/GQA-Questions``, ``data/GloVe``, ...), and the demos of the three
+datasets share nothing: run them in any order, as often as you like. The generator refuses to write
+over a file it did not write (``butd.synthetic.guard``), and a sample already there is reused.
+
+Steps (each is the real tool, run as you would run it on the real data; <task> is --dataset, <dir>
+the demo's directory):
+ 1. generate a sample of the task in its real formats   python -m butd.synthetic.<task> --out <dir>
+ 2. convert the feature TSVs into Zarr stores            python converters/tsv_to_zarr.py --dataset <task> --data <dir>
+ 3. build the vocabulary, GloVe matrix and shards        python converters/questions_to_shards.py --dataset <task> --data <dir>
+ 4. train BUTD on CPU for a few epochs                   python train.py --dataset <task> --run_name demo-<task> ...
  5. evaluate the best checkpoint on the validation       python evaluate.py --checkpoint ...
     split (GQA testdev, VQA v2 val2014, NLVR2 dev)
  6. plot the training curves                             python -m butd.evaluation.plots ...
@@ -27,7 +35,6 @@ import time
 
 from butd.synthetic import GENERATORS
 from butd.tasks import TASK_NAMES, get_task
-from butd.training.config import DataConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -59,50 +66,58 @@ def _best_checkpoint(runs_dir: str) -> str:
     return max((p for p in ckpts if os.path.dirname(p) == newest_run), key=val_acc)
 
 
-def main(argv=None) -> None:
+def demo_dir(data: str, task: str, quick: bool = False) -> str:
+    """The demo's own directory for ``task`` under the data directory ``data``."""
+    return os.path.join(data, "demo", task + ("-quick" if quick else ""))
+
+
+def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description="Run the whole pipeline on a generated sample.")
-    p.add_argument("--data", default="data", help="where the sample and caches go (default: data/)")
+    p.add_argument("--data", default="data",
+                   help="data directory (default: data/); the demo works in <data>/demo/<dataset>/ only")
     p.add_argument("--dataset", default="gqa", choices=TASK_NAMES, help="which task's sample to run (default: gqa)")
-    p.add_argument("--checkpoint", default=None, help="checkpoint dir (default: <data>/checkpoints)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--quick", action="store_true",
+                   help="a smaller sample, model and training, in <data>/demo/<dataset>-quick/: a smoke test")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 12, 6 with --quick)")
+    p.add_argument("--seed", type=int, default=7, help="training seed (default: 7)")
     args = p.parse_args(argv)
-    data = os.path.abspath(args.data)
-    ckpt_dir = os.path.abspath(args.checkpoint or os.path.join(data, "checkpoints"))
     task = get_task(args.dataset)
-    # The task's directories under --data, where the generator writes and the tools look by default.
-    paths = DataConfig(dataset=task.name, data=data).paths()
-    dataset = ["--dataset", task.name, "--data", data]
+    root = os.path.abspath(demo_dir(args.data, task.name, args.quick))
+    ckpt_dir = os.path.join(root, "checkpoints")
+    epochs = args.epochs or (6 if args.quick else 12)
+    dataset = ["--dataset", task.name, "--data", root]
+    run = f"demo-{task.name}"
     start = time.time()
-    if all(os.path.exists(os.path.join(paths["features"], files[0])) for files in task.stores.values()):
-        print(f"[*] {task.title} sample already in {data} (delete it to regenerate)")
-    else:
-        _run("1. generate the sample", ["-m", generator_module(task.name), "--out", data])
+    print(f"[*] {task.title} demo in {root}")
+    _run("1. generate the sample", ["-m", generator_module(task.name), "--out", root, *(["--quick"] if args.quick else [])])
     _run("2. convert features", ["converters/tsv_to_zarr.py", *dataset])
     _run("3. build question shards", ["converters/questions_to_shards.py", *dataset])
     # Small model and batches: the sample is small and this runs on CPU in a few minutes.
-    _run("4. train", ["train.py", "--run_name", "demo", *dataset, "--checkpoint", ckpt_dir,
-                      "--epochs", str(args.epochs), "--hidden", "256", "--bsz", "64", "--seed", str(args.seed),
-                      "--num_workers", "0", "--accelerator", "cpu"])
+    _run("4. train", ["train.py", "--run_name", run, *dataset, "--checkpoint", ckpt_dir,
+                      "--epochs", str(epochs), "--hidden", "128" if args.quick else "256",
+                      "--bsz", "32" if args.quick else "64",
+                      "--seed", str(args.seed), "--num_workers", "0", "--accelerator", "cpu"])
     best = _best_checkpoint(os.path.join(ckpt_dir, "runs"))
+    run = os.path.basename(os.path.dirname(best))    # the run's full name: demo-<task>-<model>-x<seed>+<date>
     split = task.val_split
-    predictions = os.path.join(ckpt_dir, "predictions", f"{split}-predictions{task.predictions_suffix}")
+    predictions = os.path.join(ckpt_dir, "predictions", run, f"{split}-predictions{task.predictions_suffix}")
     _run(f"5. evaluate on {split}", ["evaluate.py", "--checkpoint", best, "--split", split, "--out", predictions])
-    metrics = sorted(glob.glob(os.path.join(ckpt_dir, "metrics", "demo-*-metrics.json")), key=os.path.getmtime)
-    curves = os.path.join(ckpt_dir, "plots", "training_curves.png")
-    _run("6. plot training curves", ["-m", "butd.evaluation.plots", metrics[-1], "--out", curves])
+    metrics = os.path.join(ckpt_dir, "metrics", f"{run}-metrics.json")
+    curves = os.path.join(ckpt_dir, "plots", f"{run}-training_curves.png")
+    _run("6. plot training curves", ["-m", "butd.evaluation.plots", metrics, "--out", curves])
 
     scores_file = os.path.splitext(predictions)[0] + "-scores.json"
     with open(scores_file) as f:
         scores = json.load(f)
-    print(f"\n[*] demo finished in {time.time() - start:.0f} s")
+    print(f"\n[*] {task.title} demo finished in {time.time() - start:.0f} s")
     print(f"    {split} accuracy   {100 * scores['overall']['accuracy']:.2f}%  "
           f"(answer-prior baseline, {scores['baseline']}: {100 * scores['baseline_score']:.2f}%)")
     print(f"    checkpoint         {best}")
-    print(f"    metrics            {metrics[-1]}")
+    print(f"    metrics            {metrics}")
     print(f"    predictions        {predictions}")
     print(f"    scores             {scores_file}")
     print(f"    training curves    {curves}")
+    return {"scores": scores, "checkpoint": best, "predictions": predictions, "curves": curves}
 
 
 if __name__ == "__main__":

@@ -1,10 +1,19 @@
 """Shared fixtures: a tiny seeded GQA-shaped sample (butd.synthetic.gqa) and its caches, made once
-per session. Builders and reference code shared by several test files live in helpers.py."""
+per session, and a small run of train.py on another one. Builders and reference code shared by
+several test files live in helpers.py."""
+import os
+import sys
+
 import pytest
 import torch
 
-from butd.synthetic.gqa import generate
-from helpers import build_gqa_caches
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the commands (train.py, evaluate.py, converters/*.py) are scripts, imported by the tests that run them
+sys.path[:0] = [ROOT, os.path.join(ROOT, "converters")]
+
+from butd.synthetic.gqa import generate  # noqa: E402
+
+from helpers import SMALL_FLAGS, build_gqa_caches, make_small_sample  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +42,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """``SMALL_SAMPLE`` and one epoch of train.py on it (which builds the caches on the way):
+    (sample root, its --data/--glove flags, the best checkpoint)."""
+    import train
+    root = tmp_path_factory.mktemp("small_sample")
+    data = make_small_sample(root)
+    ckpt = tmp_path_factory.mktemp("small_ckpt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, checkpoints = train.main(["--run_name", "t", *data, "--checkpoint", str(ckpt), *SMALL_FLAGS, "--epochs", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    return root, data, checkpoints.best_model_path

@@ -187,3 +187,74 @@ def interrupted_after(monkeypatch, chunks_written: int):
         yield
     finally:
         monkeypatch.setattr(chunks, "write_chunk", write_chunk)
+
+
+# ---- a small GQA-shaped run through the commands themselves, shared by the stages' tests ----
+
+BOM = b"\xef\xbb\xbf"
+SMALL_EMB = 32
+# 19 train images x 5 questions = 95 train questions: 6 steps of 16 per epoch; 35 testdev questions.
+SMALL_SAMPLE = dict(train_images=19, val_images=2, test_images=3, testdev_images=7, questions_per_image=5,
+                    feature_dim=32, emb_dim=SMALL_EMB)
+SMALL_FLAGS = ["--hidden", "32", "--bsz", "16", "--emb_dim", str(SMALL_EMB), "--accelerator", "cpu", "--log_every", "1",
+               "--answer_dropout", "0", "--attention_dropout", "0"]
+
+
+def make_small_sample(root, seed=3) -> list:
+    """``SMALL_SAMPLE`` generated under ``root``; returns train.py's ``--data``/``--glove`` flags."""
+    from butd.synthetic.gqa import generate
+    paths = generate(str(root), seed=seed, **SMALL_SAMPLE)
+    return ["--data", str(root), "--glove", paths["glove"]]
+
+
+def cli_run(main, argv, capsys):
+    """(exit status, stderr) of a command line's ``main`` run as its script runs it."""
+    from butd import cli
+    capsys.readouterr()
+    status = cli.run(main, argv)
+    return status, capsys.readouterr().err
+
+
+def one_line_error(err: str) -> str:
+    """The one error line a command ended with (progress bars may come before it), never a traceback."""
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:] and "Traceback" not in err, err
+    return lines[-1]
+
+
+def copy_stores(root, dst):
+    """The feature stores of the sample under ``root``, copied to ``dst`` (a cache directory without
+    a question cache)."""
+    import shutil
+    for store in ("trainval", "testdev"):
+        shutil.copytree(os.path.join(root, "GQA-Cache", f"{store}.zarr"), os.path.join(dst, f"{store}.zarr"))
+    return str(dst)
+
+
+def build_questions(qdir, glove, cache, *flags):
+    """The question cache of ``qdir`` under ``cache``, by ``questions_to_shards.py``."""
+    import questions_to_shards
+    return questions_to_shards.main(["--questions", str(qdir), "--glove", glove, "--cache", str(cache),
+                                     "--emb_dim", str(SMALL_EMB), "--workers", "1", *flags])
+
+
+# Runs a command line as ``python SCRIPT ARGS`` would, then says whether torch was imported.
+_IMPORTS_TORCH = """
+import runpy, sys
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+print("torch" in sys.modules)
+"""
+
+
+def imports_torch(script, args) -> bool:
+    """Whether ``python script *args`` (which must succeed) imports torch, whose import alone takes
+    a second or more."""
+    import subprocess
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_TORCH, script, *args], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(DATA)))
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()[-1] == "True"

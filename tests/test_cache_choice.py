@@ -9,6 +9,7 @@ import torch
 from butd.features.reader import FeatureStore
 from butd.loading import VQADataModule, cache_choice
 from butd.loading.cache_choice import auto_cache, cgroup_room, resident_nbytes
+
 from helpers import as_tensors, build_gqa_caches, write_store
 
 GiB = 2 ** 30
@@ -101,8 +102,8 @@ def test_datamodule_auto_decodes_a_compressed_store_that_fits(zstd_cache, gqa_ca
 
     reference = batches(gqa_cache, "none", 0)[2]
     dm, workers, got = batches(zstd_cache, "auto", 2)
-    assert dm.store("train").cache == "pinned" and workers == 0    # resident: gathered in the main process
-    assert dm.store("testdev").cache == "pinned"                    # the validation store, beside it
+    assert dm.store("train").residency.name == "pinned" and workers == 0    # resident: gathered in the main process
+    assert dm.store("testdev").residency.name == "pinned"                    # the validation store, beside it
     assert len(got) == len(reference)
     for a, b in zip(got, reference):   # the same batches as the uncompressed store's
         assert torch.equal(a["index"], b["index"])
@@ -111,10 +112,10 @@ def test_datamodule_auto_decodes_a_compressed_store_that_fits(zstd_cache, gqa_ca
 
     monkeypatch.setattr(cache_choice, "available_memory", lambda: 1000)   # too little: streamed
     dm, workers, got = batches(zstd_cache, "auto", 2)
-    assert dm.store("train").cache == "none" and workers == 2
+    assert dm.store("train").residency.name == "none" and workers == 2
     assert [b["index"].tolist() for b in got] == [b["index"].tolist() for b in reference]
     dm, workers, _ = batches(gqa_cache, "auto", 1)
-    assert dm.store("train").cache == "none" and workers == 1       # uncompressed: always streamed
+    assert dm.store("train").residency.name == "none" and workers == 1       # uncompressed: always streamed
 
 
 def test_train_and_validation_stores_are_decided_together(zstd_cache, monkeypatch):
@@ -124,7 +125,7 @@ def test_train_and_validation_stores_are_decided_together(zstd_cache, monkeypatc
     monkeypatch.setattr(cache_choice, "available_memory", lambda: int(train / cache_choice.MEMORY_FRACTION) + 1)
     # room for the train store alone: the validation store, asked for first, still streams
     val = dm.val_dataloader()
-    assert dm.store("testdev").cache == "none" and dm.store("train").cache == "pinned"
+    assert dm.store("testdev").residency.name == "none" and dm.store("train").residency.name == "pinned"
     # ... in the main process too: no worker forked beside the resident copy
     assert getattr(val, "num_workers", 0) == 0
 
@@ -138,7 +139,7 @@ def test_a_streamed_training_store_keeps_its_workers_and_every_rank_follows_rank
     dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=2, feature_cache="auto")
     dm.setup("fit")
     # the validation store would fit, the training store not: both stream, by the workers
-    assert dm.store("testdev").cache == "none" and dm.store("train").cache == "none"
+    assert dm.store("testdev").residency.name == "none" and dm.store("train").residency.name == "none"
     assert getattr(dm.train_dataloader(), "num_workers", 0) == 2
 
     # two machines, a process each: this one has the memory for both stores, the other for neither
@@ -157,7 +158,7 @@ def test_a_streamed_training_store_keeps_its_workers_and_every_rank_follows_rank
         return dm
 
     dm = trainer("fit")
-    assert dm.store("train").cache == "none" and dm.store("testdev").cache == "none"
+    assert dm.store("train").residency.name == "none" and dm.store("testdev").residency.name == "none"
     assert reduced == [(100 * 2**30, "min")]   # decided from the other machine's memory, not this one's
 
 
@@ -168,21 +169,35 @@ def test_validating_alone_reserves_no_memory_for_the_training_store(zstd_cache, 
         dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=0, feature_cache="auto")
         dm.setup(stage)
         # fitting, the training store takes the room first; validating, the validation store has it
-        assert dm.store("testdev").cache == val_cache
+        assert dm.store("testdev").residency.name == val_cache
 
 
 def test_fitting_after_validating_decides_for_the_training_store(zstd_cache, monkeypatch):
     train = resident_nbytes(FeatureStore(os.path.join(zstd_cache, "trainval.zarr")))
     for room, workers, caches, train_workers in ((100 * 2**30, 2, ("pinned", "pinned"), 0),
                                                  (int(train / cache_choice.MEMORY_FRACTION) + 1, 2, ("none", "none"), 2)):
-        monkeypatch.setattr(cache_choice, "available_memory", lambda: room)
+        monkeypatch.setattr(cache_choice, "available_memory", lambda room=room: room)
         dm = VQADataModule("gqa", zstd_cache, batch_size=16, num_workers=workers, feature_cache="auto")
         dm.setup("validate")
-        assert dm.store("testdev").cache == "pinned" and getattr(dm.val_dataloader(), "num_workers", 0) == 0
+        assert dm.store("testdev").residency.name == "pinned" and getattr(dm.val_dataloader(), "num_workers", 0) == 0
         dm.setup("fit")   # trainer.validate(...), then trainer.fit(...) with the same DataModule
         loader = dm.train_dataloader()
         # without room for both, the training store streams by its workers, and so does the
         # validation store, opened again
-        assert (dm.store("train").cache, dm.store("testdev").cache) == caches
+        assert (dm.store("train").residency.name, dm.store("testdev").residency.name) == caches
         assert getattr(loader, "num_workers", 0) == train_workers
 
+
+
+def test_a_fixed_feature_cache_gives_every_store_its_residency(gqa_cache):
+    for name, resident in (("none", False), ("pinned", True)):
+        dm = VQADataModule("gqa", gqa_cache, batch_size=16, num_workers=2, feature_cache=name)
+        dm.setup("fit")
+        assert {dm.store(s).residency.name for s in ("train", "testdev")} == {name}
+        assert dm.store("train") is dm.store("train")               # chosen and opened once per store
+        assert getattr(dm.train_dataloader(), "num_workers", 0) == (0 if resident else 2)
+    with pytest.raises(ValueError, match="--feature_cache must be auto or one of none, pinned, gpu"):
+        VQADataModule("gqa", gqa_cache, feature_cache="disk")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--feature_cache gpu .* PyTorch sees none"):
+            VQADataModule("gqa", gqa_cache, feature_cache="gpu")

@@ -9,11 +9,12 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import evaluate  # noqa: E402  (evaluate.py and train.py live at the repository root)
-import train  # noqa: E402
 from butd import cli  # noqa: E402
 from butd.synthetic.gqa import generate  # noqa: E402
 from butd.training.lit import read_checkpoint  # noqa: E402
+
+import evaluate  # noqa: E402  (evaluate.py and train.py live at the repository root)
+import train  # noqa: E402
 
 EMB = 32
 FAST = ["--hidden", "32", "--bsz", "16", "--emb_dim", str(EMB), "--accelerator", "cpu", "--log_every", "1"]

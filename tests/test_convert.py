@@ -1,23 +1,41 @@
 """TSV -> Zarr conversion: round trips against the spec's formulas, identical stores for any worker
-count, resuming after an interruption or kill -9, and bad input."""
+count, resuming after an interruption or kill -9, several TSVs into one store, the feature size from
+what most rows agree on, a byte-order mark, bad input and messages that name the fix, and a
+converter that never imports torch."""
+import base64
+import gzip
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 
 import numpy as np
 import pytest
 import zarr
 
-from butd.features.convert import chunks, direct_io, float16, lifecycle
 from butd.features import schema
-from butd.features.convert import convert_stores, convert_tsv
-from butd.tasks import get_task
+from butd.features.convert import chunks, convert_stores, convert_tsv, direct_io, float16, lifecycle
 from butd.features.tsv import TSVFormatError
-from helpers import (REAL_TSV, interrupted_after, make_rows, make_tsv, read_store, spec_rows, spec_spatials,
-                     store_files)
+from butd.synthetic.scene import format_row, write_tsv
+from butd.tasks import get_task
+
+import tsv_to_zarr
+from helpers import (
+    BOM,
+    REAL_TSV,
+    cli_run,
+    imports_torch,
+    interrupted_after,
+    make_rows,
+    make_tsv,
+    read_store,
+    spec_rows,
+    spec_spatials,
+    store_files,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = os.path.join(ROOT, "converters", "tsv_to_zarr.py")
@@ -351,3 +369,160 @@ def test_skip_report_into_a_directory_not_made_yet(tmp_path):
     summary = convert_tsv(str(tmp_path / "f.tsv"), out, chunk_images=4, workers=1, on_bad_row="skip",
                           progress=False)
     assert summary.rows == 5 and os.path.exists(out + ".bad_rows.json")
+
+
+# A conversion runs the converter's command and the task's file table; it never needs torch, whose
+# import alone takes about a second: as long as a 400 MB conversion.
+@pytest.mark.parametrize("args", [["--help"], ["TSV", "--out", "OUT", "--workers", "1"],
+                                  ["--dataset", "vqa2", "--data", "DATA", "--workers", "1"]])
+def test_the_converter_never_imports_torch(tmp_path, args):
+    (tmp_path / "VQA2-Features").mkdir()
+    for files in get_task("vqa2").stores.values():
+        for name in files:
+            make_tsv(str(tmp_path / "VQA2-Features" / name), n=4)
+    make_tsv(str(tmp_path / "in.tsv"), n=4)
+    args = [{"TSV": str(tmp_path / "in.tsv"), "OUT": str(tmp_path / "out.zarr"), "DATA": str(tmp_path)}.get(a, a)
+            for a in args]
+    assert not imports_torch(CLI, args)
+
+
+def _real_rows_with_a_narrow_first_row(path):
+    """The real sample's rows, the first one's features cut to 36 x 1024 floats (valid base64)."""
+    with open(REAL_TSV) as f:
+        lines = f.readlines()
+    fields = lines[0].rstrip("\n").split("\t")
+    features = np.frombuffer(base64.b64decode(fields[9]), np.float32).reshape(36, 2048)
+    fields[9] = base64.b64encode(np.ascontiguousarray(features[:, :1024]).tobytes()).decode()
+    with open(path, "w", newline="") as f:
+        f.writelines(["\t".join(fields) + "\n"] + lines[1:])
+    return [line.split("\t")[0] for line in lines]
+
+
+def test_the_feature_size_comes_from_agreement(tmp_path, capsys):
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    ids = _real_rows_with_a_narrow_first_row(tsv)
+    with pytest.raises(TSVFormatError) as e:                     # the bad row is blamed, not line 2
+        convert_tsv(tsv, out, workers=1, progress=False)
+    assert str(e.value).startswith(f"{tsv}:1: ") and "1024" in str(e.value) and "9 of the first 10 rows" in str(e.value)
+    summary = convert_tsv(tsv, out, workers=1, progress=False, on_bad_row="skip")
+    assert summary.rows == 9 and summary.skipped == 1            # the nine good rows kept
+    assert schema.read_image_ids(out).tolist() == ids[1:] and schema.read_attrs(out).feature_dim == 2048
+    with open(out + ".bad_rows.json") as f:
+        assert [r["line"] for r in json.load(f)["rows"]] == [1]
+    # the user says the size: then row 1 is the good one, and a skip of 9 rows out of 10 fails
+    status, err = cli_run(tsv_to_zarr.main, [tsv, "--out", str(tmp_path / "t.zarr"), "--feature_dim", "1024",
+                                             "--on-bad-row", "skip", "--workers", "1", "--quiet"], capsys)
+    assert status == 1 and "9 bad rows against 1 good ones" in err and not os.path.exists(tmp_path / "t.zarr")
+    with pytest.raises(TSVFormatError, match=r"f\.tsv:1: .*2048"):
+        convert_tsv(tsv, str(tmp_path / "u.zarr"), workers=1, progress=False, feature_dim=2048)
+
+
+def test_a_tie_asks_for_the_feature_size(tmp_path):
+    rows = make_rows(n=2, feature_dim=32) + make_rows(n=2, feature_dim=16, seed=1)
+    for i, r in enumerate(rows):
+        r.image_id = f"img{i}"
+    write_tsv(str(tmp_path / "f.tsv"), rows)
+    with pytest.raises(ValueError, match="disagree on the feature size.*--feature_dim"):
+        convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr"), workers=1, progress=False)
+    summary = convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr"), workers=1, progress=False,
+                          feature_dim=16, on_bad_row="skip")
+    assert summary.rows == 2 and schema.read_image_ids(str(tmp_path / "s.zarr")).tolist() == ["img2", "img3"]
+
+
+def test_tsv_with_a_bom(tmp_path):
+    rows = make_rows(n=6)
+    text = "".join(format_row(r) for r in rows).encode()
+    (tmp_path / "plain.tsv").write_bytes(text)
+    (tmp_path / "bom.tsv").write_bytes(BOM + text)
+    for name in ("plain", "bom"):
+        convert_tsv(str(tmp_path / f"{name}.tsv"), str(tmp_path / f"{name}.zarr"), chunk_images=4, workers=2,
+                    progress=False)
+    plain, _ = read_store(tmp_path / "plain.zarr")
+    bom, _ = read_store(tmp_path / "bom.zarr")
+    assert bom[schema.IMAGE_IDS][0] == rows[0].image_id
+    for name in plain:
+        np.testing.assert_array_equal(bom[name], plain[name])
+
+
+def test_another_on_bad_row_names_the_setting(tmp_path, capsys):
+    write_tsv(str(tmp_path / "f.tsv"), make_rows(n=5))
+    args = [str(tmp_path / "f.tsv"), "--out", str(tmp_path / "s.zarr"), "--workers", "1", "--quiet"]
+    assert tsv_to_zarr.main(args) == 0
+    capsys.readouterr()
+    assert tsv_to_zarr.main(args + ["--on-bad-row", "skip"]) == 1
+    err = capsys.readouterr().err
+    assert "with other settings (--on-bad-row error -> skip)" in err and "--overwrite" in err
+    write_tsv(str(tmp_path / "f.tsv"), make_rows(n=6))
+    assert tsv_to_zarr.main(args) == 1
+    assert f"from other input ({tmp_path / 'f.tsv'}: size" in capsys.readouterr().err
+
+
+def test_a_compressed_tsv_is_named_not_dumped(tmp_path, capsys):
+    with open(REAL_TSV, "rb") as f:
+        head = f.read(1 << 20)
+    with gzip.open(tmp_path / "f.tsv.gz", "wb") as f:
+        f.write(head)
+    with zipfile.ZipFile(tmp_path / "f.zip", "w") as z:
+        z.writestr("f.tsv", head)
+    for name, kind in (("f.tsv.gz", "gzip"), ("f.zip", "zip")):
+        assert tsv_to_zarr.main([str(tmp_path / name), "--out", str(tmp_path / "s.zarr"), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"compressed file ({kind})" in err and "decompress it first" in err and len(err) < 400, err
+
+
+def test_several_tsvs_make_the_store_of_their_concatenation(tmp_path, capsys):
+    rows = make_rows(n=21)
+    write_tsv(str(tmp_path / "a.tsv.0"), rows[:8])
+    write_tsv(str(tmp_path / "a.tsv.1"), rows[8:])
+    write_tsv(str(tmp_path / "all.tsv"), rows)
+    parts = [str(tmp_path / "a.tsv.0"), str(tmp_path / "a.tsv.1")]
+    assert tsv_to_zarr.main([*parts, "--out", str(tmp_path / "parts.zarr"), "--chunk_images", "4",
+                             "--workers", "2", "--quiet"]) == 0
+    convert_tsv(str(tmp_path / "all.tsv"), str(tmp_path / "all.zarr"), chunk_images=4, workers=1, progress=False)
+    got, attrs = read_store(tmp_path / "parts.zarr")
+    want, _ = read_store(tmp_path / "all.zarr")
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    assert [f["path"] for f in attrs["source"]["files"]] == [os.path.abspath(p) for p in parts]
+    # the fingerprint covers every file: a changed second part is named
+    write_tsv(parts[1], rows[8:20])
+    with pytest.raises(ValueError, match=r"from other input \(.*a\.tsv\.1: size"):
+        convert_tsv(parts, str(tmp_path / "parts.zarr"), chunk_images=4, workers=1, progress=False)
+
+
+def test_several_tsvs_errors_name_the_right_file_and_resume(tmp_path, monkeypatch):
+    rows = make_rows(n=12)
+    lines = [format_row(r) for r in rows]
+    a, b = str(tmp_path / "a.tsv"), str(tmp_path / "b.tsv")
+    with open(a, "w") as f:
+        f.writelines(lines[:6])
+    with open(b, "w") as f:
+        f.writelines(lines[6:8] + [lines[2]] + lines[8:])       # line 3 of b repeats line 3 of a
+    with pytest.raises(TSVFormatError, match=rf"^{b}:3: .*first seen on {a}:3"):
+        convert_tsv([a, b], str(tmp_path / "s.zarr"), workers=1, progress=False)
+    with open(b, "w") as f:
+        f.writelines(lines[6:8] + [lines[8][:1000] + "\n"] + lines[9:])
+    with pytest.raises(TSVFormatError, match=rf"^{b}:3: "):
+        convert_tsv([a, b], str(tmp_path / "s.zarr"), workers=1, progress=False)
+    with open(b, "w") as f:
+        f.writelines(lines[6:])
+    out = str(tmp_path / "s.zarr")
+    with interrupted_after(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
+        convert_tsv([a, b], out, chunk_images=2, workers=1, progress=False)
+    summary = convert_tsv([a, b], out, chunk_images=2, workers=2, progress=False)
+    assert (summary.chunks_resumed, summary.chunks_converted, summary.rows) == (2, 4, 12)
+    assert schema.read_image_ids(out).tolist() == [r.image_id for r in rows]
+
+
+def test_convert_stores_uses_every_file_of_a_store(tmp_path):
+    class TwoFiles:
+        title, stores = "test", {"trainval": ("x.tsv.0", "x.tsv.1")}
+
+        def store_path(self, cache, store):
+            return get_task("gqa").store_path(cache, store)
+    rows = make_rows(n=10)
+    write_tsv(str(tmp_path / "x.tsv.0"), rows[:4])
+    write_tsv(str(tmp_path / "x.tsv.1"), rows[4:])
+    convert_stores(TwoFiles(), str(tmp_path), str(tmp_path / "cache"), workers=1, progress=False)
+    assert schema.read_image_ids(str(tmp_path / "cache" / "trainval.zarr")).tolist() == [r.image_id for r in rows]

@@ -1,5 +1,6 @@
 """BatchDataset / loaders / VQADataModule: every batch is the store's rows for its questions, whatever the
-worker count, store compression or feature cache; broken inputs fail naming what is wrong."""
+worker count, store compression or feature cache; broken inputs fail naming what is wrong; a loader
+saves the position its consumer reached, and resumes there."""
 import os
 import signal
 import threading
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 from butd.features import schema
 from butd.features.reader import FeatureStore, StoreError
 from butd.loading import BatchDataset, ShardedBatchSampler, ThreadedLoader, VQADataModule, make_loader
+
 from helpers import as_tensors, questions_for, write_store
 
 
@@ -119,7 +121,8 @@ def test_worker_processes_serve_every_pass_and_a_pass_left_early_does_not_distur
     followed by complete, correct ones."""
     path, qs = store
     loader = make_loader(_FilledBy(qs, FeatureStore(path)), 8, shuffle=True, seed=2, num_workers=2)
-    fillers = lambda batches: {int(b["tokens"][0, 0]) for b in batches}
+    def fillers(batches):
+        return {int(b["tokens"][0, 0]) for b in batches}
     first = fillers(loader)
     assert len(first) == 2 and os.getpid() not in first
     for leave_after in (1, loader.ring().size + 1, 1):
@@ -284,3 +287,30 @@ def test_questions_built_against_another_store_are_refused(gqa_cache, tmp_path):
     convert_tsv(source, str(tmp_path / "testdev.zarr"), chunk_images=4, workers=1, progress=False)
     with pytest.raises(StaleCacheError, match=r"testdev\.zarr.*questions_to_shards\.py"):
         VQADataModule("gqa", tmp_path).setup()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_loader_saves_what_its_consumer_took(tmp_path, workers):
+    ids = write_store(tmp_path / "s.zarr", num_images=37)
+    dataset = BatchDataset(questions_for(ids, 100), FeatureStore(str(tmp_path / "s.zarr")))
+
+    def loader():
+        made = make_loader(dataset, batch_size=8, shuffle=True, seed=3, num_workers=workers, prefetch_factor=2)
+        made.sampler.set_epoch(1)
+        return made
+    whole = [b["index"].tolist() for b in loader()]
+    first = loader()
+    it = iter(first)
+    taken = [next(it)["index"].tolist() for _ in range(3)]        # the loader has gathered more by now
+    state = first.state_dict()
+    assert (state["epoch"], state["batches"]) == (1, 3) and taken == whole[:3]
+    again = loader()
+    again.load_state_dict(state)
+    again.sampler.set_epoch(1)                                    # as Lightning does on resume
+    assert [b["index"].tolist() for b in again] == whole[3:]
+    assert (again.state_dict()["epoch"], again.state_dict()["batches"]) == (2, 0)   # a finished epoch
+    again.sampler.set_epoch(3)  # set_epoch before the pass begins (a checkpoint saved at epoch start)
+    assert (again.state_dict()["epoch"], again.state_dict()["batches"]) == (3, 0)
+    again.load_state_dict(state)
+    again.sampler.set_epoch(2)  # another epoch than the restored position's: that one starts at 0
+    assert (again.state_dict()["epoch"], again.state_dict()["batches"]) == (2, 0)

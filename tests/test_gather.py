@@ -11,6 +11,7 @@ import torch
 from butd.features import batch_io
 from butd.features.convert import convert_tsv
 from butd.features.reader import FeatureStore, StoreError
+
 from helpers import direct, make_tsv, write_store
 
 ROWS = [40, 0, 7, 8, 8, 20, 3, 35, 16, 39]  # unsorted, repeated, chunk edges, the padded last chunk

@@ -19,6 +19,7 @@ import pytest
 from butd.features import schema
 from butd.features.convert import convert
 from butd.features.inputs import safe_pickle
+
 from helpers import DATA, REAL_TSV, interrupted_after, read_store, spec_rows, spec_spatials, store_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +97,7 @@ def test_each_layout_converts_to_the_rows_it_was_written_from(tmp_path, capsys, 
         arrays, _ = read_store(out)
         with h5py.File(os.path.join(LAYOUTS, given), "r") as h5:
             spatial, pos = h5["spatial_features"][:], h5["pos_boxes"][:] if "pos_boxes" in h5 else None
-        for k, (i, n) in enumerate(picks):
+        for k, (_, n) in enumerate(picks):
             rows = spatial[k] if pos is None else spatial[pos[k, 0]:pos[k, 1]]
             assert arrays["spatials"][k, :n].tobytes() == rows[:n].tobytes()
     if case in ("hengyuan-hu hdf5", "ban-vqa adaptive hdf5"):
@@ -281,6 +282,7 @@ class RunsCommand:
 def npy_of(obj) -> bytes:
     """An .npy of ``obj`` pickled into a 0-d object array, as np.save writes a dict."""
     import io
+
     from numpy.lib import format as npy
     array = np.empty((), dtype=object)
     array[()] = obj

@@ -1,7 +1,10 @@
 """The LightningModule and the metric logger on small in-memory batches (the loader's dict format):
 exact epoch metrics with unanswered questions ignored, the metrics file, checkpoint round trip,
-predict_step, optimisers."""
+predict_step, optimisers, and val_acc of two DDP processes equal to one's (no question counted twice)."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import pytorch_lightning as pl
@@ -9,12 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from butd.loading.sampler import ShardedBatchSampler
 from butd.training.lit import LitVQA
 from butd.training.metrics_logger import MetricLogger
 
 V_DIM, K, T, NTOKEN, ANSWERS = 8, 5, 7, 10, 4
 SIZES = dict(ntoken=NTOKEN, num_answers=ANSWERS, v_dim=V_DIM)
 SMALL = dict(SIZES, model={"emb_dim": 6, "hidden": 16})
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_batches(sizes, seed=0):
@@ -145,3 +151,43 @@ def test_the_multi_tensor_optimiser_updates_as_the_plain_one(opt, cls):
     for a, b in zip(lits[0].parameters(), lits[1].parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert all(not torch.equal(start[k], v) for k, v in lits[0].named_parameters())
+
+
+VALIDATE = """
+import json, sys
+import pytorch_lightning as pl
+from butd.loading import VQADataModule
+from butd.training.lit import LitVQA
+ckpt, cache, devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+trainer = pl.Trainer(accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto",
+                     use_distributed_sampler=False, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False)
+[result] = trainer.validate(LitVQA.load_from_checkpoint(ckpt), datamodule=VQADataModule("gqa", cache, batch_size=16))
+if trainer.is_global_zero:
+    print("RESULT", json.dumps(result))
+"""
+
+
+def _validate(ckpt, cache, devices, script):
+    """val_loss and val_acc of ``ckpt`` by ``devices`` processes (``strategy="ddp"`` re-runs the script
+    in each, so it runs in a subprocess)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    done = subprocess.run([sys.executable, str(script), ckpt, cache, str(devices)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_val_acc_with_two_processes_equals_one(small_run, tmp_path):
+    root, _, ckpt = small_run
+    cache = os.path.join(root, "GQA-Cache")
+    (tmp_path / "validate.py").write_text(VALIDATE)
+    one, two = (_validate(ckpt, cache, n, tmp_path / "validate.py") for n in (1, 2))
+    # 35 questions: padding the ranks to 18 + 18 would count one twice, and 35 * acc is no integer
+    # of a 36-question mean unless acc is 0 or 1
+    assert 0 < one["val_acc"] < 1
+    assert two["val_acc"] == one["val_acc"] and two["val_loss"] == pytest.approx(one["val_loss"], rel=1e-6)
+    ranks = [ShardedBatchSampler(35, 16, shuffle=False, rank=r, world_size=2, even=False) for r in (0, 1)]
+    seen = [i for s in ranks for b in s for i in b]
+    assert sorted(seen) == list(range(35))                       # each question exactly once

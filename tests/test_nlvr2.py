@@ -15,20 +15,20 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)   # evaluate.py and train.py live at the repository root
-from helpers import REAL_GLOVE, REAL_NLVR2, read_store
-
-import evaluate
-import train
 from butd import questions
 from butd.features.convert import convert_stores
 from butd.loading import VQADataModule
-from butd.questions.json_stream import QuestionFileError
 from butd.reference.nlvr2_metrics import nlvr2_metrics
 from butd.reference.spec import Dictionary, pad_tokens
 from butd.synthetic.nlvr2 import generate
 from butd.synthetic.scene import SceneModel, write_tsv
 from butd.tasks import get_task
+from butd.tasks.json_stream import QuestionFileError
 from butd.tasks.nlvr2 import read_statements, score
+
+import evaluate
+import train
+from helpers import REAL_GLOVE, REAL_NLVR2, read_store
 
 TASK = get_task("nlvr2")
 EMB = 32
@@ -245,7 +245,7 @@ def test_train_and_evaluate_from_the_command_line_learn_well_beyond_chance(learn
          "--answer_dropout", "0.2", "--checkpoint", str(tmp_path)],
         check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    best = re.search(r"\[\*\] best checkpoint: (.*\.ckpt) \(val_acc", run.stdout + run.stderr).group(1)
+    best = re.search(r"^ +best +epoch .* (\S+\.ckpt)$", run.stdout + run.stderr, re.M).group(1)   # train.py's summary
     csv = str(tmp_path / "dev.csv")
     done = subprocess.run([sys.executable, "evaluate.py", "--checkpoint", best, "--split", "dev", "--out", csv],
                           check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

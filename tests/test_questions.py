@@ -1,22 +1,29 @@
 """The question cache: parity with the specification's steps 1, 2 and 4, shard round trips,
-fingerprints, bad inputs, missing images."""
+fingerprints, bad inputs, missing images, image ids in another format (both sides shown), question
+files with a byte-order mark."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import webdataset as wds
 
 from butd import questions as Q
-from butd.questions import json_stream, shards
-from butd.questions.cache import MANIFEST
-from butd.tasks import get_task
-from butd.tasks.gqa import read_question_file
 from butd.features import schema
 from butd.features.convert import convert_stores, convert_tsv
+from butd.questions import shards
+from butd.questions.cache import MANIFEST
 from butd.reference.spec import Dictionary, pad_questions
-from helpers import REAL_QUESTIONS, spec_glove
+from butd.tasks import get_task, json_stream
+from butd.tasks.gqa import read_question_file
+from butd.tasks.json_stream import json_lines, object_items
+
+from helpers import BOM, REAL_QUESTIONS, build_questions, copy_stores, spec_glove
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 GQA = get_task("gqa")
 SPEC_QUESTION_FILES = ['train_balanced_questions.json', 'val_balanced_questions.json',
@@ -99,7 +106,7 @@ def spec_pipeline(gqa_q, glove, img2idx):
             examples = json.load(f)
         for ex_key in examples:
             ex = examples[ex_key]
-            if not ex['answer'].lower() in ans2label:
+            if not ex['answer'].lower() in ans2label:  # noqa: E713 (the specification's line)
                 ans2label[ex['answer'].lower()] = len(ans2label)
                 label2ans.append(ex['answer'])
     splits = {}
@@ -379,3 +386,53 @@ def test_never_replaces_a_directory_that_is_not_a_question_cache(inputs, tmp_pat
     with pytest.raises(FileExistsError, match="not a question cache"):
         build(inputs, precious)
     assert (precious / "keep.txt").read_text() == "mine"
+
+
+def test_glove_that_covers_few_question_tokens_is_warned_about_by_name(inputs, tmp_path, capsys):
+    build(inputs, tmp_path / "good")
+    assert "warning" not in capsys.readouterr().err
+    with open(inputs.glove) as f:
+        lines = f.readlines()
+    few = tmp_path / "few.txt"
+    few.write_text("".join(lines[:12]))          # the most frequent words only
+    summary = build(Q.Inputs("gqa", inputs.questions, str(few), inputs.cache), tmp_path / "few")
+    err = capsys.readouterr().err
+    assert summary["glove_coverage"]["tokens"] < Q.cache.MIN_GLOVE_TOKEN_COVERAGE
+    assert err.count("\n") == 1 and err.startswith(f"warning: {few} covers only")
+
+
+def test_a_features_tsv_given_as_glove_is_one_short_line(inputs, tmp_path):
+    from helpers import REAL_TSV
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "converters", "questions_to_shards.py"),
+                          "--questions", inputs.questions, "--glove", REAL_TSV, "--cache", inputs.cache,
+                          "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and len(out.stderr) < 400, out.stderr[:500]
+    assert REAL_TSV in out.stderr and "COCO_train2014" in out.stderr
+
+
+def test_ids_in_another_format_are_refused_showing_both_sides(small_run, tmp_path, capsys):
+    root, data, _ = small_run
+    qdir = shutil.copytree(os.path.join(root, "GQA-Questions"), tmp_path / "q")
+    path = qdir / "train_balanced_questions.json"
+    with open(path) as f:
+        qs = json.load(f)
+    for q in qs.values():       # VQA-style: the questions say 2300000, the store COCO_..._000002300000
+        q["imageId"] = f"COCO_train2014_{int(q['imageId']):012d}"
+    with open(path, "w") as f:
+        json.dump(qs, f)
+    cache = copy_stores(root, tmp_path / "cache")
+    for flags in ([], ["--drop-missing"]):
+        with pytest.raises(ValueError) as e:
+            build_questions(qdir, data[3], cache, *flags)
+        message = str(e.value)
+        assert "95 of 95 train question(s)" in message and "COCO_train2014_0000023" in message
+        store_ids = schema.read_image_ids(os.path.join(cache, "trainval.zarr"))[:5]
+        assert all(i in message for i in store_ids), message       # the store's ids beside the questions'
+    assert not os.path.exists(os.path.join(cache, "questions"))
+
+
+def test_question_files_with_a_bom(tmp_path):
+    (tmp_path / "q.json").write_bytes(BOM + json.dumps({"q1": {"question": "Is it?"}}).encode())
+    assert list(object_items(str(tmp_path / "q.json"))) == [("q1", {"question": "Is it?"})]
+    (tmp_path / "q.jsonl").write_bytes(BOM + b'{"identifier": "dev-1-0-0"}\n{"identifier": "dev-1-0-1"}\n')
+    assert [v["identifier"] for _, v in json_lines(str(tmp_path / "q.jsonl"))] == ["dev-1-0-0", "dev-1-0-1"]

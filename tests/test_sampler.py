@@ -1,5 +1,6 @@
 """ShardedBatchSampler: every sample once per epoch across ranks, seeded epoch-dependent order,
-equal batch counts on every rank, and the documented remainder policy."""
+equal batch counts on every rank, the documented remainder policy, and a mid-epoch position that
+only the same batches may resume."""
 import numpy as np
 import pytest
 
@@ -71,3 +72,13 @@ def test_bad_arguments():
         ShardedBatchSampler(10, 2, rank=2, world_size=2)
     with pytest.raises(ValueError, match="both rank and world_size"):
         ShardedBatchSampler(10, 2, rank=0)
+
+
+def test_a_mid_epoch_position_needs_the_same_batches():
+    sampler = ShardedBatchSampler(100, 8, rank=0, world_size=2)
+    state = sampler.state_dict(3)
+    other = ShardedBatchSampler(100, 8, rank=0, world_size=1)
+    with pytest.raises(ValueError, match=r"world_size 2 -> 1.*same --bsz"):
+        other.load_state_dict(state)
+    other.load_state_dict(sampler.state_dict(len(sampler)))       # an epoch's end: anything goes
+    assert (other.epoch, other.start) == (1, 0)

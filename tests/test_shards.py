@@ -9,7 +9,7 @@ import pytest
 import webdataset as wds
 from torch.utils.data import DataLoader
 
-from butd.questions import QuestionArrays, shards
+from butd.questions import QuestionArrays, shards, stream
 
 MTIME = 1_700_000_000
 
@@ -74,7 +74,7 @@ def consume(monkeypatch, paths, counts, world_size, workers, **kw):
         for worker in range(workers):
             for k, v in {"RANK": rank, "WORLD_SIZE": world_size, "WORKER": worker, "NUM_WORKERS": workers}.items():
                 monkeypatch.setenv(k, str(v))
-            parts.append([s["question_id"] for s in shards.stream_shards(paths, counts, **kw)])
+            parts.append([s["question_id"] for s in stream.stream_shards(paths, counts, **kw)])
     return parts
 
 
@@ -113,9 +113,9 @@ def test_shuffled_shard_order_stays_a_partition_and_changes_with_the_epoch(tmp_p
         for rank in range(2):
             monkeypatch.setenv("RANK", str(rank))
             monkeypatch.setenv("WORLD_SIZE", "2")
-            stream = shards.stream_shards(paths, counts, shard_shuffle=True, seed=3).shuffle(0)
-            stream.set_epoch(e)   # through the copy that .shuffle made
-            parts.append([s["question_id"] for s in stream])
+            shuffled = stream.stream_shards(paths, counts, shard_shuffle=True, seed=3).shuffle(0)
+            shuffled.set_epoch(e)   # through the copy that .shuffle made
+            parts.append([s["question_id"] for s in shuffled])
         return parts
     first, again, second = epoch(0), epoch(0), epoch(1)
     assert first == again and first != second
@@ -135,7 +135,7 @@ def test_dataloader_workers_get_equal_shares(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
     arrays = odd_questions(n=11)
     paths = write(tmp_path, arrays, 5, monkeypatch)
-    loader = DataLoader(shards.stream_shards(paths, shards.shard_counts(11, 5)), batch_size=None, num_workers=2,
+    loader = DataLoader(stream.stream_shards(paths, shards.shard_counts(11, 5)), batch_size=None, num_workers=2,
                         multiprocessing_context="fork")
     got = [s["question_id"] for s in loader]
     ids = arrays.question_ids.tolist()
@@ -146,6 +146,6 @@ def test_dataloader_workers_get_equal_shares(tmp_path, monkeypatch):
 def test_damaged_shard_raises_naming_it(tmp_path, monkeypatch):
     paths = write(tmp_path, odd_questions(n=6), 10, monkeypatch, workers=1)
     with pytest.raises(ValueError, match=os.path.basename(paths[0])):
-        list(shards.stream_shards(paths, [9]))
+        list(stream.stream_shards(paths, [9]))
     with pytest.raises(ValueError, match="2 shard paths but 1"):
-        shards.stream_shards(paths * 2, [6])
+        stream.stream_shards(paths * 2, [6])

@@ -10,7 +10,9 @@ import zarr
 
 from butd.features import schema
 from butd.features.reader import FeatureStore, StoreError
+
 from helpers import direct, write_store
+
 
 @pytest.fixture()
 def store_path(tmp_path):
@@ -133,3 +135,17 @@ def test_corrupt_chunk_names_file_and_images(tmp_path, damage, compressor):
 def test_row_past_store(store_path):
     with pytest.raises(IndexError, match=r"row 37 .*37 images"):
         FeatureStore(store_path).gather([1, 37])
+
+
+def test_a_stores_residency_is_one_object_chosen_when_it_is_made(store_path):
+    from butd.features.residency import Pinned, Streamed
+    assert type(FeatureStore(store_path).residency) is Streamed and not FeatureStore(store_path).residency.resident
+    pinned = Pinned()
+    store = FeatureStore(store_path, cache=pinned)             # an object, or its --feature_cache name
+    assert store.residency is pinned and store.residency.resident and not store.residency.on_device
+    assert type(FeatureStore(store_path, cache="pinned").residency) is Pinned
+    with pytest.raises(ValueError, match="cache must be one of"):
+        FeatureStore(store_path, cache="disk")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="PyTorch sees none"):   # refused when made, not at the first batch
+            FeatureStore(store_path, cache="gpu")

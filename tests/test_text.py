@@ -1,4 +1,5 @@
-"""The tokenizer, vocabulary and GloVe reader against the specification's own code (butd.reference)."""
+"""The tokenizer, vocabulary and GloVe reader against the specification's own code (butd.reference);
+a GloVe file with a byte-order mark."""
 import gzip
 import json
 
@@ -7,7 +8,9 @@ import pytest
 
 from butd.reference.spec import Dictionary, pad_questions
 from butd.text import GloveFormatError, Vocabulary, read_glove, split_batch
-from helpers import REAL_GLOVE, REAL_QUESTIONS, spec_glove
+
+from helpers import BOM, REAL_GLOVE, REAL_QUESTIONS, spec_glove
+
 
 def real_questions():
     with open(REAL_QUESTIONS) as f:
@@ -131,3 +134,12 @@ def test_glove_skips_lines_whose_word_holds_spaces(tmp_path):
     write_glove(path, [("the", ["0.5"] * 3), ("at name@domain.com", ["9"] * 3), ("at", ["1"] * 3)])
     weights, found = read_glove(path, {"at": 0}, 3)
     assert weights.tolist() == [[1.0, 1.0, 1.0]] and found.all()
+
+
+def test_glove_with_a_bom_gives_the_first_word_its_vector(tmp_path):
+    text = b"the 0.5 -1.25 2\nis 1 1 1\n"
+    for name, opener in (("g.txt", open), ("g.txt.gz", gzip.open)):
+        with opener(tmp_path / name, "wb") as f:
+            f.write(BOM + text)
+        weights, found = read_glove(str(tmp_path / name), {"the": 0, "is": 1}, 3)
+        assert found.all() and weights[0].tolist() == [0.5, -1.25, 2.0], name

@@ -1,7 +1,8 @@
 """train.py end to end on a generated GQA-shaped sample: converters run when the caches are missing,
 a fast_dev_run, a training that must beat the majority answer by a wide margin (features, questions
 and answers aligned from the TSVs to the loss), --resume, the metrics file, a 2-process DDP run,
-and evaluate.py on the trained run."""
+and evaluate.py on the trained run; an empty split refused, a cache built with --drop_missing
+used as it is, GPUs that are not there named, the configuration's flags."""
 import json
 import os
 import shutil
@@ -14,15 +15,26 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import train  # noqa: E402  (train.py lives at the repository root)
 from butd import questions  # noqa: E402
 from butd.evaluation.predict import evaluate  # noqa: E402
+from butd.loading.caches import check_caches, prepare_caches  # noqa: E402
 from butd.synthetic.gqa import generate  # noqa: E402
-from butd.training.caches import ensure_caches, question_inputs  # noqa: E402
 from butd.training.config import parse_config  # noqa: E402
 from butd.training.lit import LitVQA  # noqa: E402
-from butd.training.run import run_name  # noqa: E402
-from helpers import make_tsv  # noqa: E402
+from butd.training.run import prepare_before_fit, question_inputs, run_name  # noqa: E402
+from butd.training.summary import summary  # noqa: E402
+
+import train  # noqa: E402  (train.py lives at the repository root)
+import tsv_to_zarr
+from helpers import (
+    SMALL_FLAGS,
+    build_questions,
+    cli_run,
+    copy_stores,
+    make_small_sample,
+    make_tsv,  # noqa: E402
+    one_line_error,
+)
 
 EMB = 32
 # Small, fast settings.
@@ -61,13 +73,64 @@ def test_defaults_are_the_specs():
     assert (o.bsz, o.epochs, m.hidden, m.emb_dim, m.rnn, m.rnn_layers, o.opt, o.gradient_clip, o.seed) == \
         (256, 15, 1024, 300, "GRU", 1, "adamax", 0.25, 7)
     assert (m.weight_norm, m.bidirectional, m.attention_dropout, m.answer_dropout) == (True, False, 0.2, 0.5)
-    assert (d.dataset, d.gqa_questions, d.gqa_cache) == \
+    assert (d.dataset, d.questions, d.cache) == \
         ("gqa", os.path.join("data/", "GQA-Questions"), os.path.join("data/", "GQA-Cache"))
     assert d.glove == os.path.join("data/", "GloVe", "glove.6B.300d.txt") and d.checkpoint == "checkpoints/"
-    c = parse_config(["--run_name", "x", "--gpus", "2", "--no-weight_norm", "--bidirectional"])
+    c = parse_config(["--run_name", "x", "--gpus", "2", "--no_weight_norm", "--bidirectional"])
     assert (c.hardware.accelerator, c.hardware.devices, c.model.weight_norm, c.model.bidirectional) == \
         ("gpu", 2, False, True)
     assert run_name(c).startswith("x-butd-x7+")
+    c = parse_config(["--fast_dev_run", "--run_name", "x", "--weight_norm", "--bidirectional", "false"])
+    assert (c.run.fast_dev_run, c.model.weight_norm, c.model.bidirectional) == (1, True, False)
+    assert parse_config(["--run_name", "x", "--fast_dev_run", "3", "--weight_norm=no"]).run.fast_dev_run == 3
+    with pytest.raises(SystemExit):
+        parse_config(["--run_name", "x", "--resume"])    # no value: jsonargparse's error and usage
+
+
+def test_a_datasets_paths_under_the_specifications_names():
+    c = parse_config(["--run_name", "x", "--gqa_questions", "q", "--gqa_cache", "c", "--vqa2_cache", "v"])
+    assert (c.data.questions, c.data.features, c.data.cache) == ("q", os.path.join("data/", "GQA-Features"), "c")
+    # another dataset's are ignored, as in the modular branch; the dataset's own win over the generic flag
+    c = parse_config(["--run_name", "x", "--dataset", "vqa2", "--gqa_cache", "c", "--features", "f"])
+    assert (c.data.cache, c.data.features) == (os.path.join("data/", "VQA2-Cache"), "f")
+    c = parse_config(["--run_name", "x", "--dataset", "nlvr2", "--cache", "generic", "--nlvr2_cache", "own"])
+    assert c.data.cache == "own"
+
+
+def test_an_older_runs_config_with_per_dataset_paths_still_loads(tmp_path):
+    from butd.training.config import load_config
+    run_dir = tmp_path / "runs" / "old"
+    os.makedirs(run_dir)
+    older = {**parse_config(["--run_name", "old", "--dataset", "vqa2"]).flat(), "resume": None}
+    for kind in ("questions", "features", "cache"):     # what config.json held before --questions/--features/--cache
+        del older[kind]
+        older.update({f"{task}_{kind}": f"/{task}/{kind}" for task in ("gqa", "vqa2", "nlvr2")})
+    with open(run_dir / "config.json", "w") as f:
+        json.dump(older, f)
+    (run_dir / "last.ckpt").write_bytes(b"")
+    for config in (load_config(str(run_dir / "last.ckpt")), parse_config(["--config", str(run_dir / "config.json")]),
+                   parse_config(["--resume", str(run_dir / "last.ckpt")])):
+        assert (config.data.questions, config.data.cache) == ("/vqa2/questions", "/vqa2/cache")
+
+
+def test_evaluate_options_come_from_the_configuration(capsys):
+    from butd.training.config import DataConfig, HardwareConfig, OptimConfig, parse_evaluate
+    options = parse_evaluate(["--checkpoint", "c.ckpt"])
+    assert (options.bsz, options.num_workers, options.accelerator) == \
+        (OptimConfig.bsz, DataConfig.num_workers, HardwareConfig.accelerator)
+    assert parse_evaluate(["--checkpoint", "c", "--gqa_cache", "g", "--bsz", "1024"]).cache == "g"
+    with pytest.raises(SystemExit):
+        parse_evaluate(["--split", "val"])          # --checkpoint is required
+    assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_print_config_prints_a_file_that_starts_the_same_run(tmp_path, capsys):
+    argv = ["--run_name", "p", "--hidden", "64", "--bidirectional", "--no_weight_norm", "--vqa2_cache", "v",
+            "--dataset", "vqa2"]
+    with pytest.raises(SystemExit):
+        parse_config([*argv, "--print_config"])
+    (tmp_path / "p.yaml").write_text(capsys.readouterr().out)
+    assert parse_config(["--config", str(tmp_path / "p.yaml")]) == parse_config(argv)
 
 
 def test_a_gzipped_glove_file_is_found_where_the_text_file_would_be(tmp_path):
@@ -94,6 +157,22 @@ def test_missing_input_names_the_file_and_the_command(tmp_path):
         train.main(["--run_name", "x", "--data", str(tmp_path), "--accelerator", "cpu"])
 
 
+def test_the_metrics_file_says_how_the_run_ended(trained):
+    _, _, _, trainer, checkpoints, _ = trained
+    events = metrics_of(trainer)
+    best, final = events["best"], events["final"]
+    assert (final["epoch"], final["step"]) == (7, events["val_acc_step"][-1])
+    assert (final["val_acc"], final["val_loss"]) == (events["val_acc"][-1], events["val_loss"][-1])
+    assert final["checkpoint"] == os.path.join(os.path.dirname(checkpoints.best_model_path), "last.ckpt")
+    epoch = best["epoch"]
+    assert best["val_acc"] == events["val_acc"][epoch] == max(events["val_acc"])
+    assert (best["val_loss"], best["step"]) == (events["val_loss"][epoch], events["val_acc_step"][epoch])
+    assert best["checkpoint"] == checkpoints.best_model_path and f"epoch={epoch:02d}" in best["checkpoint"]
+    text = summary(events, 8, 75, "runs/r", "metrics/r-metrics.json", None)
+    assert f"best    epoch {epoch}  val_loss {best['val_loss']:.4f}  val_acc {100 * best['val_acc']:.2f}%" in text
+    assert "8 epochs in 1 min 15 s" in text and "final   epoch 7" in text
+
+
 def test_training_beats_the_majority_answer_and_writes_the_run(trained):
     root, _, ckpt, trainer, checkpoints, _ = trained
     labels = questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "testdev").targets["labels"]
@@ -114,7 +193,7 @@ def test_training_beats_the_majority_answer_and_writes_the_run(trained):
     with open(os.path.join(run_dir, "config.json")) as f:
         config = json.load(f)
     assert os.path.basename(run_dir) == trainer.logger.name
-    assert config["gqa_cache"] == os.path.join(root, "GQA-Cache") and config["hidden"] == 128
+    assert config["cache"] == os.path.join(root, "GQA-Cache") and config["hidden"] == 128
     assert LitVQA.load_from_checkpoint(checkpoints.best_model_path).hparams.v_dim == 64
 
 
@@ -133,6 +212,7 @@ def test_a_run_started_from_its_saved_config_resolves_to_the_same_configuration(
 
 def test_resume_alone_reads_the_runs_settings_and_a_saved_file_never_resumes(tmp_path):
     import dataclasses
+
     from butd.training.config import save_config
     run_dir = tmp_path / "runs" / "r"
     ran = parse_config(["--run_name", "r", "--hidden", "64", "--dataset", "vqa2", "--checkpoint", str(tmp_path),
@@ -293,23 +373,32 @@ def test_changed_questions_rebuild_the_cache_and_a_stale_one_is_never_reused(tmp
                      questions_per_image=3, feature_dim=16, emb_dim=EMB)
     config = parse_config(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"],
                            "--emb_dim", str(EMB)])
-    inputs, features = question_inputs(config), config.data.gqa_features
-    qdir = ensure_caches(inputs, features)
+    inputs, features = question_inputs(config), config.data.features
+    qdir = prepare_caches(inputs, features)
     built = questions.read_manifest(qdir)["fingerprint"]
-    ensure_caches(inputs, features)                               # up to date: nothing rebuilt
+    prepare_caches(inputs, features)                              # up to date: nothing rebuilt
     assert questions.read_manifest(qdir)["fingerprint"] == built
 
-    qfile = os.path.join(config.data.gqa_questions, "train_balanced_questions.json")
+    qfile = os.path.join(config.data.questions, "train_balanced_questions.json")
     with open(qfile) as f:
         data = json.load(f)
     next(iter(data.values()))["question"] = "Is there a zebra in the picture?"
     with open(qfile, "w") as f:
         json.dump(data, f)
-    monkeypatch.setenv("LOCAL_RANK", "1")                         # an extra DDP process never builds
     with pytest.raises(questions.StaleCacheError, match="train"):
-        ensure_caches(inputs, features)
-    monkeypatch.delenv("LOCAL_RANK")
-    ensure_caches(inputs, features)                               # the first process rebuilds
+        check_caches(inputs, features)                            # a process that does not prepare never builds
+    # which process prepares is Lightning's rule: global rank zero (prepare_data_per_node is False)
+    from types import SimpleNamespace
+
+    from butd.loading import VQADataModule
+    for local_rank, node_rank in ((1, 0), (0, 1)):
+        dm = VQADataModule("gqa", inputs.cache, inputs=inputs, features_dir=features)
+        prepare_before_fit(SimpleNamespace(local_rank=local_rank, node_rank=node_rank), dm)
+        with pytest.raises(questions.StaleCacheError, match="train"):
+            dm.setup("fit")                                       # ... the others check in setup
+    dm = VQADataModule("gqa", inputs.cache, inputs=inputs, features_dir=features)
+    prepare_before_fit(SimpleNamespace(local_rank=0, node_rank=0), dm)   # the one that prepares rebuilds
+    dm.setup("fit")
     assert questions.read_manifest(qdir)["fingerprint"] != built
     assert "zebra" in questions.load_vocab(qdir).word2idx
 
@@ -321,19 +410,19 @@ def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_pat
     paths = generate(str(tmp_path), seed=6, train_images=6, val_images=2, test_images=2, testdev_images=2,
                      questions_per_image=2, feature_dim=16, emb_dim=EMB)
     config = parse_config(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"], "--emb_dim", str(EMB)])
-    features, cache = config.data.gqa_features, config.data.paths()["cache"]
+    features, cache = config.data.features, config.data.paths()["cache"]
     convert_stores(get_task("gqa"), features, cache, compressor="zstd", dtype="float32", chunk_images=4,
                    workers=1, progress=False)
     store = os.path.join(cache, "testdev.zarr")
     made = os.path.getmtime(os.path.join(store, "zarr.json"))
-    ensure_caches(question_inputs(config), features)              # the TSVs are still there: checked, kept
+    prepare_caches(question_inputs(config), features)             # the TSVs are still there: checked, kept
     attrs = schema.read_attrs(store)
     assert (attrs.compressor, attrs.dtype, attrs.chunk_images, attrs.complete) == ("zstd", "float32", 4, True)
     assert os.path.getmtime(os.path.join(store, "zarr.json")) == made
     # its input changed, even to the other layout: refused as another input
     make_tsv(os.path.join(features, "gqa_testdev_obj36.tsv"), layout="anderson", n=2, boxes=(10, 12), feature_dim=16)
     with pytest.raises(ValueError, match=r"testdev\.zarr: exists but was made from other input"):
-        ensure_caches(question_inputs(config), features)
+        prepare_caches(question_inputs(config), features)
 
 
 def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):
@@ -380,3 +469,53 @@ def test_evaluate_on_a_split_without_answers(trained, tmp_path, capsys):
     test = questions.load_split(os.path.join(root, "GQA-Cache", "questions"), "test")
     with open(out) as f:
         assert [p["questionId"] for p in json.load(f)] == test.question_ids.tolist()
+
+
+@pytest.mark.parametrize("split", ["train", "testdev"])
+def test_training_refuses_an_empty_split(small_run, tmp_path, capsys, split):
+    root, data, _ = small_run
+    qdir = shutil.copytree(os.path.join(root, "GQA-Questions"), tmp_path / "q")
+    with open(qdir / f"{split}_balanced_questions.json", "w") as f:
+        json.dump({}, f)
+    cache = copy_stores(root, tmp_path / "cache")
+    argv = ["--run_name", "e", *data, "--gqa_questions", str(qdir), "--gqa_cache", cache,
+            "--checkpoint", str(tmp_path / "ck"), *SMALL_FLAGS, "--epochs", "1"]
+    status, err = cli_run(train.main, argv, capsys)
+    verb = "train" if split == "train" else "validate"
+    assert status == 1 and f"the {split} split has no questions; nothing to {verb} on" in one_line_error(err)
+    assert not os.path.exists(tmp_path / "ck" / "metrics")
+
+
+def test_a_cache_built_with_drop_missing_is_used_by_train(tmp_path, capsys, caplog, one_thread):
+    data = make_small_sample(tmp_path / "s", seed=4)
+    tsv = tmp_path / "s" / "GQA-Features" / "vg_gqa_obj36.tsv"
+    with open(tmp_path / "s" / "GQA-Questions" / "train_balanced_questions.json") as f:
+        gone = sorted({q["imageId"] for q in json.load(f).values()})[:2]
+    with open(tsv) as f:
+        lines = [line for line in f if line.split("\t")[0] not in gone]
+    with open(tsv, "w") as f:
+        f.writelines(lines)
+    assert tsv_to_zarr.main(["--data", str(tmp_path / "s"), "--workers", "1", "--quiet"]) == 0
+    run = ["--run_name", "d", *data, "--checkpoint", str(tmp_path / "ck"), *SMALL_FLAGS, "--fast_dev_run"]
+    # without the cache, train.py stops at the missing images: one line that names a flag it has
+    status, err = cli_run(train.main, run, capsys)
+    assert status == 1 and "pass --drop_missing" in one_line_error(err)
+    # the user follows the converter's advice ...
+    summary = build_questions(tmp_path / "s" / "GQA-Questions", data[3], tmp_path / "s" / "GQA-Cache",
+                              "--drop-missing")
+    assert summary["dropped"]["train"] == 10
+    # ... and train.py, without the flag, uses that cache as it is
+    trainer, _ = train.main(run)
+    assert trainer.state.finished and "built with --drop_missing (10 question(s)" in caplog.text
+    assert questions.read_manifest(str(tmp_path / "s" / "GQA-Cache" / "questions"))["summary"]["dropped"]["train"] == 10
+    trainer, _ = train.main(run + ["--drop_missing"])     # the flag itself is train.py's too
+    assert trainer.state.finished
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without GPUs")
+def test_gpus_without_a_gpu_say_so_and_how_to_run_ddp_on_cpu(tmp_path):
+    done = subprocess.run([sys.executable, "train.py", "--run_name", "x", "--gpus", "2", "--data", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    line = one_line_error(done.stderr)
+    assert "no GPU is visible" in line and "--accelerator cpu --devices 2 --strategy ddp" in line

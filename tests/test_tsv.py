@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 
-from butd.synthetic.scene import SceneModel, format_row
 from butd.features.tsv import TSVFormatError, decode_row, detect_layout, spatial_features
+from butd.synthetic.scene import SceneModel, format_row
+
 from helpers import REAL_TSV, spec_rows, spec_spatials
+
 
 def make_row(seed=0, num_boxes=36, feature_dim=32, image_id="2300001"):
     rng = np.random.default_rng(seed)

@@ -16,20 +16,23 @@ import torch
 
 from butd import questions
 from butd.evaluation.predict import submission
-from butd.questions.json_stream import QuestionFileError, key_array_items
 from butd.reference import vqa_eval as ref
 from butd.synthetic.vqa2 import generate
 from butd.tasks import get_task
 from butd.tasks import vqa_answers as va
 from butd.tasks.base import RawQuestions
-from butd.tasks.vqa2 import ANNOTATION_FILE, QUESTION_FILE, HumanAnswers, dense_targets, official_accuracy
+from butd.tasks.json_stream import QuestionFileError, key_array_items
+from butd.tasks.losses import dense_targets
+from butd.tasks.vqa2 import ANNOTATION_FILE, QUESTION_FILE, HumanAnswers, official_accuracy
+
 from helpers import REAL_GLOVE, REAL_TSV, REAL_VQA2_ANNOTATIONS, REAL_VQA2_QUESTIONS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from converters import questions_to_shards, tsv_to_zarr  # noqa: E402
+
 import evaluate  # noqa: E402  (the command lines live at the repository root)
 import train  # noqa: E402
-from converters import questions_to_shards, tsv_to_zarr  # noqa: E402
 
 TASK = get_task("vqa2")
 EMB = 32
@@ -202,7 +205,7 @@ def test_loss_is_per_example_bce_and_the_score_the_soft_score_of_the_argmax():
 
 @pytest.mark.parametrize("block", [1, 3, 64, 1 << 23])
 def test_key_array_items_streams_the_elements_of_one_key(tmp_path, monkeypatch, block):
-    import butd.questions.json_stream as js
+    import butd.tasks.json_stream as js
     monkeypatch.setattr(js, "_BLOCK", block)
     with open(REAL_VQA2_QUESTIONS) as f:
         doc = json.load(f)

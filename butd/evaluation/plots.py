@@ -17,16 +17,17 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on training or CI machines
 import matplotlib.pyplot as plt  # noqa: E402
 
-Series = Dict[str, Tuple[Sequence[float], Sequence[float]]]
+# {line label: (xs, ys)} or {line label: (xs, ys, matplotlib line options)}
+Series = Dict[str, tuple]
 
 
 def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out: str, title: str = "") -> str:
-    """Draw one panel per ``(panel title, x label, y label, {line label: (xs, ys)})`` side by side
-    and save the figure as ``out`` (PNG). Returns ``out``."""
+    """Draw one panel per ``(panel title, x label, y label, {line label: (xs, ys[, line options])})``
+    side by side and save the figure as ``out`` (PNG). Returns ``out``."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (panel_title, xlabel, ylabel, series) in zip(axes[0], panels):
-        for label, (xs, ys) in series.items():
-            ax.plot(list(xs), list(ys), marker="o", markersize=3, label=label)
+        for label, (xs, ys, *style) in series.items():
+            ax.plot(list(xs), list(ys), label=label, **{"marker": "o", "markersize": 3, **(style[0] if style else {})})
         ax.set_title(panel_title)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
@@ -48,42 +49,67 @@ def _run_name(path: str) -> str:
 
 
 def _per_epoch(events: dict, metric: str) -> Tuple[list, list]:
+    # numbered from 0, as Lightning numbers epochs in checkpoint names (epoch=11 is the 12th)
     values = events.get(metric) or []
-    return list(range(1, len(values) + 1)), [float(v) for v in values]
+    return list(range(len(values))), [float(v) for v in values]
 
 
-def plot_training_curves(metrics_files: Sequence[str], out: str) -> str:
-    """Accuracy and loss per epoch, training and validation, one line per run and split.
+# What each task's accuracy is (butd.tasks): exact match of one answer, or VQA v2's soft score.
+SCORE_NAMES = {"vqa2": "VQA score (soft, official rule)", "gqa": "accuracy (exact match)",
+               "nlvr2": "accuracy (exact match)"}
+
+
+def training_curve_panels(metrics_files: Sequence[str]) -> Tuple[list, str]:
+    """``(panels, title)`` for ``line_plot``: the score and the loss per epoch, training (dashed) and
+    validation (solid) of a run in one colour, one colour per run. Epochs are numbered from 0 as in
+    checkpoint names. The score axis says what the score is for the runs' dataset(s) (exact match,
+    or VQA v2's soft score), and the title names them.
 
     Reads the specification's metrics JSON: per metric a list of values (``train_epoch_acc``,
-    ``val_acc``, ``train_epoch_loss``, ``val_loss``), one value per epoch.
-    """
+    ``val_acc``, ``train_epoch_loss``, ``val_loss``), one value per epoch, and ``hyperparams``.
+    Raises ValueError for a file that is not JSON or when no file has a per-epoch metric."""
     acc: Series = {}
     loss: Series = {}
-    for path in metrics_files:
+    datasets = []
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, path in enumerate(metrics_files):
         with open(path) as f:
             try:
                 events = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: not a metrics JSON file ({e})") from None
         run = _run_name(path)
-        for split, acc_key, loss_key in (("train", "train_epoch_acc", "train_epoch_loss"),
-                                         ("val", "val_acc", "val_loss")):
+        datasets.append((events.get("hyperparams") or {}).get("dataset"))
+        for split, acc_key, loss_key, line in (("train", "train_epoch_acc", "train_epoch_loss", "--"),
+                                               ("val", "val_acc", "val_loss", "-")):
+            style = {"color": colours[k % len(colours)], "linestyle": line}
             if events.get(acc_key):
-                acc[f"{run} {split}"] = _per_epoch(events, acc_key)
+                acc[f"{run} {split}"] = (*_per_epoch(events, acc_key), style)
             if events.get(loss_key):
-                loss[f"{run} {split}"] = _per_epoch(events, loss_key)
+                loss[f"{run} {split}"] = (*_per_epoch(events, loss_key), style)
     if not acc and not loss:
         raise ValueError(f"no per-epoch accuracy or loss in {', '.join(metrics_files)}")
-    return line_plot([("accuracy", "epoch", "accuracy", acc), ("loss", "epoch", "loss", loss)], out)
+    known = sorted({d for d in datasets if d})
+    score = " / ".join(dict.fromkeys(SCORE_NAMES.get(d, "accuracy") for d in known)) or "accuracy"
+    runs = f"{len(metrics_files)} run{'s' * (len(metrics_files) > 1)}"
+    title = " ".join([*([", ".join(known).upper()] if known else []), f"training curves ({runs})"])
+    return [("score", "epoch", score, acc), ("loss", "epoch", "loss (training objective)", loss)], title
+
+
+def plot_training_curves(metrics_files: Sequence[str], out: str, title: str | None = None) -> str:
+    """Draw ``training_curve_panels`` of the metrics files into the PNG ``out`` (``title``
+    replaces the default one); returns ``out``."""
+    panels, default_title = training_curve_panels(metrics_files)
+    return line_plot(panels, out, title=default_title if title is None else title)
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Plot training curves from metrics JSON files.")
     p.add_argument("metrics", nargs="+", help="<checkpoint>/metrics/<run>-metrics.json files")
-    p.add_argument("--out", default="training_curves.png")
+    p.add_argument("--out", default="training_curves.png", help="the PNG to write (default: training_curves.png)")
+    p.add_argument("--title", default=None, help="figure title (default: the runs' dataset)")
     args = p.parse_args(argv)
-    print(f"[*] wrote {plot_training_curves(args.metrics, args.out)}")
+    print(f"[*] wrote {plot_training_curves(args.metrics, args.out, args.title)}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 ``evaluate.py`` is the command line. The data is found through the configuration saved beside the
 checkpoint (``config.json`` in the run directory); inference runs in batches through the training
-loader, in question order.
+loader, in question order (``butd.evaluation.inference``). A task with official evaluation files
+(GQA: ``butd.evaluation.gqa_official``) is scored by them where they lie beside its question files.
 """
 from __future__ import annotations
 
@@ -14,25 +15,11 @@ import numpy as np
 import torch
 
 from butd import questions
+from butd.evaluation import gqa_official
+from butd.evaluation.inference import has_attention, predict_split
 from butd.loading import VQADataModule
 from butd.training.config import load_config
 from butd.training.lit import LitVQA, read_checkpoint
-
-
-# no_grad, not inference_mode: the loader's thread writes into batch buffers made here, and torch
-# refuses in-place writes to inference tensors outside inference mode (the two-image indicator)
-@torch.no_grad()
-def predict(lit: LitVQA, loader, num_questions: int, device: torch.device) -> np.ndarray:
-    """Predicted answer label for every question of the loader's split, by question position."""
-    predicted = np.full(num_questions, -1, dtype=np.int64)
-    for i, batch in enumerate(loader):
-        out = lit.predict_step({k: v.to(device, non_blocking=True) for k, v in batch.items()}, i)
-        predicted[out["index"].cpu().numpy()] = out["prediction"].cpu().numpy()
-    missing = np.flatnonzero(predicted < 0)
-    if len(missing):
-        raise RuntimeError(f"the loader skipped {len(missing)} of {num_questions} questions "
-                           f"(e.g. positions {missing[:5].tolist()})")
-    return predicted
 
 
 def dropped_source(task, manifest: dict, split: str, questions_dir: Optional[str] = None) -> Tuple[int, Optional[str]]:
@@ -44,7 +31,7 @@ def dropped_source(task, manifest: dict, split: str, questions_dir: Optional[str
     dropped = manifest["summary"]["dropped"].get(split, 0)
     if not dropped:
         return 0, None
-    where = questions_dir or os.path.dirname(manifest["inputs"]["questions"][split][0]["path"])
+    where = questions_dir or built_from(manifest, split)
     missing = [f for f in task.question_files(where, split) if not os.path.isfile(f)]
     if missing:
         raise FileNotFoundError(
@@ -90,8 +77,8 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     ``<run dir>/predictions/<checkpoint name>/<split>-predictions.json``, ``.csv`` for NLVR2: the task's
     ``predictions_suffix``) and the scores beside them
     (``<out stem>-scores.json``); returns the scores. ``questions_dir``: where the split's question
-    file is now, if the cache left questions of it out and the file has moved since (see
-    ``dropped_source``)."""
+    file is now, if it has moved since the cache was built (see ``dropped_source``); the task's
+    official evaluation files are looked for there (GQA: all questions, choices, scene graphs)."""
     config = load_config(checkpoint)
     paths = config.data.paths()
     cache_dir = cache or paths["cache"]
@@ -112,33 +99,63 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
         raise ValueError(f"{dm.questions_dir}: the {split} split has no questions; nothing to evaluate")
     manifest = questions.read_manifest(dm.questions_dir)
     dropped, source = dropped_source(task, manifest, split, questions_dir)
-    say(f"[*] evaluating {checkpoint} on {split}: {len(arrays)} questions")
-    predicted = predict(lit, dm.dataloader_for(split), len(arrays), device)
-
-    scores = task.evaluate(arrays, predicted, dm.label2ans)
-    baseline, baseline_score = task.baseline(dm.questions(dm.train_split), arrays, dm.label2ans)
-    scores.update(split=split, checkpoint=os.path.abspath(checkpoint), baseline=baseline,
-                  baseline_score=baseline_score)
-
+    written = task.written_answers(arrays, questions.load_spellings(dm.questions_dir))
+    where = questions_dir or built_from(manifest, split)
+    official = task.official_files(where, split) if where else None
     # a folder per checkpoint: two checkpoints of one run do not overwrite each other's predictions
     out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "predictions",
                               os.path.splitext(os.path.basename(checkpoint))[0],
                               f"{split}-predictions{task.predictions_suffix}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    # where the model looks: written for the official grounding figure (BUTD; FiLM has no attention)
+    attention = None if has_attention(lit.model) else type(lit.model).__name__
+    attentions = gqa_official.attentions_path(out) if official is not None and attention is None else None
+
+    if official is not None and official.all_questions:
+        say(f"[*] evaluating {checkpoint} on {split}: every question of its all-questions file "
+            f"({len(arrays)} balanced in the cache)")
+        scores, written_count, dropped = gqa_official.predict_all_questions(
+            lit, dm, split, official, written, device, out, attentions, attention, say)
+    else:
+        say(f"[*] evaluating {checkpoint} on {split}: {len(arrays)} questions")
+        predicted = predict_split(lit, dm.dataloader_for(split), len(arrays), device,
+                                  arrays.image_rows if attentions else None)
+        ids, answers = submission(task, arrays, predicted.labels, written, source, split, dropped)
+        if official is not None:
+            scores = gqa_official.score_cached(task, official, arrays, predicted, written, ids, answers,
+                                               attentions, attention)
+        else:
+            scores = task.evaluate(arrays, predicted.labels, written)
+        task.write_predictions(out, ids, answers)
+        written_count = len(ids)
+
+    baseline, baseline_score = task.baseline(dm.questions(dm.train_split), arrays, written)
+    scores.update(split=split, checkpoint=os.path.abspath(checkpoint), baseline=baseline,
+                  baseline_score=baseline_score)
     scores["dropped"] = dropped   # listed in the predictions, not scored
     scores_file = os.path.splitext(out)[0] + "-scores.json"
     with open(scores_file, "w") as f:
         json.dump(scores, f, indent=2)
-    ids, answers = submission(task, arrays, predicted, dm.label2ans, source, split, dropped)
-    task.write_predictions(out, ids, answers)
 
     if scores["overall"]["count"]:
         say(task.format_scores(scores))
         say(f"answer-prior baseline ({baseline}): {100 * baseline_score:.2f}%")
     else:
         say(f"[*] {split} has no answers: predictions written, no score can be computed")
-    if dropped:
+    if dropped and official is not None and official.all_questions:
+        say(f"[*] {dropped} {split} question(s) whose image has no feature row (--drop_missing) are listed with "
+            "the most frequent training answer, and not scored")
+    elif dropped:
         say(f"[*] {dropped} {split} question(s) left out of the cache (--drop_missing) are listed with the "
             "answer predicted most often, and not scored")
-    say(f"[*] predictions ({len(ids)}): {out}\n[*] scores: {scores_file}")
+    say(f"[*] predictions ({written_count}): {out}")
+    if attentions:
+        say(f"[*] attentions: {attentions}")
+    say(f"[*] scores: {scores_file}")
     return scores
+
+
+def built_from(manifest: dict, split: str) -> Optional[str]:
+    """The directory of the question file(s) the cache built ``split`` from (None if it has none)."""
+    files = manifest["inputs"]["questions"].get(split) or []
+    return os.path.dirname(files[0]["path"]) if files else None

@@ -4,41 +4,37 @@
     reader = BatchReader(fields)                                 # one per store and process
     reader.gather(rows, {"features": out_f, "spatials": out_s})  # C-contiguous numpy outputs, rows in any order
 
-``FeatureStore`` (``butd.features.reader``) makes one and calls it; this module is how rows are read.
+``FeatureStore`` (``butd.features.reader``) makes one and calls it; this module is how rows are read,
+in one of three modes (``mode``):
 
-What decided each path (a 2-core VM shared with other work, 147 KB float16 rows, batches of 256,
-paired interleaved runs; ``benchmarks/loader_speed.py`` measures the bounds again in every run):
+- ``map``, for pages in the page cache: each uncompressed field's chunk files are memory-mapped side
+  by side into one reserved address range, so the field reads as one array and a batch is one
+  ``np.take(..., mode="clip")`` per copying thread: a memmove per row with the GIL released, as fast
+  as a plain ``memcpy`` of the same bytes once the process has touched the pages (the first touch of
+  a page costs a minor fault; filling the page tables ahead with ``MADV_POPULATE_READ`` costs as
+  much). Not ``np.take`` with ``out=`` and the default ``mode="raise"``, which copies through a
+  temporary (0.15x the speed), nor ``preadv`` from the page cache, which goes page by page (0.6x).
+  The copies use every core this process may use (``default_threads``).
+- ``read``, for pages not in the page cache: there a page fault blocks its thread on one page (with
+  ``MADV_RANDOM``) or on the device's whole read-ahead window per miss. Instead each run of rows is
+  read with ``preadv`` straight into the batch buffer by ``IO_THREADS`` threads at once, from files
+  opened with ``POSIX_FADV_RANDOM`` so that exactly the requested bytes are read: a store larger
+  than RAM does not evict pages for read-ahead it never uses.
+- ``auto`` (the default) moves between the two: a batch starts in the mode the last one ended in.
+  In ``map`` mode the copying threads look at their major page faults after ``CHECK_ROWS`` rows,
+  then at doubling intervals, and hand the rest of the batch to ``read`` mode as soon as one
+  happens. In ``read`` mode the copying threads first read each run with ``RWF_NOWAIT`` (served only
+  from the page cache) and leave the misses to the I/O threads; a batch without misses returns to
+  ``map`` mode.
 
-- Pages in the page cache (``map`` mode): each uncompressed field's chunk files are memory-mapped
-  side by side into one reserved address range, so the field reads as one array and a batch is one
-  ``np.take(..., mode="clip")`` per copying thread: a memmove per row with the GIL released, as
-  fast as one plain ``memcpy`` of the same bytes from RAM once the process has touched the pages.
-  (The first touch of each costs a minor fault, 64 KiB mapped at a time: a fresh process's first
-  pass over a cached store ran at 0.5-0.9x of its later ones; filling the page tables ahead with
-  MADV_POPULATE_READ took as long.) ``np.take`` with ``out=`` and the default ``mode="raise"``
-  copies through a temporary: 0.15x. ``preadv`` from the page cache goes page by page: 0.6x.
-  Copies use every core (``default_threads``): on the otherwise idle machine two threads copied
-  1.2x faster than one (so did two plain memcpys); on a busy one they lost ~10% to one.
-- Pages not in the page cache (``read`` mode): a page fault blocks its thread on one page (with
-  ``MADV_RANDOM``) or on the device's whole read-ahead window (8 MiB on that VM) per miss. Instead
-  each run of rows is read with ``preadv`` straight into the batch buffer by many I/O threads at
-  once (8-32 in flight read the same there), the files opened with ``POSIX_FADV_RANDOM`` so that
-  exactly the requested bytes are read: a store larger than RAM does not evict pages for
-  read-ahead it never uses. That matched or beat plain ``preadv`` of the same rows from 32 threads.
-- ``auto`` moves between the two: a batch starts in the mode the last one ended in. In ``map`` mode
-  the copying threads look at their major page faults after 16 rows, then at doubling intervals,
-  and hand the rest of the batch to ``read`` mode as soon as one happens. In ``read`` mode the
-  copying threads first read each run with ``RWF_NOWAIT`` (served only from the page cache) and
-  leave the misses to the I/O threads; a batch without misses returns to ``map`` mode.
-- Compressed stores written by this version (``butd.features.schema``: one image per inner chunk
-  of a shard) read each image's compressed bytes the same two-phase way and decode them straight
-  into the image's batch row, on every core (numcodecs releases the GIL). That runs at the
-  codec's own speed on those cores (zstd 0.5-1 GB/s per core for these features, as fast from
-  numcodecs as from python-zstandard or pyzstd; one thread gathered at 70-95% of decoding the same
-  frames from memory), so a warm compressed store stays far below a warm uncompressed one, which is
-  a memcpy; from disk it reads fewer bytes. Cold, reading and decoding share the cores: handing the
-  blocks from the I/O threads to as many decoding threads as cores measured no faster.
-  Older compressed stores (one compressed block per chunk) are decoded a whole chunk at a time.
+Compressed stores (``butd.features.schema``: one image per inner chunk of a shard) read each image's
+compressed bytes the same two-phase way and decode them straight into the image's batch row, on
+every core (numcodecs releases the GIL). They read at the codec's speed on those cores (zstd decodes
+these features at 0.5-1 GB/s per core), far below a warm uncompressed store, which is a memcpy; from
+disk they read fewer bytes. Reading and decoding share the cores: a pool of decoding threads fed by
+the I/O threads is no faster. Stores of the first compressed layout (one compressed block per chunk)
+are decoded a whole chunk at a time. ``benchmarks/loader_speed.py`` measures every mode against its
+bound (a copy of the same bytes, ``preadv`` from many threads, decoding from memory).
 """
 from __future__ import annotations
 
@@ -61,7 +57,7 @@ _USAGE = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)
 _MAP_FIXED = 0x10            # the same on Linux, the BSDs and macOS; Python's mmap does not export it
 CHECK_ROWS = 16              # map mode: rows copied before the first look at the thread's major faults
 EMPTY = 2 ** 64 - 1          # a shard index entry of an inner chunk never written (read as fill value)
-IO_THREADS = 32              # blocking reads in flight: 8..32 read the same on that VM's disk; SSDs want many
+IO_THREADS = 32              # blocking reads in flight: a VM's disk reads alike from 8 to 32; SSDs want many
 
 
 def major_faults() -> int:

@@ -3,23 +3,22 @@
     store = FeatureStore("data/GQA-Cache/trainval.zarr")            # memory-mapped, the default
     features, spatials = store.gather([17, 3, 17, 900])              # torch tensors [4, K, D], [4, K, 6]
 
-How a batch is read depends on the store and on ``cache``:
+How a batch is read depends on the store and on its residency (``cache``, a
+``butd.features.residency.Residency`` or its ``--feature_cache`` name, chosen once per store):
 
-- ``cache="none"`` (the default): rows are copied from the chunk files straight into the output
-  buffer by ``butd.features.batch_io``: from memory maps of the page cache when the store's pages are
-  cached (one ``np.take`` per copying thread, about a plain ``memcpy``), with ``preadv`` from many
-  I/O threads when they are not (the first epoch, a store larger than RAM), chosen batch by batch
-  (``read_mode="auto"``; ``"map"`` or ``"read"`` force one). The pages live in the OS page cache, so
-  every DataLoader worker shares one copy of the store; nothing is read into private memory except
-  the batch itself. Compressed stores decode only the images a batch asks for (one image per inner
-  chunk of a shard, see ``butd.features.schema``), in parallel; stores of the first compressed
+- ``Streamed`` (``"none"``, the default): rows are copied from the chunk files straight into the
+  output buffer by ``butd.features.batch_io``: from memory maps of the page cache when the store's
+  pages are cached (one ``np.take`` per copying thread, about a plain ``memcpy``), with ``preadv``
+  from many I/O threads when they are not (the first epoch, a store larger than RAM), chosen batch by
+  batch (``read_mode="auto"``; ``"map"`` or ``"read"`` force one). The pages live in the OS page
+  cache, so every DataLoader worker shares one copy of the store; nothing is read into private memory
+  except the batch itself. Compressed stores decode only the images a batch asks for (one image per
+  inner chunk of a shard, see ``butd.features.schema``), in parallel; stores of the first compressed
   layout (a compressed block per chunk) decode whole chunks, also in parallel.
-- ``cache="pinned"``: the whole of ``features`` and ``spatials`` is read into one page-locked host
-  tensor (plain memory without CUDA) the first time a batch is gathered (PyTorch's pinned allocator
-  rounds the size up to a power of two: budget up to 2x the store); batches are then copied from
-  RAM on the copying threads. ``cache="gpu"``: the same, resident on ``device`` (default: the
-  current CUDA device), and batches are ``index_select``-ed there. Both are built in the process
-  that gathers; use them from the main process (``num_workers=0``), which ``butd.loading`` does.
+- ``Pinned`` (``"pinned"``) and ``OnDevice`` (``"gpu"``): the whole of ``features`` and ``spatials``
+  is read into a resident copy the first time a batch is gathered, and batches are copied from RAM
+  on the copying threads, or ``index_select``-ed on the device. The copy is built in the process that
+  gathers; use it from the main process (``num_workers=0``), which ``butd.loading`` does.
 
 Nothing is opened in ``__init__`` beyond reading the store's JSON metadata: memory maps, file
 descriptors, threads and resident caches are created lazily in the process that gathers and are
@@ -35,8 +34,8 @@ import numpy as np
 import torch
 
 from butd.features import batch_io, schema
+from butd.features.residency import Residency, residency
 
-CACHES = ("none", "pinned", "gpu")
 # The two fields a training batch needs; the rest of the store (boxes, ids, ...) is for analysis.
 BATCH_FIELDS = tuple(f for f in schema.FIELDS if f.name in ("features", "spatials"))
 _REMAKE = "re-run `python converters/tsv_to_zarr.py` to rebuild it"
@@ -106,17 +105,15 @@ class FeatureStore:
     ``threads``: copying threads per gather (default: the cores this process may use, divided among
     DataLoader workers); ``io_threads``: blocking reads in flight for pages not in the page cache;
     ``read_mode``: ``"auto"``, ``"map"`` or ``"read"`` (``butd.features.batch_io``). ``layouts`` says
-    how each field is stored: ``"raw"``, ``"sharded"`` or ``"chunked"``."""
+    how each field is stored: ``"raw"``, ``"sharded"`` or ``"chunked"``. ``cache``: the store's
+    ``Residency`` or its name (``"none"``, ``"pinned"``, ``"gpu"``), kept as ``residency``."""
 
-    def __init__(self, path, cache: str = "none", device=None, threads: int | None = None,
+    def __init__(self, path, cache: Residency | str = "none", threads: int | None = None,
                  io_threads: int = batch_io.IO_THREADS, read_mode: str = "auto"):
-        if cache not in CACHES:
-            raise ValueError(f"cache must be one of {CACHES}, got {cache!r}")
         if read_mode not in batch_io.MODES:
             raise ValueError(f"read_mode must be one of {batch_io.MODES}, got {read_mode!r}")
         self.path = os.fspath(path)
-        self.cache = cache
-        self.device = device
+        self.residency = residency(cache)
         self.threads, self.io_threads, self.read_mode = threads, io_threads, read_mode
         self.attrs, self._metas = open_attrs(self.path)
         self._fields = {f.name: f for f in BATCH_FIELDS}
@@ -200,12 +197,12 @@ class FeatureStore:
     def _open_in_this_process(self):
         if self._pid != os.getpid():
             if self._resident is not None:
-                raise RuntimeError(f"{self.path}: FeatureStore(cache={self.cache!r}) was filled in another "
+                raise RuntimeError(f"{self.path}: FeatureStore(cache={self.residency.name!r}) was filled in another "
                                    "process; resident caches are gathered in the process that built "
                                    "them (use num_workers=0)")
             self._reader = self._new_reader()
             self._pid = os.getpid()
-        if self.cache != "none" and self._resident is None:
+        if self.residency.resident and self._resident is None:
             self._resident = self._load_resident()
 
     def _new_reader(self) -> batch_io.BatchReader:
@@ -215,16 +212,14 @@ class FeatureStore:
                                     mode=self.read_mode, max_open=_allow_open_files(len(fields) * self.attrs.num_chunks))
 
     def _load_resident(self, step_chunks: int = 16) -> dict:
-        """Read the whole store, ``step_chunks`` chunks at a time, into one tensor per field (pinned
-        host or GPU; the GPU's through a host buffer of one step)."""
-        device, N = self._device(), self.num_images
+        """Read the whole store, ``step_chunks`` chunks at a time, into one tensor per field (the
+        residency's: pinned host or GPU; the GPU's through a host buffer of one step)."""
+        device, N = self.residency.device, self.num_images
         resident, staging = {}, {}
         step = max(1, min(N, step_chunks * self.attrs.chunk_images))   # a store of no images: no step
         for name, (shape, dtype) in self.batch_shapes(N).items():
-            if device is None:
-                resident[name] = torch.empty(shape, dtype=dtype, pin_memory=torch.cuda.is_available())
-            else:
-                resident[name] = torch.empty(shape, dtype=dtype, device=device)
+            resident[name] = self.residency.empty(shape, dtype)
+            if device is not None:
                 staging[name] = torch.empty((step,) + shape[1:], dtype=dtype, pin_memory=True)
         from tqdm import tqdm
         # seconds to minutes for a large compressed store: say what the first batch waits for
@@ -244,15 +239,6 @@ class FeatureStore:
         self._reader = self._new_reader()  # drop the maps and descriptors: the copy is all we need
         return resident
 
-    def _device(self):
-        if self.cache != "gpu":
-            return None
-        if self.device is not None:
-            return torch.device(self.device)
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"{self.path}: cache='gpu' needs a CUDA device (none is available)")
-        return torch.device("cuda", torch.cuda.current_device())
-
     def _check_rows(self, rows: np.ndarray):
         if len(rows) and (rows.min() < 0 or rows.max() >= self.num_images):
             bad = rows[(rows < 0) | (rows >= self.num_images)][0]
@@ -267,7 +253,7 @@ class FeatureStore:
         self._check_rows(rows)
         self._process_state()
         outs = {"features": features_out, "spatials": spatials_out}
-        if self._resident is not None and self._resident["features"].is_cuda:
+        if self.residency.on_device:
             return self._gather_on_device(rows, outs)
         shapes = self.batch_shapes(len(rows))
         for name, out in outs.items():

@@ -257,7 +257,7 @@ def decode_row(line: bytes, layout: str, path: str = "<tsv>", line_no: int = 1,
     head = parse_head(fields, layout, path, line_no, feature_dim)
     col = COLUMN_INDEX[layout]
     arrays = {}
-    for name, (dtype, per_box) in ARRAY_COLUMNS.items():
+    for name, (dtype, _per_box) in ARRAY_COLUMNS.items():
         if name not in col:
             continue
         try:

@@ -59,7 +59,7 @@ class BatchDataset(torch.utils.data.Dataset):
         (without ``features``/``spatials`` when the store gathers on the GPU)."""
         I = self.images_per_question
         specs = {}
-        if self.store.cache != "gpu":
+        if not self.store.residency.on_device:
             for name, (shape, dtype) in self.store.batch_shapes(batch_size * I).items():
                 specs[name] = ((batch_size, I * shape[1]) + shape[2:], dtype)
             if I > 1:   # the image indicator after the spatial channels

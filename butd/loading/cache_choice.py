@@ -1,5 +1,9 @@
-"""What ``feature_cache="auto"`` (train.py's default) means for a store on this machine.
+"""Which residency (``butd.features.residency``) each feature store of a run gets: the policy of
+``--feature_cache``, chosen once per DataModule, which then decides once per store.
 
+    policy = choose("auto", num_workers=2, say=print)        # or "none", "pinned", "gpu": every store alike
+    policy.decide([train_path, val_path], train_path, Processes())   # "auto": both stores, together
+    FeatureStore(train_path, cache=policy.residency(train_path))
     cache, why = auto_cache(FeatureStore(path), copies=2)   # "pinned" or "none", and why, for the log
 
 Warm, an uncompressed store is read from the page cache at the machine's copy bandwidth, shared
@@ -12,15 +16,24 @@ available now, and streams it otherwise (``"none"``). Short of that memory, an u
 the same images would also fit the page cache only in part, or just (a decoded copy within 2-4x
 of the available memory), and be read partly from disk; ``benchmarks/larger_than_ram.py`` compares
 the two in the same memory. Uncompressed stores always stream, through the page cache.
+
+``auto`` decides a run's stores together, beside the copies already resident, each process of the
+machine holding its own: under DDP from the least memory available to any rank (so that every rank
+reads alike and no machine is promised memory only another one has). A streamed training store with
+``--num_workers`` keeps its workers: the other stores then stream too, since workers forked beside
+a resident copy (and the threads gathering from it) could inherit its locks mid-use.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 import psutil
 import torch
 
 from butd.features.reader import FeatureStore
+from butd.features.residency import RESIDENCIES, Residency, Streamed, residency
 
 MEMORY_FRACTION = 0.5   # of the available memory: the rest stays for the page cache, workers and the model
 
@@ -102,3 +115,100 @@ def auto_cache(store: FeatureStore, copies: int = 1, reserved: int = 0, availabl
         return "pinned", f"{store.attrs.compressor}-compressed, decoded once into memory: {sizes}"
     return "none", (f"{store.attrs.compressor}-compressed, streamed and decoded batch by batch: decoded it would "
                     f"not fit in {MEMORY_FRACTION:.0%} of the available memory: {sizes}")
+
+
+@dataclass
+class Processes:
+    """The processes that share a machine's memory: ``copies`` per machine (DDP ranks per node, each
+    holding its own resident copy), ``world_size`` in all, and ``least(n)``, the least of ``n`` over
+    the ranks (a collective: every rank calls it at the same point)."""
+    copies: int = 1
+    world_size: int = 1
+    least: Callable[[int], int] = int
+
+
+class FixedCache:
+    """``--feature_cache none|pinned|gpu``: every store the same residency."""
+
+    def __init__(self, name: str):
+        if name not in RESIDENCIES:
+            raise ValueError(f"--feature_cache must be auto or one of {', '.join(RESIDENCIES)}, got {name!r}")
+        if RESIDENCIES[name].on_device and not torch.cuda.is_available():
+            raise ValueError("--feature_cache gpu keeps the feature stores on a GPU, and PyTorch sees none here; "
+                             "use --feature_cache auto (the default), pinned or none")
+        self.name = name
+
+    def decide(self, paths, train_path: str, processes) -> list:
+        return []          # nothing to decide: returns the stores to reopen, none
+
+    def residency(self, path: str) -> Residency:
+        return residency(self.name)
+
+    def gathers_in_main(self, paths) -> bool:
+        """Whether the loader of a split whose run has the stores ``paths`` gathers in the main process."""
+        return RESIDENCIES[self.name].resident
+
+
+class AutoCache:
+    """``--feature_cache auto``: a compressed store resident (pinned) when it fits, beside the others,
+    streamed otherwise; see the module docstring. ``say`` logs each decision (rank zero's logger)."""
+
+    def __init__(self, num_workers: int = 0, say=print):
+        self.num_workers, self.say = num_workers, say
+        self.chosen: dict = {}     # store path -> its Residency class (Pinned or Streamed), decided so far
+
+    def decide(self, paths, train_path: str, processes) -> list:
+        """Decide the stores of ``paths`` not decided yet, together, beside those already resident
+        (``processes``: a ``Processes``, or a callable that makes one, called only when there is
+        something to decide). Returns the stores decided resident before and streamed now, to be
+        opened again."""
+        undecided = [p for p in dict.fromkeys(paths) if p not in self.chosen]
+        if not undecided:
+            return []
+        processes = processes() if callable(processes) else processes
+        copies, lines = processes.copies, []
+        reserved = sum(resident_nbytes(FeatureStore(p)) * copies for p in self._resident_paths())
+        available = available_memory()
+        if processes.world_size > 1:
+            available = processes.least(available)
+            lines.append(f"[*] feature caches decided from the least memory available to any of the "
+                         f"{processes.world_size} processes")
+        whys = {}
+        for path in undecided:
+            store = FeatureStore(path)
+            name, whys[path] = auto_cache(store, copies, reserved, available)
+            self.chosen[path] = RESIDENCIES[name]
+            if self.chosen[path].resident:
+                reserved += resident_nbytes(store) * copies
+        demoted = []
+        if self.num_workers and self.chosen.get(train_path) is Streamed:
+            # a resident store would take the streamed training store's workers away
+            demoted = self._resident_paths()
+            for path in demoted:
+                self.chosen[path] = Streamed
+                whys[path] = f"streamed like the training store, by its --num_workers {self.num_workers}"
+        lines += [f"[*] feature cache of {path}: {self.chosen[path].name} ({why})" for path, why in whys.items()]
+        if self.num_workers and self._resident_paths():
+            lines.append(f"[*] batches are gathered in each training process: --num_workers {self.num_workers} is "
+                         "unused beside a resident store")
+        for line in lines:
+            self.say(line)
+        return demoted
+
+    def _resident_paths(self) -> list:
+        return [p for p, chosen in self.chosen.items() if chosen.resident]
+
+    def residency(self, path: str) -> Residency:
+        # a store outside training (evaluation) is read once: streamed
+        return self.chosen.get(path, Streamed)()
+
+    def gathers_in_main(self, paths) -> bool:
+        """Whether the loader of a split whose run has the stores ``paths`` (its own, the training's
+        and the validation's) gathers in the main process: any of them is resident, since workers
+        forked beside a resident copy could inherit its locks mid-use."""
+        return any(self.chosen.get(p, Streamed).resident for p in paths)
+
+
+def choose(feature_cache: str, num_workers: int = 0, say=print):
+    """The policy of a ``--feature_cache`` value: ``AutoCache`` for ``"auto"``, else ``FixedCache``."""
+    return AutoCache(num_workers, say) if feature_cache == "auto" else FixedCache(feature_cache)

@@ -4,12 +4,20 @@
     trainer = pl.Trainer(use_distributed_sampler=False, ...)   # the sampler shards itself under DDP
     trainer.fit(model, datamodule=dm)
 
+Given the raw inputs the caches are made from (``inputs``, a ``butd.questions.Inputs``, and
+``features_dir``), ``prepare_data`` makes, resumes or checks the caches (``butd.loading.caches``),
+in the one process Lightning runs it in (global rank zero: ``prepare_data_per_node`` is False, the
+caches being on a file system every node sees), and ``setup`` in every other process checks that
+they are complete and match those inputs. Without them the caches are used as they are.
+
 Batches are described in ``butd.loading.batches`` and loaders in ``butd.loading.loaders``.
-``feature_cache="pinned"|"gpu"`` keeps the whole store resident (pinned host memory / the GPU) and
-gathers there by index, in the main process: those loaders always run with ``num_workers=0``, and
-with ``"gpu"`` the ``features``/``spatials`` of a batch are already on the device. ``"auto"``
-(train.py's default) chooses, for the train and validation stores, ``"pinned"`` for a compressed
-store whose decoded copy fits in memory and ``"none"`` otherwise (``butd.loading.cache_choice``).
+``feature_cache`` picks the policy that gives each store its residency (``butd.loading.cache_choice``,
+once per store, when the store is first opened): ``"none"``, ``"pinned"`` or ``"gpu"`` for every
+store, or ``"auto"`` (train.py's default), which decides the train and validation stores together:
+``"pinned"`` for a compressed store whose decoded copy fits in memory, ``"none"`` otherwise. A
+resident store (pinned host memory / the GPU) is gathered by index in the main process: its loaders
+run with ``num_workers=0``, and with ``"gpu"`` the ``features``/``spatials`` of a batch are already
+on the device.
 """
 from __future__ import annotations
 
@@ -22,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from butd import questions as q
 from butd.features import schema
 from butd.features.reader import FeatureStore
-from butd.loading import cache_choice
+from butd.loading import cache_choice, caches
 from butd.loading.batches import BatchDataset
 from butd.loading.loaders import make_loader
 from butd.tasks import get_task
@@ -36,26 +44,39 @@ class VQADataModule(pl.LightningDataModule):
 
     def __init__(self, task: str, cache_dir, batch_size: int = 256, num_workers: int = 0,
                  feature_cache: str = "none", seed: int = 7, pin_memory: bool = True, questions_dir=None,
-                 prefetch_factor: int = 2, train_split: str | None = None, val_split: str | None = None):
+                 prefetch_factor: int = 2, train_split: str | None = None, val_split: str | None = None,
+                 inputs: q.Inputs | None = None, features_dir=None):
         super().__init__()
+        self.prepare_data_per_node = False   # one process of the run prepares: the caches are shared
+        self.inputs, self.features_dir = inputs, features_dir
+        self._prepared = False
         self.task = get_task(task)
         self.cache_dir = os.fspath(cache_dir)
         self.questions_dir = os.fspath(questions_dir or os.path.join(self.cache_dir, "questions"))
         self.batch_size, self.num_workers, self.feature_cache = batch_size, num_workers, feature_cache
+        self.cache_policy = cache_choice.choose(feature_cache, num_workers, say=rank_zero_info)
         self.seed, self.pin_memory, self.prefetch_factor = seed, pin_memory, prefetch_factor
         self.train_split = train_split or self.task.train_split
         self.val_split = val_split or self.task.val_split
         self._questions: dict = {}
         self._stores: dict = {}
         self._datasets: dict = {}
-        self._auto: dict = {}   # feature_cache="auto"'s choice of each store decided so far
         self._stage = None
         self._ready = False
 
+    def prepare_data(self) -> None:
+        """Make, resume or check the caches from ``inputs`` (once per DataModule; nothing without
+        them). Lightning calls it in one process before the others set up."""
+        if self.inputs is not None and not self._prepared:
+            caches.prepare_caches(self.inputs, self.features_dir, say=rank_zero_info)
+            self._prepared = True
+
     def setup(self, stage=None):
-        self._stage = stage   # each trainer.fit/validate/... calls this: feature_cache="auto" follows it
+        self._stage = stage   # each trainer.fit/validate/... calls this: the cache policy follows it
         if self._ready:
             return
+        if self.inputs is not None and not self._prepared:   # another process prepared them
+            caches.check_caches(self.inputs, self.features_dir)
         if not os.path.isdir(self.questions_dir):
             raise FileNotFoundError(f"{self.questions_dir}: no question cache here; make it with "
                                     f"`{q.BUILD_COMMAND} --dataset {self.task.name}`")
@@ -99,71 +120,43 @@ class VQADataModule(pl.LightningDataModule):
         """The feature store serving ``split`` (opened once per store; reading starts lazily)."""
         path = self.task.store_path(self.cache_dir, split)
         if path not in self._stores:
-            cache = self._cache_of(path)
-            # resolved here, in the main thread, where Lightning has set this rank's device
-            device = torch.cuda.current_device() if cache == "gpu" and torch.cuda.is_available() else None
-            self._stores[path] = FeatureStore(path, cache=cache, device=device)
+            self._decide()
+            # made here, in the main thread, where Lightning has set this rank's device (a GPU copy's)
+            self._stores[path] = FeatureStore(path, cache=self.cache_policy.residency(path))
         return self._stores[path]
 
-    def _cache_of(self, path: str) -> str:
-        if self.feature_cache != "auto":
-            return self.feature_cache
-        undecided = [p for p in self._auto_paths() if p not in self._auto]
-        if undecided:
-            self._choose_auto(undecided)
-        return self._auto.get(path, "none")   # a store outside training (evaluation) is read once: streamed
-
-    def _auto_paths(self) -> list:
-        """The stores ``"auto"`` decides for in the current stage, the training store first: both
-        while fitting, the validation store while only validating, none otherwise."""
+    def _decide(self) -> None:
+        """Let the cache policy decide the stores of the current stage, the training store first:
+        both while fitting, the validation store while only validating, none otherwise. A store it
+        turns from resident to streamed is opened again."""
         splits = {"fit": (self.train_split, self.val_split), None: (self.train_split, self.val_split),
                   "validate": (self.val_split,)}.get(self._stage, ())
-        return list(dict.fromkeys(self.task.store_path(self.cache_dir, s) for s in splits))
+        paths = [self.task.store_path(self.cache_dir, s) for s in splits]
+        for path in self.cache_policy.decide(paths, self.task.store_path(self.cache_dir, self.train_split),
+                                             self._processes):
+            self._stores.pop(path, None)   # opened resident while only validating: reopened streamed
+            self._datasets = {split: d for split, d in self._datasets.items()
+                              if self.task.store_path(self.cache_dir, split) != path}
 
-    def _choose_auto(self, paths: list) -> None:
-        """``"auto"``'s cache of each of ``paths`` (into ``self._auto``), decided together and beside
-        the stores already resident, so that the resident copies fit side by side, each DDP rank of a
-        machine holding its own. Under DDP every rank decides from the least memory available to any
-        rank, so that all read alike and no machine is promised memory that only another one has."""
-        copies = self.trainer.num_devices if self.trainer is not None else 1
-        lines = []
-        reserved = sum(cache_choice.resident_nbytes(FeatureStore(p)) * copies
-                       for p, c in self._auto.items() if c == "pinned")
-        available = cache_choice.available_memory()
-        if self.trainer is not None and self.trainer.world_size > 1:
-            least = torch.tensor(available, dtype=torch.int64, device=self.trainer.strategy.root_device)
-            available = int(self.trainer.strategy.reduce(least, reduce_op="min"))
-            lines.append(f"[*] feature caches decided from the least memory available to any of the "
-                         f"{self.trainer.world_size} processes")
-        chosen, whys = self._auto, {}
-        for path in paths:
-            store = FeatureStore(path)
-            chosen[path], whys[path] = cache_choice.auto_cache(store, copies, reserved, available)
-            if chosen[path] == "pinned":
-                reserved += cache_choice.resident_nbytes(store) * copies
-        if self.num_workers and chosen.get(self.task.store_path(self.cache_dir, self.train_split)) == "none":
-            # a resident store would take the streamed training store's workers away
-            for path in [p for p, c in chosen.items() if c == "pinned"]:
-                chosen[path] = "none"
-                whys[path] = f"streamed like the training store, by its --num_workers {self.num_workers}"
-                self._stores.pop(path, None)   # opened resident while only validating: reopened streamed
-                self._datasets = {split: d for split, d in self._datasets.items()
-                                  if self.task.store_path(self.cache_dir, split) != path}
-        lines += [f"[*] feature cache of {path}: {chosen[path]} ({why})" for path, why in whys.items()]
-        if self.num_workers and "pinned" in chosen.values():
-            lines.append(f"[*] batches are gathered in each training process: --num_workers {self.num_workers} is "
-                         "unused beside a resident store")
-        for line in lines:
-            rank_zero_info(line)
+    def _processes(self) -> cache_choice.Processes:
+        """This run's processes, for the cache policy: one per device of this machine, each with its
+        copy of a resident store, and the least memory over all ranks."""
+        if self.trainer is None:
+            return cache_choice.Processes()
+        strategy = self.trainer.strategy
+
+        def least(available: int) -> int:
+            return int(strategy.reduce(torch.tensor(available, dtype=torch.int64, device=strategy.root_device),
+                                       reduce_op="min"))
+        return cache_choice.Processes(self.trainer.num_devices, self.trainer.world_size, least)
 
     def _resident(self, split: str) -> bool:
         """Whether this split's loader gathers in the main process: its store is resident, or (with
         ``"auto"``) a training store is, since workers forked beside a resident copy and the threads
         gathering from it could inherit their locks mid-use."""
-        if self.feature_cache != "auto":
-            return self.feature_cache != "none"
-        paths = {self.task.store_path(self.cache_dir, s) for s in (split, self.train_split, self.val_split)}
-        return any(self._cache_of(p) != "none" for p in paths)
+        self._decide()
+        paths = [self.task.store_path(self.cache_dir, s) for s in (split, self.train_split, self.val_split)]
+        return self.cache_policy.gathers_in_main(paths)
 
     def dataset(self, split: str) -> BatchDataset:
         if split not in self._datasets:

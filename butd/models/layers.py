@@ -8,7 +8,6 @@ import torch.nn as nn
 from torch.nn.utils.parametrizations import weight_norm as _weight_norm
 
 
-
 def linear(in_dim: int, out_dim: int, use_weight_norm: bool = True) -> nn.Module:
     """A Linear layer, weight-normalised over the whole matrix (one scalar gain) as the spec does."""
     layer = nn.Linear(in_dim, out_dim)

@@ -4,7 +4,8 @@ This replaces the specification's steps 1, 2 and 4 (``gqa_create_dictionary_glov
 ``gqa_create_answers``, ``GQAFeatureDataset.tokenize``) with a cache that is built once per task:
 
     <out>/vocab.json          idx2word (padding index = its length)
-    <out>/answers.json        label2ans and ans2label
+    <out>/answers.json        label2ans and ans2label, and the spelling each label is written in
+                              (``spellings``: the task's ``answer_spellings``)
     <out>/glove.npy           float32 [ntoken, emb_dim], zero rows for words GloVe lacks
     <out>/<split>.npz         the split as arrays (``QuestionArrays``): the loader's fast path, one
                               np.load at training start
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from itertools import compress, repeat
 from typing import Optional
@@ -31,8 +33,8 @@ from butd.features import schema
 from butd.questions import shards
 from butd.questions.arrays import QuestionArrays
 from butd.questions.fingerprint import FORMAT_VERSION, Inputs, changes, fingerprint
-from butd.questions.json_stream import QuestionFileError
 from butd.tasks import get_task
+from butd.tasks.json_stream import QuestionFileError
 from butd.text import Vocabulary, check_glove_dim, pad_front, read_glove, split_batch
 
 MANIFEST = "manifest.json"
@@ -40,6 +42,9 @@ BUILD_COMMAND = "python converters/questions_to_shards.py"
 # More than this share of a split's questions without an image row is a mismatch of ids or files,
 # not a few missing images: --drop-missing would train on a remnant.
 MAX_MISSING_SHARE = 0.5
+# Real GloVe (6B or 840B) covers well over 95% of the question tokens of GQA, VQA v2 and NLVR2 (the
+# words it lacks are typos and rare names): less is the wrong file, or a truncated one.
+MIN_GLOVE_TOKEN_COVERAGE = 0.9
 
 
 class StaleCacheError(RuntimeError):
@@ -218,6 +223,7 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
         say(f"[*] no question file for the optional split(s) {', '.join(absent)}: left out of the cache")
     raws = {s: task.read_split(inputs.questions, s) for s in names}
     ans2label, label2ans = task.answer_vocabulary(raws)
+    spellings = task.answer_spellings(raws, ans2label, label2ans)
 
     phase("tokenize", "[*] tokenizing, resolving image rows")
     words, lengths = split_batch([q for s in names for q in raws[s].questions])
@@ -258,12 +264,18 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
     weights, found = read_glove(inputs.glove, vocab.word2idx, inputs.emb_dim)
     np.save(os.path.join(out, "glove.npy"), weights)
     _write_json(os.path.join(out, "vocab.json"), vocab.idx2word)
-    _write_json(os.path.join(out, "answers.json"), {"label2ans": label2ans, "ans2label": ans2label})
+    _write_json(os.path.join(out, "answers.json"), {"label2ans": label2ans, "ans2label": ans2label,
+                                                    "spellings": spellings})
     token_counts = np.bincount(ids, minlength=vocab.ntoken + 1)[:vocab.ntoken]
     coverage = {"vocabulary": round(float(found.mean()) if len(found) else 0.0, 4),
                 "tokens": round(float(token_counts[found].sum() / max(token_counts.sum(), 1)), 4)}
     say(f"[*] vocabulary {vocab.ntoken} words, {len(label2ans)} answers; GloVe covers "
         f"{coverage['vocabulary']:.1%} of the vocabulary and {coverage['tokens']:.1%} of question tokens")
+    if coverage["tokens"] < MIN_GLOVE_TOKEN_COVERAGE:
+        print(f"warning: {inputs.glove} covers only {coverage['tokens']:.1%} of the question tokens "
+              f"({coverage['vocabulary']:.1%} of the {vocab.ntoken} words); real GloVe covers over "
+              f"{MIN_GLOVE_TOKEN_COVERAGE:.0%} of any English question set's tokens: is --glove the right file? "
+              "(words it lacks start from zero vectors)", file=sys.stderr)
     return {"task": task.name, "questions": {s: len(arrays[s]) for s in names}, "absent": absent, "dropped": dropped,
             "shards": shard_counts, "shard_samples": shards.SHARD_SAMPLES, "ntoken": vocab.ntoken,
             "num_answers": len(label2ans),
@@ -301,10 +313,23 @@ def _split_arrays(task, raw, split, tokens, ans2label, store, drop_missing) -> t
     arrays = QuestionArrays(np.array(raw.question_ids, dtype=str),
                             np.stack([np.array(ids, dtype=str) for ids in raw.image_ids], axis=1)
                             if len(raw) else np.zeros((0, task.images_per_question), dtype=str),
-                            rows, tokens, targets, {k: np.array(v, dtype=str) for k, v in raw.types.items()})
+                            rows, tokens, targets, {k: np.array(v, dtype=str) for k, v in raw.types.items()},
+                            gold_answers(raw.answers))
     kept = np.flatnonzero((rows >= 0).all(axis=1))
     order = kept[task.question_order(arrays.question_ids[kept])]
     return arrays.take(order), int(len(raw) - len(kept))
+
+
+def gold_answers(answers: list) -> Optional[np.ndarray]:
+    """The answers as a file writes them, UTF-8 bytes [N] (b"" where None), or None where some
+    answer is not a string (VQA v2's human answers): what an exact-match scorer compares."""
+    if not all(a is None or isinstance(a, str) for a in answers):
+        return None
+    strings = ["" if a is None else a for a in answers]
+    try:
+        return np.array(strings, dtype="S")          # ASCII, the usual case: numpy encodes it at once
+    except UnicodeEncodeError:
+        return np.char.encode(np.array(strings, dtype=str), "utf-8")
 
 
 def _image_rows(task, raw, split: str, store: tuple, drop_missing: bool) -> np.ndarray:
@@ -378,6 +403,14 @@ def load_answers(questions_dir: str, inputs: Optional[Inputs] = None) -> tuple[d
     return answers["ans2label"], answers["label2ans"]
 
 
+def load_spellings(questions_dir: str, inputs: Optional[Inputs] = None) -> list:
+    """How each answer label is written in predictions (``Task.answer_spellings``, over the splits
+    with answers), by label."""
+    _open(questions_dir, inputs)
+    with open(os.path.join(questions_dir, "answers.json")) as f:
+        return json.load(f)["spellings"]
+
+
 def load_glove(questions_dir: str, inputs: Optional[Inputs] = None) -> np.ndarray:
     """The GloVe matrix, float32 [ntoken, emb_dim]."""
     _open(questions_dir, inputs)
@@ -392,8 +425,9 @@ def shard_paths(questions_dir: str, split: str) -> list:
 def stream_split(questions_dir: str, split: str, shard_shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False):
     """The split's shards as a WebDataset, an equal share for each DDP rank and DataLoader worker
-    (see ``butd.questions.shards.stream_shards``)."""
+    (see ``butd.questions.stream.stream_shards``)."""
     summary = read_manifest(questions_dir)["summary"]
     # Caches from before "shard_samples" was recorded were all written with 2000 per shard.
     counts = shards.shard_counts(summary["questions"][split], summary.get("shard_samples", 2000))
-    return shards.stream_shards(shard_paths(questions_dir, split), counts, shard_shuffle, seed, drop_last)
+    from butd.questions.stream import stream_shards  # webdataset imports torch: only when streaming
+    return stream_shards(shard_paths(questions_dir, split), counts, shard_shuffle, seed, drop_last)

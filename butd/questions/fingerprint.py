@@ -15,7 +15,7 @@ from typing import Optional
 from butd.features import schema
 from butd.tasks import get_task
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3   # 3: gold answers as written, and the spelling each label is written in
 
 
 @dataclass(frozen=True)

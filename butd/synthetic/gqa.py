@@ -1,9 +1,9 @@
 """A seeded, GQA-shaped sample data set in the real file formats, for the demo, tests and benchmarks.
 
-    python -m butd.synthetic.gqa --out data            # the demo's sample under data/
+    python -m butd.synthetic.gqa                       # the demo's sample, in data/demo/gqa/
     python -m butd.synthetic.gqa --out /tmp/s --train_images 50 --feature_dim 64
 
-It writes what the real pipeline reads, where the specification expects it:
+It writes what the real pipeline reads, where the specification expects it under ``--out``:
 
     <out>/GQA-Questions/{train,val,testdev,test}_balanced_questions.json   (test without answers)
     <out>/GQA-Features/vg_gqa_obj36.tsv        train, val and test images (as the real file)
@@ -13,6 +13,10 @@ It writes what the real pipeline reads, where the specification expects it:
 Answers depend on the image features (``butd.synthetic.scene``): the questions ask about presence,
 colour, choice, conjunction and comparison of the objects an image shows, so a model can beat the
 majority answer only by reading the right image's features.
+
+It never writes over a file it did not write (real data put in ``--out``): it names them and stops
+(``--force`` replaces them), and does nothing when the same sample is already there
+(``butd.synthetic.guard``).
 """
 from __future__ import annotations
 
@@ -22,8 +26,9 @@ import os
 
 import numpy as np
 
+from butd.synthetic.command import add_sample_flags, report, run_generator, sample_options
+from butd.synthetic.guard import write_once
 from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
-
 
 
 def _question(rng, scene: dict) -> tuple:
@@ -80,10 +85,34 @@ def _questions_for(rng, images, first_qid: int, per_image: int, with_answers: bo
     return out
 
 
-def generate(out: str = "data", seed: int = 0, train_images: int = 300, val_images: int = 40,
+SPLITS = ("train", "val", "test", "testdev")
+# A sample small enough for a smoke test (the demo's --quick, the tests of the demo).
+QUICK = {"train_images": 60, "val_images": 6, "test_images": 6, "testdev_images": 16, "feature_dim": 64}
+
+
+def generate(out: str = "data/demo/gqa", seed: int = 0, train_images: int = 300, val_images: int = 40,
              test_images: int = 40, testdev_images: int = 60, questions_per_image: int = 10,
-             feature_dim: int = 2048, num_boxes: int = 36, emb_dim: int = 300) -> dict:
-    """Write the sample under ``out``; returns the paths written."""
+             feature_dim: int = 2048, num_boxes: int = 36, emb_dim: int = 300, force: bool = False) -> dict:
+    """Write the sample under ``out``; returns the paths written (``written``: False when the same
+    sample was already there). Raises ``FileExistsError``, before writing anything, naming the files
+    under ``out`` that this generator did not write (``force``: replace them); see ``guard``."""
+    settings = dict(seed=seed, train_images=train_images, val_images=val_images, test_images=test_images,
+                    testdev_images=testdev_images, questions_per_image=questions_per_image,
+                    feature_dim=feature_dim, num_boxes=num_boxes, emb_dim=emb_dim)
+    paths = {
+        "questions": os.path.join(out, "GQA-Questions"),
+        "features": os.path.join(out, "GQA-Features"),
+        "glove": os.path.join(out, "GloVe", f"glove.6B.{emb_dim}d.txt"),
+    }
+    files = [os.path.join(paths["questions"], f"{split}_balanced_questions.json") for split in SPLITS] + \
+        [os.path.join(paths["features"], name) for name in ("vg_gqa_obj36.tsv", "gqa_testdev_obj36.tsv")] + \
+        [paths["glove"]]
+    written = write_once(out, "gqa", settings, files, lambda guard: _write(paths, guard, **settings), force)
+    return {**paths, "written": written}
+
+
+def _write(paths: dict, guard, seed, train_images, val_images, test_images, testdev_images, questions_per_image,
+           feature_dim, num_boxes, emb_dim) -> None:
     rng = np.random.default_rng(seed)
     model = SceneModel(rng, feature_dim)
     counts = {"train": train_images, "val": val_images, "test": test_images, "testdev": testdev_images}
@@ -92,11 +121,6 @@ def generate(out: str = "data", seed: int = 0, train_images: int = 300, val_imag
         prefix = "n" if split == "testdev" else ""
         images[split] = [model.image(rng, f"{prefix}{next_id + i}", num_boxes) for i in range(n)]
         next_id += n
-    paths = {
-        "questions": os.path.join(out, "GQA-Questions"),
-        "features": os.path.join(out, "GQA-Features"),
-        "glove": os.path.join(out, "GloVe", f"glove.6B.{emb_dim}d.txt"),
-    }
     os.makedirs(paths["questions"], exist_ok=True)
     # The real trainval file interleaves splits; shuffle so that no test can rely on file order.
     trainval = images["train"] + images["val"] + images["test"]
@@ -120,13 +144,12 @@ def generate(out: str = "data", seed: int = 0, train_images: int = 300, val_imag
         if w not in seen and w not in GLOVE_MISSING:
             seen.add(w)
             ordered.append(w)
-    write_glove(paths["glove"], rng, ordered, emb_dim)
-    return paths
+    write_glove(paths["glove"], rng, ordered, emb_dim, merge=guard.ours(paths["glove"]))
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data", help="directory to write under (default: data/)")
+    p.add_argument("--out", default="data/demo/gqa", help="directory to write under (default: data/demo/gqa/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train_images", type=int, default=300)
     p.add_argument("--val_images", type=int, default=40)
@@ -136,12 +159,10 @@ def main(argv=None) -> None:
     p.add_argument("--feature_dim", type=int, default=2048)
     p.add_argument("--num_boxes", type=int, default=36)
     p.add_argument("--emb_dim", type=int, default=300)
-    args = p.parse_args(argv)
-    paths = generate(**vars(args))
-    for name, path in paths.items():
-        print(f"[*] sample {name}: {path}")
+    add_sample_flags(p, QUICK)
+    report(generate(**sample_options(p.parse_args(argv), QUICK)), "GQA")
 
 
 if __name__ == "__main__":
-    main()
+    run_generator(main)
 

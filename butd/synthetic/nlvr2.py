@@ -1,10 +1,10 @@
 """A seeded, NLVR2-shaped sample data set in the real file formats, for the demo, tests and benchmarks.
 
-    python -m butd.synthetic.nlvr2 --out data           # data/NLVR2-Questions, NLVR2-Features, GloVe
+    python -m butd.synthetic.nlvr2                      # the demo's sample, in data/demo/nlvr2/
     python -m butd.synthetic.nlvr2 --out /tmp/n --train_sets 40 --feature_dim 2048 --num_boxes 36
     python -m butd.synthetic.nlvr2 --out /tmp/n --kinds colour,both,neither,only,more,same_colour
 
-It writes what the real pipeline reads, where the modular branch expects it:
+It writes what the real pipeline reads, where the modular branch expects it under ``--out``:
 
     <out>/NLVR2-Questions/{train,dev,test1}.json            statements, JSON lines, with labels
     <out>/NLVR2-Features/{train,valid,test}_obj36.tsv       both images of every pair (10-column obj36)
@@ -26,6 +26,10 @@ minute on 2 cores and reached 90% dev accuracy with BUTD, 87% with FiLM (chance:
 kinds (``colour``, ``more``, ``same_colour``) and the real shapes (``--num_boxes 36 --feature_dim
 2048``) make a sample that needs far more training: with the boxes of two images averaged, the
 object a statement names fills a few of 72 rows.
+
+It never writes over a file it did not write (real data put in ``--out``): it names them and stops
+(``--force`` replaces them), and does nothing when the same sample is already there
+(``butd.synthetic.guard``).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ import os
 
 import numpy as np
 
+from butd.synthetic.command import add_sample_flags, report, run_generator, sample_options
+from butd.synthetic.guard import write_once
 from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
 from butd.text import split_batch
 
@@ -163,22 +169,41 @@ def _set(rng, model: SceneModel, split: str, set_id: int, pairs: int, sentences:
     return images, statements
 
 
-def generate(out: str = "data", seed: int = 0, train_sets: int = 200, dev_sets: int = 25, test_sets: int = 25,
-             pairs_per_set: int = 4, sentences_per_set: int = 4, feature_dim: int = 256, num_boxes: int = 12,
-             emb_dim: int = 300, kinds=DEFAULT_KINDS, objects=DEFAULT_OBJECTS) -> dict:
-    """Write the sample under ``out``; returns the paths written. ``kinds``: names in ``KINDS``;
-    ``objects``: the objects statements name (the images show all of ``scene.OBJECTS``)."""
+# A sample small enough for a smoke test (the demo's --quick, the tests of the demo).
+QUICK = {"train_sets": 60, "dev_sets": 10, "test_sets": 4}
+
+
+def generate(out: str = "data/demo/nlvr2", seed: int = 0, train_sets: int = 200, dev_sets: int = 25,
+             test_sets: int = 25, pairs_per_set: int = 4, sentences_per_set: int = 4, feature_dim: int = 256,
+             num_boxes: int = 12, emb_dim: int = 300, kinds=DEFAULT_KINDS, objects=DEFAULT_OBJECTS,
+             force: bool = False) -> dict:
+    """Write the sample under ``out``; returns the paths written (``written``: False when the same
+    sample was already there). ``kinds``: names in ``KINDS``; ``objects``: the objects statements
+    name (the images show all of ``scene.OBJECTS``). Raises ``FileExistsError``, before writing
+    anything, naming the files under ``out`` that this generator did not write (``force``: replace
+    them); see ``guard``."""
     unknown = [k for k in kinds if k not in KINDS] + [o for o in objects if o not in OBJECTS]
     if unknown or not kinds or not objects:
         raise ValueError(f"unknown or no statement kinds/objects {unknown}: kinds are {', '.join(KINDS)}; "
                          f"objects are {', '.join(OBJECTS)}")
-    rng = np.random.default_rng(seed)
-    model = SceneModel(rng, feature_dim)
+    settings = dict(seed=seed, train_sets=train_sets, dev_sets=dev_sets, test_sets=test_sets,
+                    pairs_per_set=pairs_per_set, sentences_per_set=sentences_per_set, feature_dim=feature_dim,
+                    num_boxes=num_boxes, emb_dim=emb_dim, kinds=list(kinds), objects=list(objects))
     paths = {
         "questions": os.path.join(out, "NLVR2-Questions"),
         "features": os.path.join(out, "NLVR2-Features"),
         "glove": os.path.join(out, "GloVe", f"glove.6B.{emb_dim}d.txt"),
     }
+    files = [os.path.join(paths["questions"], f"{split}.json") for split, _ in SPLITS] + \
+        [os.path.join(paths["features"], f"{stem}_obj36.tsv") for _, stem in SPLITS] + [paths["glove"]]
+    written = write_once(out, "nlvr2", settings, files, lambda guard: _write(paths, guard, **settings), force)
+    return {**paths, "written": written}
+
+
+def _write(paths: dict, guard, seed, train_sets, dev_sets, test_sets, pairs_per_set, sentences_per_set,
+           feature_dim, num_boxes, emb_dim, kinds, objects) -> None:
+    rng = np.random.default_rng(seed)
+    model = SceneModel(rng, feature_dim)
     os.makedirs(paths["questions"], exist_ok=True)
     sentences = []
     for (split, stem), n in zip(SPLITS, (train_sets, dev_sets, test_sets)):
@@ -197,13 +222,13 @@ def generate(out: str = "data", seed: int = 0, train_sets: int = 200, dev_sets: 
     # GloVe files list frequent words first and hold many words no statement uses.
     words = ["the", ",", ".", "of", "to", "and", "in", "a"] + sorted(set(split_batch(sentences)[0])) + \
         [f"extra{i}" for i in range(50)]
-    write_glove(paths["glove"], rng, [w for w in dict.fromkeys(words) if w not in GLOVE_MISSING], emb_dim)
-    return paths
+    write_glove(paths["glove"], rng, [w for w in dict.fromkeys(words) if w not in GLOVE_MISSING], emb_dim,
+                merge=guard.ours(paths["glove"]))
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data", help="directory to write under (default: data/)")
+    p.add_argument("--out", default="data/demo/nlvr2", help="directory to write under (default: data/demo/nlvr2/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train_sets", type=int, default=200, help="sets in train.json (each 2 x pairs images)")
     p.add_argument("--dev_sets", type=int, default=25)
@@ -215,12 +240,11 @@ def main(argv=None) -> None:
     p.add_argument("--emb_dim", type=int, default=300)
     p.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help=f"statement kinds, of {', '.join(KINDS)}")
     p.add_argument("--objects", default=",".join(DEFAULT_OBJECTS), help="objects the statements name")
-    args = p.parse_args(argv)
-    args.kinds, args.objects = args.kinds.split(","), args.objects.split(",")
-    paths = generate(**vars(args))
-    for name, path in paths.items():
-        print(f"[*] sample {name}: {path}")
+    add_sample_flags(p, QUICK)
+    options = sample_options(p.parse_args(argv), QUICK)
+    options["kinds"], options["objects"] = options["kinds"].split(","), options["objects"].split(",")
+    report(generate(**options), "NLVR2")
 
 
 if __name__ == "__main__":
-    main()
+    run_generator(main)

@@ -97,9 +97,15 @@ class SceneModel:
                         rng.uniform(0.1, 1.0, num_boxes).astype(np.float32), scene)
 
 
-def write_glove(path: str, rng, words, dim: int) -> None:
-    """A GloVe-format text file of random vectors for ``words`` (the generators' stand-in for GloVe)."""
+def write_glove(path: str, rng, words, dim: int, merge: bool = False) -> None:
+    """A GloVe-format text file of random vectors for ``words`` (the generators' stand-in for GloVe).
+    ``merge``: a file already there (another task's sample in the same directory) keeps its lines
+    and gains vectors for the words it lacks, so that each sample keeps its words' vectors."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
+    if merge and os.path.exists(path):
+        with open(path) as f:
+            known = {line.split(" ", 1)[0] for line in f}
+        words = [w for w in words if w not in known]
+    with open(path, "a" if merge else "w") as f:
         for w in words:
             f.write(w + " " + " ".join(f"{v:.5f}" for v in rng.normal(0, 0.4, dim)) + "\n")

@@ -1,9 +1,9 @@
 """A seeded, VQA v2-shaped sample data set in the official file formats, for the demo, tests and benchmarks.
 
-    python -m butd.synthetic.vqa2 --out data            # the demo's sample under data/
+    python -m butd.synthetic.vqa2                       # the demo's sample, in data/demo/vqa2/
     python -m butd.synthetic.vqa2 --out /tmp/s --train_images 60 --feature_dim 64 --layout anderson
 
-It writes what the real pipeline reads, where the modular branch's flags expect it:
+It writes what the real pipeline reads, where the modular branch's flags expect it under ``--out``:
 
     <out>/VQA2-Questions/v2_OpenEnded_mscoco_{train2014,val2014,test-dev2015,test2015}_questions.json
     <out>/VQA2-Questions/v2_mscoco_{train2014,val2014}_annotations.json   (10 human answers each)
@@ -17,6 +17,10 @@ and whether two objects share a colour (yes/no). Each question has ten human ans
 true answer, some spelt otherwise ("Yes", "two", "the red", "red."), some wrong, so that
 normalisation, soft scores and the official accuracy all matter. test-dev2015 is a part of
 test2015, as in the real data, and the feature rows are shuffled.
+
+It never writes over a file it did not write (real data put in ``--out``): it names them and stops
+(``--force`` replaces them), and does nothing when the same sample is already there
+(``butd.synthetic.guard``).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ from collections import Counter
 
 import numpy as np
 
+from butd.synthetic.command import add_sample_flags, report, run_generator, sample_options
+from butd.synthetic.guard import write_once
 from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
 from butd.tasks.vqa_answers import NUM_HUMAN_ANSWERS, majority_answer
 from butd.text import split_batch
@@ -137,16 +143,35 @@ def _write_json(path: str, obj) -> None:
         json.dump(obj, f)
 
 
-def generate(out: str = "data", seed: int = 0, train_images: int = 300, val_images: int = 60,
+# A sample small enough for a smoke test (the demo's --quick, the tests of the demo).
+QUICK = {"train_images": 80, "val_images": 16, "test_images": 6, "feature_dim": 64}
+
+
+def generate(out: str = "data/demo/vqa2", seed: int = 0, train_images: int = 300, val_images: int = 60,
              test_images: int = 40, questions_per_image: int = 5, feature_dim: int = 2048, num_boxes: int = 36,
-             emb_dim: int = 300, layout: str = "obj36") -> dict:
-    """Write the sample under ``out``; returns the paths written."""
+             emb_dim: int = 300, layout: str = "obj36", force: bool = False) -> dict:
+    """Write the sample under ``out``; returns the paths written (``written``: False when the same
+    sample was already there). Raises ``FileExistsError``, before writing anything, naming the files
+    under ``out`` that this generator did not write (``force``: replace them); see ``guard``."""
+    settings = dict(seed=seed, train_images=train_images, val_images=val_images, test_images=test_images,
+                    questions_per_image=questions_per_image, feature_dim=feature_dim, num_boxes=num_boxes,
+                    emb_dim=emb_dim, layout=layout)
+    paths = {"questions": os.path.join(out, "VQA2-Questions"), "features": os.path.join(out, "VQA2-Features"),
+             "glove": os.path.join(out, "GloVe", f"glove.6B.{emb_dim}d.txt")}
+    files = [os.path.join(paths["questions"], QUESTION_FILE.format(split=s)) for s in IMAGE_SET] + \
+        [os.path.join(paths["questions"], ANNOTATION_FILE.format(split=s)) for s in ("train2014", "val2014")] + \
+        [os.path.join(paths["features"], f"{s}_obj36.tsv") for s in ("train2014", "val2014", "test2015")] + \
+        [paths["glove"]]
+    written = write_once(out, "vqa2", settings, files, lambda guard: _write(paths, guard, **settings), force)
+    return {**paths, "written": written}
+
+
+def _write(paths: dict, guard, seed, train_images, val_images, test_images, questions_per_image, feature_dim,
+           num_boxes, emb_dim, layout) -> None:
     rng = np.random.default_rng(seed)
     model = SceneModel(rng, feature_dim)
     counts = {"train2014": train_images, "val2014": val_images, "test2015": test_images}
     coco_ids = rng.choice(600000, size=sum(counts.values()), replace=False) + 1
-    paths = {"questions": os.path.join(out, "VQA2-Questions"), "features": os.path.join(out, "VQA2-Features"),
-             "glove": os.path.join(out, "GloVe", f"glove.6B.{emb_dim}d.txt")}
     os.makedirs(paths["questions"], exist_ok=True)
     images, start = {}, 0
     for image_set, n in counts.items():
@@ -176,29 +201,13 @@ def generate(out: str = "data", seed: int = 0, train_images: int = 300, val_imag
     # GloVe files list frequent words first and hold many words no question uses
     vocab = ["the", ",", ".", "of", "to", "and", "in", "a", "'s"] + sorted(set(words)) + \
         [f"extra{i}" for i in range(50)]
-    add_glove_words(paths["glove"], rng, [w for w in dict.fromkeys(vocab) if w not in GLOVE_MISSING], emb_dim)
-    return paths
-
-
-def add_glove_words(path: str, rng, words: list, dim: int) -> None:
-    """Write vectors for ``words``; a GloVe file already there (another task's sample under the
-    same --data) keeps its vectors and gains only the words it lacks."""
-    if not os.path.exists(path):
-        write_glove(path, rng, words, dim)
-        return
-    with open(path) as f:
-        known = {line.split(" ", 1)[0] for line in f}
-    new = [w for w in words if w not in known]
-    if new:
-        write_glove(path + ".new", rng, new, dim)
-        with open(path, "a") as f, open(path + ".new") as extra:
-            f.write(extra.read())
-        os.remove(path + ".new")
+    write_glove(paths["glove"], rng, [w for w in dict.fromkeys(vocab) if w not in GLOVE_MISSING], emb_dim,
+                merge=guard.ours(paths["glove"]))
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data", help="directory to write under (default: data/)")
+    p.add_argument("--out", default="data/demo/vqa2", help="directory to write under (default: data/demo/vqa2/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train_images", type=int, default=300)
     p.add_argument("--val_images", type=int, default=60)
@@ -209,10 +218,9 @@ def main(argv=None) -> None:
     p.add_argument("--emb_dim", type=int, default=300)
     p.add_argument("--layout", choices=("obj36", "anderson"), default="obj36",
                    help="obj36: LXMERT's 10 columns, ids COCO_<split>_%%012d; anderson: 6 columns, integer ids")
-    args = p.parse_args(argv)
-    for name, path in generate(**vars(args)).items():
-        print(f"[*] sample {name}: {path}")
+    add_sample_flags(p, QUICK)
+    report(generate(**sample_options(p.parse_args(argv), QUICK)), "VQA v2")
 
 
 if __name__ == "__main__":
-    main()
+    run_generator(main)

@@ -4,6 +4,8 @@
     task = get_task("gqa")
 
 A task module defines ``TASK``, its one instance; adding a dataset is a module plus a line here.
+``json_stream`` (streaming readers for question files) and ``scores`` (scores by group, their table)
+serve every task. The package imports no other stage of ``butd``: it is the ground floor.
 Modules are imported when first asked for, so a task's dependencies load only when it is used.
 """
 from __future__ import annotations

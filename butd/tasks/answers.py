@@ -1,26 +1,14 @@
-"""Answer schemes shared by tasks: how targets are stored, the loss, and the score of a prediction.
+"""Answer labels shared by tasks: how targets are stored and the answer-prior baseline.
 
 ``single label`` (GQA, NLVR2): one answer label per question, int64, ``NO_ANSWER`` (-1) where the
-question has none; softmax cross-entropy; the score of a prediction is 1 when its arg-max is the
-label. (VQA v2's soft scores are its own: ``butd.tasks.vqa2``.)
+question has none (its loss: ``butd.tasks.losses.single_label_loss``). VQA v2's soft scores are its
+own: ``butd.tasks.vqa2``.
 """
 from __future__ import annotations
 
-from typing import Tuple
-
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 NO_ANSWER = -1
-
-
-def single_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cross-entropy [B], 1.0 where the arg-max is the label [B], 1.0 where there is a label [B])."""
-    answered = (labels != NO_ANSWER).float()
-    losses = F.cross_entropy(logits.float(), labels, ignore_index=NO_ANSWER, reduction="none")
-    correct = (logits.argmax(dim=1) == labels).float()
-    return losses, correct, answered
 
 
 def majority_label(train_labels: np.ndarray) -> int:

@@ -10,17 +10,28 @@ cache, the loader, the LightningModule and evaluation take a task and never name
     task = get_task("gqa")
     task.store_path("data/GQA-Cache", "train")      # data/GQA-Cache/trainval.zarr
 
-A new dataset is a new module in ``butd.tasks`` that subclasses ``Task`` and registers itself
-in ``butd.tasks.TASKS``.
+A new dataset is a new module in ``butd.tasks`` that subclasses ``Task``, implements its
+abstract methods, sets its attributes and defines ``TASK``, its one instance, and a line naming
+that module in ``butd.tasks._MODULES`` (which ``get_task`` and ``TASK_NAMES`` read). A subclass that
+leaves a method or an attribute out fails when it is instantiated (``TypeError``), so when its
+module is imported, not at evaluation time.
 """
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:   # annotations only: a task's files and stores need no torch (butd.tasks.losses)
+    import torch
+
+
+# attributes every task sets (the others have defaults)
+_REQUIRED = ("name", "title", "questions_dir", "features_dir", "cache_dir", "splits", "train_split", "val_split",
+             "stores")
 
 
 @dataclass(frozen=True)
@@ -60,8 +71,9 @@ class RawQuestions:
         return len(self.question_ids)
 
 
-class Task:
-    """One dataset. Subclasses set the attributes and implement the ``NotImplementedError`` methods."""
+class Task(ABC):
+    """One dataset. Subclasses set the attributes without a default below and implement the
+    abstract methods; ``TypeError`` at construction names what a subclass left out."""
 
     name: str                        # the --dataset value, and the prefix of its path flags
     title: str                       # for messages
@@ -75,6 +87,11 @@ class Task:
     max_length: int = 40
     images_per_question: int = 1
     predictions_suffix: str = ".json"    # the extension of the submission file ``write_predictions`` writes
+
+    def __init__(self):
+        missing = [name for name in _REQUIRED if not hasattr(self, name)]
+        if missing:
+            raise TypeError(f"{type(self).__name__} does not set {', '.join(missing)} (required of a butd.tasks Task)")
 
     # -- splits and stores -------------------------------------------------------------------------
     def split(self, name: str) -> Split:
@@ -103,42 +120,60 @@ class Task:
         return image_id
 
     # -- questions ---------------------------------------------------------------------------------
+    @abstractmethod
     def question_files(self, questions_dir: str, split: str) -> list:
         """The file(s) a split's questions are read from (their stats fingerprint the cache)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def read_split(self, questions_dir: str, split: str) -> RawQuestions:
         """Stream and check a split's question file(s); ``QuestionFileError`` names file and id."""
-        raise NotImplementedError
 
     # -- answers and training targets ----------------------------------------------------------------
+    @abstractmethod
     def answer_vocabulary(self, raws: Dict[str, RawQuestions]) -> Tuple[dict, list]:
         """(ans2label, label2ans) from the splits whose answers join the vocabulary."""
-        raise NotImplementedError
 
+    def answer_spellings(self, raws: Dict[str, RawQuestions], ans2label: dict, label2ans: list) -> list:
+        """How each answer label is written in predictions, by label: ``label2ans`` unless the task's
+        answers come in several spellings per label (GQA)."""
+        return list(label2ans)
+
+    @abstractmethod
     def targets(self, raw: RawQuestions, ans2label: dict) -> Dict[str, np.ndarray]:
         """Per-question training targets as arrays with the question as first axis (the loader
         gathers them with the batch); questions without an answer get the task's 'none' value."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss_and_score(self, logits: torch.Tensor, batch: dict) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss [B], score [B], weight [B]): per-question loss and score of the arg-max answer, and
         which questions count (1.0) or have no answer (0.0). The batch loss is
         ``(loss * weight).sum() / weight.sum()``."""
-        raise NotImplementedError
 
     # -- evaluation --------------------------------------------------------------------------------
+    def written_answers(self, questions, spellings: Sequence[str]) -> list:
+        """The answer string written for each label in a split's predictions: ``spellings``
+        (``answer_spellings``) unless the split's own gold answers spell a label otherwise (GQA)."""
+        return list(spellings)
+
+    @abstractmethod
     def evaluate(self, questions, predicted: np.ndarray, label2ans: Sequence[str]) -> dict:
-        """Scores of predicted answer labels (int [N], in question order) with counts."""
-        raise NotImplementedError
+        """Scores of predicted answer labels (int [N], in question order) with counts; ``label2ans``
+        the answers written for the labels (``written_answers``)."""
 
+    def official_files(self, questions_dir: str, split: str):
+        """The task's official evaluation files for ``split`` beside its question files, for the
+        figures beyond ``evaluate`` (GQA: ``butd.tasks.gqa_metrics.OfficialFiles``); None where the
+        task or the split has none."""
+        return None
+
+    @abstractmethod
     def format_scores(self, scores: dict) -> str:
-        raise NotImplementedError
+        """The scores as the plain-text table the task prints (``butd.tasks.scores.format_table``)."""
 
+    @abstractmethod
     def baseline(self, train, questions, label2ans: Sequence[str]) -> Tuple[str, Optional[float]]:
         """(description, score) of the best answer prior: what a model that ignores the image and
         the question reaches; None where the split has no answers."""
-        raise NotImplementedError
 
     def write_predictions(self, path: str, question_ids: Sequence[str], answers: Sequence[str]) -> None:
         """Write one answer (a ``label2ans`` string) per question id, in the given order, in the
@@ -149,6 +184,6 @@ class Task:
         with open(path, "w") as f:
             f.write(self.format_predictions(question_ids, answers))
 
+    @abstractmethod
     def format_predictions(self, question_ids: Sequence[str], answers: Sequence[str]) -> str:
         """The text of a submission file: ``answers[i]`` for ``question_ids[i]``, lengths equal."""
-        raise NotImplementedError

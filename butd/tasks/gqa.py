@@ -8,14 +8,22 @@ Files, under the specification's directories (``--gqa_questions``, ``--gqa_featu
     GQA-Features/gqa_testdev_obj36.tsv testdev images                -> GQA-Cache/testdev.zarr
 
 As in the specification: the word vocabulary comes from all four splits, the answers from train,
-val and testdev (keys lower-cased, the first spelling kept); one answer label per question and
+val and testdev (keys lower-cased, ``label2ans`` the first spelling met); one answer label per question and
 softmax cross-entropy; questions of 40 tokens; training on train and validation on testdev (val
 overlaps Visual Genome, which the features were trained on). A question's image is found by image
 id in its split's store, never by position.
 
 The metric follows the official GQA evaluation script: accuracy overall, by answer type (``open``
 when the structural type is ``query``, ``binary`` otherwise) and by structural and semantic type,
-with counts. Predictions are ``[{"questionId": ..., "prediction": ...}]``.
+with counts; and, from the official files beside the question files, consistency, validity,
+plausibility, distribution, grounding and accuracy by reasoning steps and words
+(``butd.tasks.gqa_metrics``). Predictions are ``[{"questionId": ..., "prediction": ...}]``.
+
+The official scorer compares answer strings exactly, so a label is written in the spelling the
+split's own gold answers use most (``written_answers``), else in the one the answer-vocabulary
+splits use most (``answer_spellings``): one train answer ``Yes`` among a million ``yes`` would
+otherwise make every ``yes`` prediction ``Yes``. Scores compare the written strings with the gold
+ones, so the printed accuracy is the official scorer's accuracy of the file written.
 
 The GQA server scores ``submission_all_questions.json`` (all test questions, not only the balanced
 ones) and fails on any question id missing from the upload (mac-network#17, lxmert#52). The
@@ -28,21 +36,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter, defaultdict
 from itertools import repeat
-from typing import Dict, Sequence
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from butd.evaluation.scores import by_type, format_table, mean_score
-from butd.questions.json_stream import QuestionFileError, object_items
-from butd.tasks.answers import NO_ANSWER, majority_baseline, single_label_loss
+from butd.tasks.answers import NO_ANSWER, majority_baseline
 from butd.tasks.base import RawQuestions, Split, Task
+from butd.tasks.gqa_metrics import SEMANTIC, STRUCTURAL, OfficialFiles, format_official
+from butd.tasks.json_stream import QuestionFileError, object_items
+from butd.tasks.scores import by_type, format_table, mean_score
 
 QUESTION_FILE = "{split}_balanced_questions.json"
 SUBMISSION_FILE = "submission_all_questions.json"
-STRUCTURAL = ("verify", "query", "choose", "logical", "compare")
-SEMANTIC = ("attr", "cat", "global", "obj", "rel")
 GROUPS = ("answer_type", "structural", "semantic")
+LENGTH_GROUPS = ("steps", "words")   # the official accuracy by reasoning steps and by words
 
 
 class GQA(Task):
@@ -88,6 +97,17 @@ class GQA(Task):
                         label2ans.append(answer)
         return ans2label, label2ans
 
+    def answer_spellings(self, raws: Dict[str, RawQuestions], ans2label: dict, label2ans: list) -> list:
+        """Each label's most frequent spelling over the answer-vocabulary splits (the first met of
+        equally frequent ones): what the test server's gold answers most likely use."""
+        counts = defaultdict(Counter)
+        for split in self.splits:
+            if split.answer_vocabulary and split.name in raws:
+                for answer in raws[split.name].answers:
+                    counts[ans2label[answer.lower()]][answer] += 1
+        return [counts[label].most_common(1)[0][0] if counts[label] else answer
+                for label, answer in enumerate(label2ans)]
+
     def targets(self, raw: RawQuestions, ans2label: dict) -> Dict[str, np.ndarray]:
         """``labels`` int64 [N]: the answer's label, -1 where the question has no answer."""
         keys = [a.lower() if a is not None else None for a in raw.answers]
@@ -102,15 +122,50 @@ class GQA(Task):
         return {"labels": labels}
 
     def loss_and_score(self, logits, batch):
+        from butd.tasks.losses import single_label_loss  # torch, only where a loss is computed
         return single_label_loss(logits, batch["labels"])
 
     # -- evaluation --------------------------------------------------------------------------------
+    def written_answers(self, questions, spellings: Sequence[str]) -> list:
+        """``spellings``, except that a label the split's gold answers hold is written as they
+        spell it most often."""
+        written, gold = list(spellings), questions.answer_strings()
+        if gold is None:
+            return written
+        labels = questions.targets["labels"]
+        counts = defaultdict(Counter)
+        for label, answer in zip(labels.tolist(), gold.tolist()):
+            if label != NO_ANSWER:
+                counts[label][answer] += 1
+        for label, spelled in counts.items():
+            written[label] = spelled.most_common(1)[0][0]
+        return written
+
     def evaluate(self, questions, predicted: np.ndarray, label2ans: Sequence[str]) -> dict:
-        return score(predicted, questions.targets["labels"], questions.types["structural"],
-                     questions.types["semantic"])
+        """Exact match of the written answers (``label2ans[predicted]``) with the gold strings, as
+        the official scorer; by label where the arrays hold no gold strings."""
+        gold = questions.answer_strings()
+        if gold is None:
+            return score(predicted, questions.targets["labels"], questions.types["structural"],
+                         questions.types["semantic"])
+        written = np.asarray(label2ans, dtype=str)[np.asarray(predicted, dtype=np.int64)] if len(predicted) \
+            else np.zeros(0, dtype=str)
+        return exact_score(written, gold, questions.targets["labels"] != NO_ANSWER, questions.types["structural"],
+                           questions.types["semantic"])
 
     def format_scores(self, scores: dict) -> str:
-        return format_table(scores, GROUPS)
+        """The official figures (where ``scores`` has them), then the table by answer type,
+        structural and semantic type, steps and words."""
+        lines = [format_official(scores), ""] if "official" in scores else []
+        lines.append(format_table(scores, GROUPS + tuple(g for g in LENGTH_GROUPS if g in scores)))
+        for group in LENGTH_GROUPS:
+            if group not in scores and group in scores.get("not_available", {}):
+                lines.append(f"{group:<12} not available ({scores['not_available'][group]})")
+        return "\n".join(lines)
+
+    def official_files(self, questions_dir: str, split: str):
+        """The official files of a split with answers (``OfficialFiles``); None for test splits."""
+        return OfficialFiles.find(questions_dir, split) if self.split(split).answers else None
 
     def baseline(self, train, questions, label2ans: Sequence[str]) -> tuple:
         return majority_baseline(train.targets["labels"], questions.targets["labels"], label2ans, "answer")
@@ -119,12 +174,16 @@ class GQA(Task):
         return json.dumps(predictions(question_ids, answers))
 
 
+def _new_raw(path: str) -> RawQuestions:
+    return RawQuestions(path, [], [[]], [], [], {"structural": [], "semantic": []})
+
+
 def read_question_file(path: str, answers_required: bool) -> RawQuestions:
     """Read a GQA question file (a JSON object keyed by question id), checking every question."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: question file not found (expected the GQA balanced "
                                 "question files, e.g. train_balanced_questions.json)")
-    raw = RawQuestions(path, [], [[]], [], [], {"structural": [], "semantic": []})
+    raw = _new_raw(path)
     seen = set()
     for qid, entry in object_items(path):
         if qid in seen:
@@ -132,6 +191,22 @@ def read_question_file(path: str, answers_required: bool) -> RawQuestions:
         seen.add(qid)
         _append(raw, qid, entry, answers_required)
     return raw
+
+
+def question_chunks(paths: List[str], size: int) -> Iterator[Tuple[RawQuestions, list]]:
+    """GQA question files (one file, or an official folder's chunks) streamed in chunks of at most
+    ``size`` questions: each chunk as ``RawQuestions`` (every question checked as
+    ``read_question_file`` checks it; answers optional) and the questions' JSON objects, in file order."""
+    for path in paths:
+        raw, entries = _new_raw(path), []
+        for qid, entry in object_items(path):
+            _append(raw, qid, entry, False)
+            entries.append(entry)
+            if len(entries) == size:
+                yield raw, entries
+                raw, entries = _new_raw(path), []
+        if entries:
+            yield raw, entries
 
 
 def _append(raw: RawQuestions, qid: str, entry, answers_required: bool) -> None:
@@ -164,13 +239,28 @@ def score(predicted: np.ndarray, labels: np.ndarray, structural: np.ndarray, sem
     each entry ``{"accuracy": float or None, "count": int}``; ``None`` where nothing was scored.
     """
     predicted, labels = np.asarray(predicted), np.asarray(labels)
-    structural, semantic = np.asarray(structural, dtype=str), np.asarray(semantic, dtype=str)
-    if not (len(predicted) == len(labels) == len(structural) == len(semantic)):
-        raise ValueError(f"score: lengths differ (predicted {len(predicted)}, labels {len(labels)}, "
-                         f"structural {len(structural)}, semantic {len(semantic)})")
-    keep = np.flatnonzero(labels != NO_ANSWER)
-    correct = (predicted[keep] == labels[keep]).astype(np.float64)
-    structural, semantic = structural[keep], semantic[keep]
+    _same_lengths(predicted=predicted, labels=labels, structural=structural, semantic=semantic)
+    return _table(predicted == labels, labels != NO_ANSWER, structural, semantic)
+
+
+def exact_score(written: np.ndarray, gold: np.ndarray, answered: np.ndarray, structural: np.ndarray,
+                semantic: np.ndarray) -> dict:
+    """``score`` of the answer strings written (str [N]) against the gold strings (str [N]) by
+    exact match, as the official scorer compares them, over the questions ``answered`` (bool [N])."""
+    written, gold = np.asarray(written, dtype=str), np.asarray(gold, dtype=str)
+    _same_lengths(written=written, gold=gold, answered=answered, structural=structural, semantic=semantic)
+    return _table(written == gold, np.asarray(answered, dtype=bool), structural, semantic)
+
+
+def _same_lengths(**arrays) -> None:
+    if len({len(a) for a in arrays.values()}) > 1:
+        raise ValueError("score: lengths differ (" + ", ".join(f"{k} {len(a)}" for k, a in arrays.items()) + ")")
+
+
+def _table(correct: np.ndarray, answered: np.ndarray, structural, semantic) -> dict:
+    keep = np.flatnonzero(answered)
+    correct = np.asarray(correct, dtype=np.float64)[keep]
+    structural, semantic = np.asarray(structural, dtype=str)[keep], np.asarray(semantic, dtype=str)[keep]
     return {
         "overall": mean_score(correct, np.ones(len(keep), dtype=bool)),
         "answer_type": {"binary": mean_score(correct, structural != "query"),
@@ -180,11 +270,16 @@ def score(predicted: np.ndarray, labels: np.ndarray, structural: np.ndarray, sem
     }
 
 
+def prediction_entry(question_id: str, answer: str) -> dict:
+    """One entry of the GQA submission format."""
+    return {"questionId": str(question_id), "prediction": answer}
+
+
 def predictions(question_ids: Sequence[str], answers: Sequence[str]) -> list:
     """``[{"questionId": ..., "prediction": ...}]``, the GQA submission format, in the given order."""
     if len(question_ids) != len(answers):
         raise ValueError(f"predictions: {len(question_ids)} question ids but {len(answers)} answers")
-    return [{"questionId": str(q), "prediction": a} for q, a in zip(question_ids, answers)]
+    return [prediction_entry(q, a) for q, a in zip(question_ids, answers)]
 
 
 TASK = GQA()

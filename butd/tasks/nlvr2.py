@@ -26,10 +26,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from butd.evaluation.scores import format_table, mean_score
-from butd.questions.json_stream import QuestionFileError, json_lines
-from butd.tasks.answers import NO_ANSWER, majority_baseline, single_label_loss
+from butd.tasks.answers import NO_ANSWER, majority_baseline
 from butd.tasks.base import RawQuestions, Split, Task
+from butd.tasks.json_stream import QuestionFileError, json_lines
+from butd.tasks.scores import format_table, mean_score
 
 QUESTION_FILE = "{split}.json"
 LABELS = ("False", "True")           # label k is LABELS[k]: 1 when the statement is true
@@ -71,6 +71,7 @@ class NLVR2(Task):
         return {"labels": np.array(labels, dtype=np.int64)}
 
     def loss_and_score(self, logits, batch):
+        from butd.tasks.losses import single_label_loss  # torch, only where a loss is computed
         return single_label_loss(logits, batch["labels"])
 
     # -- evaluation --------------------------------------------------------------------------------

@@ -36,13 +36,11 @@ import re
 from typing import Dict, NamedTuple, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from butd.evaluation.scores import by_type, format_table, mean_score
-from butd.questions.json_stream import QuestionFileError, key_array_items
 from butd.tasks.answers import NO_ANSWER
 from butd.tasks.base import RawQuestions, Split, Task
+from butd.tasks.json_stream import QuestionFileError, key_array_items
+from butd.tasks.scores import by_type, format_table, mean_score
 from butd.tasks.vqa_answers import (
     MAX_LABELS,
     MIN_ANSWER_COUNT,
@@ -154,10 +152,8 @@ class VQA2(Task):
         """The modular branch's ``per_example_bce`` per question (binary cross-entropy with logits
         summed over the answers: its mean over the batch and answers times the number of answers)
         and the soft score of the arg-max answer."""
-        target = dense_targets(batch["answer_labels"], batch["answer_scores"], logits.shape[1], logits.device)
-        losses = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none").sum(dim=1)
-        score = target.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1)
-        return losses, score, batch["answered"].to(logits.device, torch.float32)
+        from butd.tasks.losses import soft_score_loss  # torch, only where a loss is computed
+        return soft_score_loss(logits, batch["answer_labels"], batch["answer_scores"], batch["answered"])
 
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self, questions, predicted: np.ndarray, label2ans: Sequence[str]) -> dict:
@@ -190,15 +186,6 @@ class VQA2(Task):
     def format_predictions(self, question_ids: Sequence[str], answers: Sequence[str]) -> str:
         """``[{"question_id": int, "answer": str}]``, the VQA evaluation server's format."""
         return json.dumps([{"question_id": int(q), "answer": a} for q, a in zip(question_ids, answers)])
-
-
-def dense_targets(labels: torch.Tensor, scores: torch.Tensor, num_answers: int, device) -> torch.Tensor:
-    """float32 [B, num_answers]: ``scores`` [B, L] scattered at ``labels`` [B, L] (-1 = padding)."""
-    labels, scores = labels.to(device), scores.to(device, torch.float32)
-    valid = labels >= 0
-    target = torch.zeros((labels.shape[0], num_answers), dtype=torch.float32, device=device)
-    # padding adds 0.0 at label 0; real labels of a question are distinct
-    return target.scatter_add_(1, labels.clamp(min=0), torch.where(valid, scores, torch.zeros_like(scores)))
 
 
 def official_accuracy(predicted: np.ndarray, eval_labels: np.ndarray, eval_matches: np.ndarray) -> np.ndarray:

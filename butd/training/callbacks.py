@@ -9,6 +9,7 @@ import threading
 import pytorch_lightning as pl
 
 from butd.training.config import TrainConfig, save_config
+from butd.training.lightning_internals import stop_after_this_step
 
 
 class SaveConfig(pl.Callback):
@@ -59,7 +60,7 @@ class StopOnInterrupt(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.requested and not self.stopped:
-            trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
+            stop_after_this_step(trainer)
             if self.top_k is not None:
                 self.top_k.save_top_k = 0
             self.stopped = True

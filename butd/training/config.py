@@ -7,9 +7,19 @@ saved ``config.json``, the LightningModule's hyper-parameters and the benchmarks
 Flags are the specification's names (``--bsz``, ``--hidden``, ``--gqa_questions``, ...), flat, parsed
 by jsonargparse from the field types and the docstrings below. ``--config FILE`` (YAML or JSON,
 the same flat keys) sets any of them; flags after it override it. A bare boolean flag turns it on
-(``--bidirectional``), ``--no_<flag>`` (or ``--no-<flag>``) turns it off, and ``--flag true|false``
-works too. ``resolved(config)`` fills in what depends on other fields (paths under ``--data``,
-``--devices`` from ``--gpus``); a run saves that, and starting from the saved file gives it back.
+(``--bidirectional``), ``--no_<flag>`` turns it off, and ``--flag true|false`` works too
+(jsonargparse's ``ActionYesNo``). ``resolved(config)`` fills in what depends on other fields (paths
+under ``--data``, ``--devices`` from ``--gpus``); a run saves that, and starting from the saved file
+gives it back.
+
+A dataset's directories are ``--questions``, ``--features`` and ``--cache``, whatever the dataset:
+a new task adds no field. The specification's and the modular branch's names,
+``--<dataset>_questions`` / ``_features`` / ``_cache``, are read too: each sets its kind for its own
+dataset only (``--gqa_cache`` is ignored with ``--dataset vqa2``, as there) and wins over the
+generic flag. A ``config.json`` of an older run, which holds those names, reads the same way.
+
+``evaluate.py``'s options are ``EvaluateConfig``: its own fields, and ``--bsz``, ``--num_workers``
+and ``--accelerator`` from the training dataclasses, with their defaults.
 
 Adding a model option is one field in ``ModelConfig`` and the keyword of the same name in the
 model's constructor (``butd.models.base.VQAModel``): its flag, its place in the saved
@@ -26,7 +36,7 @@ from typing import Literal, Optional, Union
 from butd.tasks import TASK_NAMES, get_task
 
 CONFIG_FILE = "config.json"
-PATH_KINDS = ("questions", "features", "cache")   # each task's --<task>_<kind> directory
+PATH_KINDS = ("questions", "features", "cache")   # a dataset's directories: --<kind> (or --<dataset>_<kind>)
 
 
 @dataclass
@@ -53,24 +63,12 @@ class DataConfig:
     """where downloaded data is located"""
     checkpoint: str = "checkpoints/"
     """where checkpoints and metrics go"""
-    gqa_questions: Optional[str] = None
-    """GQA question JSONs (default <data>/GQA-Questions)"""
-    gqa_features: Optional[str] = None
-    """GQA feature TSVs (default <data>/GQA-Features)"""
-    gqa_cache: Optional[str] = None
-    """GQA feature stores and question cache (default <data>/GQA-Cache)"""
-    vqa2_questions: Optional[str] = None
-    """VQA v2 question and annotation JSONs (default <data>/VQA2-Questions)"""
-    vqa2_features: Optional[str] = None
-    """VQA v2 feature TSVs (default <data>/VQA2-Features)"""
-    vqa2_cache: Optional[str] = None
-    """VQA v2 feature stores and question cache (default <data>/VQA2-Cache)"""
-    nlvr2_questions: Optional[str] = None
-    """NLVR2 statement files, JSON lines (default <data>/NLVR2-Questions)"""
-    nlvr2_features: Optional[str] = None
-    """NLVR2 feature TSVs (default <data>/NLVR2-Features)"""
-    nlvr2_cache: Optional[str] = None
-    """NLVR2 feature stores and question cache (default <data>/NLVR2-Cache)"""
+    questions: Optional[str] = None
+    """the dataset's question files (default <data>/GQA-Questions, VQA2-Questions or NLVR2-Questions)"""
+    features: Optional[str] = None
+    """the dataset's feature TSVs (default <data>/GQA-Features, VQA2-Features or NLVR2-Features)"""
+    cache: Optional[str] = None
+    """the dataset's feature stores and question cache (default <data>/GQA-Cache, VQA2-Cache or NLVR2-Cache)"""
     glove: Optional[str] = None
     """GloVe 300-d vectors, .txt or .txt.gz (default <data>/GloVe/glove.6B.300d.txt, or .txt.gz if only that is there)"""
     drop_missing: bool = False
@@ -86,8 +84,7 @@ class DataConfig:
         """The dataset's ``questions``, ``features`` and ``cache`` directories and the ``glove`` file,
         defaults resolved under ``data``."""
         task = get_task(self.dataset)
-        paths = {kind: getattr(self, f"{task.name}_{kind}", None)
-                 or os.path.join(self.data, getattr(task, f"{kind}_dir"))
+        paths = {kind: getattr(self, kind) or os.path.join(self.data, getattr(task, f"{kind}_dir"))
                  for kind in PATH_KINDS}
         default = os.path.join(self.data, "GloVe", "glove.6B.300d.txt")
         if not self.glove and not os.path.exists(default) and os.path.exists(default + ".gz"):
@@ -187,6 +184,9 @@ class TrainConfig:
 
     @classmethod
     def from_flat(cls, values: dict) -> "TrainConfig":
+        """The configuration of flat ``values`` (parsed flags, a ``config.json``); the dataset's
+        ``<dataset>_<kind>`` paths, where set, fill its ``<kind>`` paths, other datasets' are ignored."""
+        values = {**values, **dataset_paths(values)}
         return cls(**{group: GROUPS[group](**{f.name: values[f.name] for f in dataclasses.fields(GROUPS[group])
                                               if f.name in values})
                       for group in GROUPS})
@@ -194,16 +194,47 @@ class TrainConfig:
 
 GROUPS = {"run": RunConfig, "data": DataConfig, "model": ModelConfig, "optim": OptimConfig,
           "hardware": HardwareConfig}
+# the specification's and the modular branch's names of a dataset's directories: --gqa_cache, ...
+TASK_PATH_FLAGS = tuple(f"{task}_{kind}" for task in TASK_NAMES for kind in PATH_KINDS)
+
+
+def dataset_paths(values: dict) -> dict:
+    """``{kind: path}`` from the ``<dataset>_<kind>`` entries of flat ``values`` that name its
+    dataset and are set; the generic ``<kind>`` is overridden by them."""
+    dataset = values.get("dataset", DataConfig.dataset)
+    return {kind: values[f"{dataset}_{kind}"] for kind in PATH_KINDS if values.get(f"{dataset}_{kind}")}
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluation"""
+    checkpoint: str
+    """a .ckpt written by train.py"""
+    split: Optional[str] = None
+    """default: the task's validation split (GQA: testdev)"""
+    out: Optional[str] = None
+    """predictions file (default <run dir>/predictions/<checkpoint name>/<split>-predictions.json, .csv for NLVR2)"""
+    cache: Optional[str] = None
+    """the feature stores and question cache, if not the run's (its config.json names them)"""
+    questions: Optional[str] = None
+    """the split's question files, if they moved since the question cache was built (read only where the
+    cache left questions out: --drop_missing)"""
+    bsz: int = OptimConfig.bsz
+    num_workers: int = DataConfig.num_workers
+    accelerator: str = HardwareConfig.accelerator
+
+
+# evaluate.py's flags that are training's: the same names, meanings and defaults
+EVALUATE_SHARED = {OptimConfig: ("bsz",), DataConfig: ("num_workers",), HardwareConfig: ("accelerator",)}
 
 
 def resolved(config: TrainConfig) -> TrainConfig:
     """The configuration with the values that follow from others filled in: the dataset's paths
     under ``--data`` and ``--devices``/``--accelerator`` from ``--gpus``. Idempotent."""
     data = dataclasses.replace(config.data)
-    task = get_task(data.dataset)
     paths = data.paths()
     for kind in PATH_KINDS:
-        setattr(data, f"{task.name}_{kind}", paths[kind])
+        setattr(data, kind, paths[kind])
     data.glove = paths["glove"]
     hw = dataclasses.replace(config.hardware)
     if hw.gpus != 0:
@@ -215,49 +246,87 @@ def resolved(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, data=data, hardware=hw)
 
 
+# flags whose bare form (no value) means a value: booleans true, these the value given
+_BARE = {"fast_dev_run": 1}
+
+
+def _parser(description: str):
+    from jsonargparse import ArgumentParser, set_parsing_settings
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)   # help from the fields' docstrings
+    # no abbreviations: --resum would parse as --resume, yet parse_config reads --resume first
+    return ArgumentParser(description=description, default_env=False, exit_on_error=True, allow_abbrev=False)
+
+
+def _add_fields(parser, group: type, only=None, aliases=None, as_group: bool = True) -> None:
+    """``group``'s fields (``only`` those named) as flags, in an argument group of their own
+    (``as_group``), help from the fields' docstrings. Booleans and ``_BARE`` fields also take no value (``--bidirectional``,
+    ``--fast_dev_run``), booleans ``--no_<flag>``; ``aliases``: ``{field: [other flag names]}``."""
+    from docstring_parser import parse_from_object
+    from jsonargparse import ActionYesNo
+    fields = [f for f in dataclasses.fields(group) if only is None or f.name in only]
+    special = {f.name for f in fields if f.type in ("bool", bool) or f.name in _BARE or f.name in (aliases or {})}
+    skip = {f.name for f in dataclasses.fields(group)} - {f.name for f in fields} | special
+    parser.add_class_arguments(group, nested_key=None, skip=skip, as_group=as_group)
+    target = parser.groups.get(group.__name__, parser) if as_group else parser
+    docs = {p.arg_name: p.description for p in parse_from_object(group).params}
+    for f in (f for f in fields if f.name in special):
+        names = [f"--{f.name}", *(f"--{a}" for a in (aliases or {}).get(f.name, ()))]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.type in ("bool", bool):
+            target.add_argument(names[0], action=ActionYesNo, nargs="?", default=default, help=docs.get(f.name))
+        elif f.name in _BARE:
+            target.add_argument(*names, type=int, nargs="?", const=_BARE[f.name], default=default, help=docs.get(f.name))
+        else:
+            target.add_argument(*names, type=Optional[str], default=default, help=docs.get(f.name))
+
+
 def make_parser(description: str = "Train BUTD/FiLM."):
-    from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
-    set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    # no abbreviations: --resum would parse as --resume, yet parse_config reads --resume from argv itself
-    parser = ArgumentParser(description=description, default_env=False, exit_on_error=True, allow_abbrev=False)
+    """The command line of ``train.py``: every field of ``GROUPS``, ``--config`` and ``--print_config``."""
+    from jsonargparse import ActionConfigFile
+    parser = _parser(description)
     parser.add_argument("--config", action=ActionConfigFile,
                         help="a YAML or JSON file of flags (e.g. a run's saved config.json); later flags override it")
     for group in GROUPS.values():
-        parser.add_class_arguments(group, nested_key=None)
+        _add_fields(parser, group)
+    names = parser.add_argument_group("Dataset paths under the specification's names (each for its dataset only)")
+    for name in TASK_PATH_FLAGS:
+        task, kind = name.split("_", 1)
+        names.add_argument(f"--{name}", type=Optional[str], default=None, help=f"--{kind} when --dataset is {task}")
     return parser
 
 
-_BARE = {"fast_dev_run": "1"}
+def make_evaluate_parser(description: str = "Evaluate a BUTD/FiLM checkpoint on a split of its task."):
+    """The command line of ``evaluate.py``: ``EvaluateConfig``'s fields, ``--cache`` and
+    ``--questions`` also under each dataset's name (``--gqa_cache``, ...)."""
+    parser = _parser(description)
+    aliases = {kind: [f"{task}_{kind}" for task in TASK_NAMES] for kind in ("cache", "questions")}
+    _add_fields(parser, EvaluateConfig, only={f.name for f in dataclasses.fields(EvaluateConfig)}
+                - {name for names in EVALUATE_SHARED.values() for name in names}, aliases=aliases)
+    for group, names in EVALUATE_SHARED.items():
+        _add_fields(parser, group, only=names, as_group=False)
+    return parser
 
 
-def _expand_bare_flags(argv: list) -> list:
-    """``--flag`` -> ``--flag=true`` for booleans (``=1`` for --fast_dev_run), ``--no_flag`` ->
-    ``--flag=false``: the specification's flag style on jsonargparse, which wants a value."""
-    bools = {f.name for group in GROUPS.values() for f in dataclasses.fields(group) if f.type in ("bool", bool)}
-    out = []
-    for i, arg in enumerate(argv):
-        name = arg[2:].replace("-", "_") if arg.startswith("--") and "=" not in arg else None
-        following = argv[i + 1] if i + 1 < len(argv) else "--"
-        has_value = not following.startswith("--")
-        if name in bools and not has_value:
-            arg = f"--{name}=true"
-        elif name in _BARE and not has_value:
-            arg = f"--{name}={_BARE[name]}"
-        elif name and name.startswith("no_") and name[3:] in bools:
-            arg = f"--{name[3:]}=false"
-        out.append(arg)
-    return out
+def parse_evaluate(argv=None) -> EvaluateConfig:
+    """``evaluate.py``'s flags (``sys.argv[1:]`` by default) as an ``EvaluateConfig``."""
+    namespace = make_evaluate_parser().parse_args(argv)
+    return EvaluateConfig(**{f.name: namespace[f.name] for f in dataclasses.fields(EvaluateConfig)})
 
 
-def _last_value(argv: list, flag: str) -> Optional[str]:
-    """The value the command line gives ``flag`` last (``--flag V`` or ``--flag=V``), or None."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg[len(flag) + 1:]
-    return value
+def _resume_flags(argv: list):
+    """What the command line itself gives ``--resume``, ``--config``, ``--checkpoint`` and
+    ``--max_steps`` (the last of each, or None): a resume starts from the run's saved configuration,
+    which must be found before the flags are parsed over it, and takes these from the command line
+    only. (argparse's ``parse_known_args``, which jsonargparse does not offer.)"""
+    import argparse
+    flags = ("--resume", "--config", "--checkpoint", "--max_steps")
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    for flag in flags:
+        pre.add_argument(flag)
+    try:
+        return pre.parse_known_args(argv)[0]
+    except argparse.ArgumentError:   # a flag without its value: jsonargparse's parse says so, with the usage
+        return argparse.Namespace(**{flag[2:]: None for flag in flags})
 
 
 def parse_config(argv=None) -> TrainConfig:
@@ -271,29 +340,29 @@ def parse_config(argv=None) -> TrainConfig:
     FileNotFoundError for a ``--resume`` checkpoint that is not there."""
     import sys
     argv = list(sys.argv[1:] if argv is None else argv)
-    resume = _last_value(argv, "--resume")
-    if resume:
-        if not os.path.isfile(resume):
-            raise FileNotFoundError(f"{resume}: no such checkpoint (--resume)")
-        run_dir = os.path.dirname(os.path.abspath(resume))
+    given = _resume_flags(argv)
+    if given.resume:
+        if not os.path.isfile(given.resume):
+            raise FileNotFoundError(f"{given.resume}: no such checkpoint (--resume)")
+        run_dir = os.path.dirname(os.path.abspath(given.resume))
         saved = os.path.join(run_dir, CONFIG_FILE)
-        if _last_value(argv, "--config") is None:
+        if given.config is None:
             if not os.path.exists(saved):
                 raise FileNotFoundError(f"{saved}: the run's configuration is missing beside the checkpoint; "
                                         "resume with --config <that run's config.json> --resume ...")
             argv = ["--config", saved, *argv]
-        if os.path.basename(os.path.dirname(run_dir)) == "runs" and _last_value(argv, "--checkpoint") is None:
-            argv += ["--checkpoint", os.path.dirname(os.path.dirname(run_dir))]   # a run moved or copied
-    parser = make_parser()
-    namespace = parser.parse_args(_expand_bare_flags(argv))
-    values = {k: v for k, v in vars(namespace).items() if k != "config"}
-    values["resume"] = resume
-    if resume and _last_value(argv, "--max_steps") is None:
-        values["max_steps"] = OptimConfig.max_steps
+    values = dict(make_parser().parse_args(argv))
+    values.pop("config", None)
+    values["resume"] = given.resume
+    if given.resume:
+        if given.max_steps is None:
+            values["max_steps"] = OptimConfig.max_steps
+        if os.path.basename(os.path.dirname(run_dir)) == "runs" and given.checkpoint is None:
+            values["checkpoint"] = os.path.dirname(os.path.dirname(run_dir))   # a run moved or copied
     return resolved(TrainConfig.from_flat(values))
 
 
-PATH_FIELDS = ("data", "checkpoint", "glove", *(f"{task}_{kind}" for task in TASK_NAMES for kind in PATH_KINDS))
+PATH_FIELDS = ("data", "checkpoint", "glove", *PATH_KINDS)
 
 
 def save_config(run_dir: str, config: TrainConfig) -> str:

@@ -38,6 +38,7 @@ from torchmetrics import Metric
 from butd.models import build_model
 from butd.models.base import SPATIAL_DIM
 from butd.tasks import get_task
+from butd.training import lightning_internals as internals
 from butd.training.config import ModelConfig, OptimConfig
 
 TRAIN_EPOCH = ("train_epoch_loss", "train_epoch_acc")
@@ -70,9 +71,7 @@ class WeightedMean(Metric):
         # an epoch's sums stay float64 whatever the model is cast to: torchmetrics guards .half() and
         # .bfloat16() but not .to(dtype), which bf16-true precision uses (bf16 counts stop at 256)
         this = super()._apply(fn, *args, **kwargs)
-        for name in this._defaults:
-            setattr(this, name, getattr(this, name).double())
-            this._defaults[name] = this._defaults[name].double()
+        internals.states_to_float64(this)
         return this
 
 
@@ -159,8 +158,7 @@ class LitVQA(pl.LightningModule):
     def on_train_epoch_end(self):
         # an epoch cut short (--max_steps, an interrupt) is not an epoch: its sums go on in the
         # checkpoint, and a resumed run logs the whole epoch once, when it ends
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
-        if progress.completed >= self.trainer.num_training_batches:
+        if internals.batches_completed(self.trainer) >= self.trainer.num_training_batches:
             self._log_epoch("train_epoch_")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -171,7 +169,7 @@ class LitVQA(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Mid-epoch: the epoch's sums so far, on the first rank only (they are those of all ranks)."""
         sums = checkpoint.get(TRAIN_EPOCH_SUMS)
-        if sums is None or (self._trainer is not None and self.global_rank != 0):
+        if sums is None or (internals.attached_to_trainer(self) and self.global_rank != 0):
             return
         for k, name in enumerate(TRAIN_EPOCH):
             self.metrics[name].total.fill_(sums[2 * k])

@@ -6,13 +6,18 @@
 writes ``<save_dir>/metrics/<name>-metrics.json``: for each metric a list of values and a
 ``<metric>_step`` list of the global steps they were logged at (as the spec's file), the
 hyper-parameters under ``hyperparams``, and ``status`` ("running" until the Trainer finalises the
-run with "success" or "failed"; "interrupted" for a run stopped by Ctrl-C that can be resumed). Only rank zero writes. The file is rewritten whenever an epoch-level
-metric arrives (validation, train epoch means), so a killed run keeps what it measured, and at the end.
+run with "success" or "failed"; "interrupted" for a run stopped by Ctrl-C that can be resumed).
+When the run ends, ``record_outcome`` adds ``best`` and ``final``: the validation with the highest
+``val_acc`` (the first of equals, as the top-k checkpoints keep it) and the last one, each with its
+epoch, step, every validation metric and its checkpoint. Only rank zero writes. The file is
+rewritten whenever an epoch-level metric arrives (validation, train epoch means), so a killed run
+keeps what it measured, and at the end.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from argparse import Namespace
 
 from pytorch_lightning.loggers import Logger
@@ -20,6 +25,34 @@ from pytorch_lightning.utilities import rank_zero_only
 
 # Metrics logged once per epoch: their arrival is the moment worth flushing the file.
 EPOCH_METRICS = ("val_loss", "val_acc", "train_epoch_loss", "train_epoch_acc")
+MONITOR = "val_acc"   # what the top-k checkpoints are chosen by (butd.training.run)
+
+
+def validations(events: dict) -> list:
+    """Every validation of a metrics file, in order: ``{"epoch", "step", <val metric>: value, ...}``,
+    from the per-metric lists (``val_*`` and ``val_*_step``) and the epoch Lightning logs with them."""
+    epoch_at = dict(zip(events.get("epoch_step", []), events.get("epoch", [])))
+    names = [k for k in events if k.startswith("val_") and not k.endswith("_step") and isinstance(events[k], list)]
+    rows: dict = {}
+    for name in names:
+        for value, step in zip(events[name], events.get(f"{name}_step", [])):
+            row = rows.setdefault(step, {"epoch": None if step not in epoch_at else int(epoch_at[step]),
+                                         "step": step})
+            row[name] = value
+    return [rows[step] for step in sorted(rows, key=lambda s: (s is None, s))]
+
+
+def outcome(events: dict, best_checkpoint: str | None = None, final_checkpoint: str | None = None) -> dict:
+    """``{"best": ..., "final": ...}`` of a metrics file's validations (see ``validations``), each
+    with its ``checkpoint``; empty where no validation was logged. The best is the validation of
+    the epoch that ``best_checkpoint``'s name gives (``epoch=NN``), else the highest ``val_acc``."""
+    rows = [r for r in validations(events) if MONITOR in r]
+    if not rows:
+        return {}
+    named = re.search(r"epoch=(\d+)", os.path.basename(best_checkpoint or ""))
+    of_epoch = [r for r in rows if named and r["epoch"] == int(named.group(1))]
+    best = of_epoch[-1] if of_epoch else max(rows, key=lambda r: r[MONITOR])   # max(): the first of equals
+    return {"best": {**best, "checkpoint": best_checkpoint}, "final": {**rows[-1], "checkpoint": final_checkpoint}}
 
 
 def metrics_path(save_dir: str, name: str) -> str:
@@ -78,6 +111,13 @@ class MetricLogger(Logger):
         # Lightning calls save() after every log_metrics; rewrite the file only for epoch metrics.
         if self._dirty:
             self._write()
+
+    @rank_zero_only
+    def record_outcome(self, best_checkpoint: str | None, final_checkpoint: str | None) -> dict:
+        """Add the run's ``best`` and ``final`` validations (``outcome``) to the file; returns them."""
+        self.events.update(outcome(self.events, best_checkpoint, final_checkpoint))
+        self._write()
+        return {k: self.events[k] for k in ("best", "final") if k in self.events}
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -21,40 +21,18 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from butd.training import lightning_internals as internals
+
 RNG_STATES = "rng_states"   # checkpoint key: torch's CPU (and CUDA) random states
 
 
 def unfinished_position(checkpoint: dict):
     """(epoch, batches done) of the train loader's saved position when it is inside an epoch that
     Lightning's counters record as finished; None otherwise."""
-    fit = checkpoint.get("loops", {}).get("fit_loop", {})
-    states = fit.get("state_dict", {}).get("combined_loader") or []
-    if len(states) != 1 or not states[0].get("batches"):
-        return None
-    epoch, batches = int(states[0]["epoch"]), int(states[0]["batches"])
-    if fit["epoch_progress"]["current"]["processed"] <= epoch:
-        return None      # Lightning already knows the epoch is unfinished
-    return epoch, batches
-
-
-def rewind_to_batch_end(checkpoint: dict, epoch: int, batches: int) -> None:
-    """Set the fit loop's counters in ``checkpoint`` to those of a checkpoint written at the end of
-    batch ``batches`` of epoch ``epoch`` (0-based epoch, batches counted from 1)."""
-    fit = checkpoint["loops"]["fit_loop"]
-    over = fit["epoch_progress"]["current"]["processed"] - epoch      # epochs counted as done too many
-    for progress in fit["epoch_progress"].values():                   # "total" and "current"
-        progress["processed"] -= over
-        progress["completed"] = progress["processed"]
-        progress["ready"] = progress["started"] = progress["processed"] + 1
-    batch = fit["epoch_loop.batch_progress"]
-    for name in ("total", "current"):
-        counts = batch[name]
-        done = counts["processed"] if name == "total" else batches
-        counts.update(ready=done, started=done, processed=done, completed=done - 1)
-    batch["is_last_batch"] = False
-    # Lightning adds the batch that was ending when the checkpoint was written back on restart.
-    fit["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
-    checkpoint["epoch"] = epoch
+    position = internals.saved_loader_position(checkpoint)
+    if position is None or internals.epochs_processed(checkpoint) <= position[0]:
+        return None      # no position inside an epoch, or Lightning already knows the epoch is unfinished
+    return position
 
 
 class MidEpochResume(pl.Callback):
@@ -69,7 +47,7 @@ class MidEpochResume(pl.Callback):
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         position = unfinished_position(checkpoint)
         if position is not None:
-            rewind_to_batch_end(checkpoint, *position)
+            internals.rewind_fit_loop(checkpoint, *position)
         states = checkpoint.get(RNG_STATES)
         if states is not None and trainer.world_size == 1:
             torch.set_rng_state(states["cpu"])

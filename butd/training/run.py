@@ -1,4 +1,4 @@
-"""One training run from a ``TrainConfig``: caches, data, model, loggers, checkpoints, Trainer, fit.
+"""One training run from a ``TrainConfig``: data, loggers, checkpoints, Trainer, caches, model, fit.
 
 ``train.py`` is its command line. Each run writes, under ``--checkpoint``: ``runs/<run>/config.json``
 (the resolved configuration: ``--config`` reads it back, ``evaluate.py`` finds the data through
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 import warnings
 from datetime import datetime
 
 from butd.training.config import TrainConfig
+from butd.training.summary import summary
 
 
 def run_name(config: TrainConfig) -> str:
@@ -64,12 +66,10 @@ def make_loggers(config: TrainConfig, run: str) -> list:
 
 
 def check_devices(config: TrainConfig) -> None:
-    """Refuse, before any work, GPUs that are not there: Lightning would end in a traceback."""
+    """Refuse, before any work, GPUs that are not there: Lightning would end in a traceback. (A
+    ``--feature_cache gpu`` without one is refused by the DataModule, made before any work too.)"""
     import torch
     hw = config.hardware
-    if config.data.feature_cache == "gpu" and not torch.cuda.is_available():
-        raise ValueError("--feature_cache gpu keeps the feature stores on a GPU, and PyTorch sees none here; "
-                         "use --feature_cache auto (the default), pinned or none")
     if hw.accelerator not in ("gpu", "cuda"):
         return
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -121,6 +121,25 @@ def run_callbacks(config: TrainConfig, run_dir: str) -> tuple:
     return [top_k, last, MidEpochResume(), *extra], top_k, stop
 
 
+def question_inputs(config: TrainConfig):
+    """The question cache's inputs (a ``butd.questions.Inputs``) for a resolved ``TrainConfig``."""
+    from butd import questions
+    paths = config.data.paths()
+    return questions.Inputs(config.data.dataset, paths["questions"], paths["glove"], paths["cache"],
+                            emb_dim=config.model.emb_dim, drop_missing=config.data.drop_missing)
+
+
+def prepare_before_fit(trainer, dm) -> None:
+    """Run ``dm.prepare_data`` where Lightning runs it (local rank 0 of each node, or of node 0 alone
+    without ``prepare_data_per_node``), before fitting: the model's sizes come from the caches it
+    prepares. Fitting calls it again in the same process, where it does nothing; other processes
+    check the caches in ``dm.setup``. (Lightning's ``DDP`` launcher starts those processes inside
+    fit, after this one prepared; processes started together by torchrun or SLURM find caches made
+    beforehand.)"""
+    if trainer.local_rank == 0 and (dm.prepare_data_per_node or trainer.node_rank == 0):
+        dm.prepare_data()
+
+
 def train(config: TrainConfig):
     """Train as ``config`` says; returns the Trainer and the ModelCheckpoint callback."""
     import pytorch_lightning as pl
@@ -129,31 +148,19 @@ def train(config: TrainConfig):
 
     from butd import questions
     from butd.loading import VQADataModule
-    from butd.training.caches import ensure_caches, question_inputs
     from butd.training.lit import LitVQA
 
     check_devices(config)
     vocabulary = resumable_vocabulary(config.run.resume, config) if config.run.resume else None
+    paths = config.data.paths()
+    dm = VQADataModule(config.data.dataset, paths["cache"], batch_size=config.optim.bsz,
+                       num_workers=config.data.num_workers, feature_cache=config.data.feature_cache,
+                       seed=config.optim.seed, inputs=question_inputs(config), features_dir=paths["features"])
     run = run_name(config)
     rank_zero_info(f"[*] Starting Train Job in Mode {config.data.dataset.upper()} with Run Name: {run}")
     pl.seed_everything(config.optim.seed, workers=True)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")     # TF32 matmuls: the usual trade on Ampere and newer
-
-    paths = config.data.paths()
-    qdir = ensure_caches(question_inputs(config), paths["features"], say=rank_zero_info)
-    dm = VQADataModule(config.data.dataset, paths["cache"], batch_size=config.optim.bsz,
-                       num_workers=config.data.num_workers, feature_cache=config.data.feature_cache,
-                       seed=config.optim.seed, questions_dir=qdir)
-    dm.setup("fit")
-    if config.run.resume:
-        questions.check_vocabulary(vocabulary, qdir, f"the checkpoint {config.run.resume}")
-    lit = LitVQA(config.data.dataset, model=dataclasses.asdict(config.model), optim=dataclasses.asdict(config.optim),
-                 ntoken=dm.ntoken, num_answers=dm.num_answers, v_dim=dm.v_dim, spatial_dim=dm.spatial_dim,
-                 vocabulary=dm.vocabulary)
-    lit.model.load_embeddings(dm.glove)
-    if config.hardware.compile:   # in place: parameter names (and checkpoints) stay uncompiled
-        lit.model.compile(mode=config.hardware.compile_mode)
 
     run_dir = os.path.join(config.data.checkpoint, "runs", run)
     loggers = make_loggers(config, run)
@@ -161,16 +168,30 @@ def train(config: TrainConfig):
     callbacks, checkpoints, stop = run_callbacks(config, run_dir)
     trainer = make_trainer(config, loggers, callbacks)
 
+    prepare_before_fit(trainer, dm)
+    dm.setup("fit")
+    if config.run.resume:
+        questions.check_vocabulary(vocabulary, dm.questions_dir, f"the checkpoint {config.run.resume}")
+    lit = LitVQA(config.data.dataset, model=dataclasses.asdict(config.model), optim=dataclasses.asdict(config.optim),
+                 ntoken=dm.ntoken, num_answers=dm.num_answers, v_dim=dm.v_dim, spatial_dim=dm.spatial_dim,
+                 vocabulary=dm.vocabulary)
+    lit.model.load_embeddings(dm.glove)
+    if config.hardware.compile:   # in place: parameter names (and checkpoints) stay uncompiled
+        lit.model.compile(mode=config.hardware.compile_mode)
+
     rank_zero_info("\n[*] Training...\n")
+    start = time.perf_counter()
     # weights_only: Lightning loads the checkpoint again, refusing what read_checkpoint refused
     trainer.fit(lit, datamodule=dm, ckpt_path=config.run.resume, weights_only=True)
+    last = os.path.join(run_dir, "last.ckpt")
+    if not config.run.fast_dev_run:   # (which writes neither checkpoints nor metrics)
+        ended = loggers[0].record_outcome(checkpoints.best_model_path or None, last if os.path.exists(last) else None)
+        logs = os.path.join(config.data.checkpoint, "logs", run) if config.run.logger else None
+        rank_zero_info(summary(ended, trainer.current_epoch, time.perf_counter() - start, run_dir, loggers[0].path,
+                               logs, "interrupted" if stop.stopped else "finished"))
     if stop.stopped:
         loggers[0].finalize("interrupted")
-        path = os.path.join(run_dir, "last.ckpt")
-        rank_zero_info(f"[*] interrupted: {path} holds the run up to the last batch; continue with "
-                       f"python train.py --resume '{path}'")
+        rank_zero_info(f"[*] interrupted: {last} holds the run up to the last batch; continue with "
+                       f"python train.py --resume '{last}'")
         raise KeyboardInterrupt
-    if checkpoints.best_model_path:
-        rank_zero_info(f"[*] best checkpoint: {checkpoints.best_model_path} "
-                       f"(val_acc {float(checkpoints.best_model_score):.4f})")
     return trainer, checkpoints

@@ -51,11 +51,20 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-
 from butd.features import schema
 from butd.features.convert.chunks import PROGRESS_DIR, convert_chunk, write_json_atomic
-from butd.features.convert.lifecycle import bad_rows_report_path, create_store, dir_bytes, done_chunks, \
-    existing_store, fingerprint, mark_complete, record_settings, remove_store, verify
+from butd.features.convert.lifecycle import (
+    bad_rows_report_path,
+    create_store,
+    dir_bytes,
+    done_chunks,
+    existing_store,
+    fingerprint,
+    mark_complete,
+    record_settings,
+    remove_store,
+    verify,
+)
 from butd.features.convert.plan import PLAN_FILE, Plan
 from butd.features.convert.pool import Runner, progress_bar
 from butd.features.schema import StoreAttrs
@@ -221,7 +230,7 @@ def _chunk_task(source_input, plan: Plan, attrs: StoreAttrs, chunk: int, out_pat
 def _run_chunks(runner: Runner, tasks: list, total: int, progress: bool, name: str) -> None:
     t0, rows = time.perf_counter(), 0
     with progress_bar(progress, total, f"convert -> {name}") as bar:
-        for _, (chunk, n, nbytes) in runner(convert_chunk, tasks):
+        for _, (_chunk, n, nbytes) in runner(convert_chunk, tasks):
             rows += n
             bar.update(nbytes)
             bar.set_postfix_str(f"{rows / max(time.perf_counter() - t0, 1e-9):.0f} rows/s", refresh=False)

@@ -13,8 +13,19 @@ import numpy as np
 from butd.features.convert.plan import Plan, earlier_images, repeat_reason
 from butd.features.convert.pool import progress_bar
 from butd.features.schema import TSV_COLUMNS
-from butd.features.tsv import COLUMN_INDEX, TSVFormatError, UnreadField, b64_length, check_not_compressed, \
-    decode_row, detect_layout, parse_head, split_fields, split_head, text_start
+from butd.features.tsv import (
+    COLUMN_INDEX,
+    TSVFormatError,
+    UnreadField,
+    b64_length,
+    check_not_compressed,
+    decode_row,
+    detect_layout,
+    parse_head,
+    split_fields,
+    split_head,
+    text_start,
+)
 
 # Scan ranges of at most this many bytes (more ranges than workers keeps the scan bar moving).
 SCAN_RANGE_BYTES = 256 << 20

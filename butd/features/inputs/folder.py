@@ -20,8 +20,15 @@ import numpy as np
 from butd.features.convert.lifecycle import source_of
 from butd.features.convert.plan import Plan
 from butd.features.convert.pool import progress_bar
-from butd.features.inputs.base import FeatureInput, ImageKey, InputError, check_skipped, folder_source, listing, \
-    refuse_repeats
+from butd.features.inputs.base import (
+    FeatureInput,
+    ImageKey,
+    InputError,
+    check_skipped,
+    folder_source,
+    listing,
+    refuse_repeats,
+)
 
 # Files inspected per plan task; files the probe inspects.
 INSPECT_FILES = 256

@@ -19,9 +19,11 @@ import pickle
 import numpy as np
 
 try:                     # numpy >= 2 (files written by numpy 1.x name numpy.core, mapped here too)
-    from numpy._core import multiarray as _multiarray, numeric as _numeric
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
 except ImportError:      # pragma: no cover - numpy 1.x
-    from numpy.core import multiarray as _multiarray, numeric as _numeric
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 # Every global these files name: how numpy rebuilds arrays (``_reconstruct`` up to pickle protocol
 # 4, ``_frombuffer`` with protocol 5), dtypes and scalars (``np.int64(3)``), and how protocols 0-2

@@ -1,0 +1,104 @@
+"""Before training: make, resume or check a task's feature stores and question cache.
+
+    qdir = prepare_caches(inputs, features_dir)    # the one process that prepares (building is here alone)
+    qdir = check_caches(inputs, features_dir)      # every other process of the run
+
+As the specification prepares its caches before training, ``prepare_caches`` brings each cache up
+to date by its converter where the raw inputs are present (a no-op when it already matches them,
+with the settings it was converted with; an interrupted conversion resumes; a store made from
+another TSV is an error, never silently reused). Where they are absent, complete caches are used as
+they are (e.g. on nodes that see only the caches). ``check_caches`` builds nothing: the caches must
+be complete and, where the raw inputs are present, match them. ``VQADataModule.prepare_data`` and
+``setup`` call them: which process prepares is Lightning's rule (``prepare_data``), not this module's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from butd import questions
+from butd.features import schema
+from butd.features.convert import convert_tsv
+from butd.features.convert.lifecycle import recorded_options
+from butd.tasks import get_task
+
+
+def _require(path: str, what: str, makes: str, command: str) -> None:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: {what} not found; it is needed to make {makes}. "
+                                f"Download it, point the matching flag at it, or make {makes} with `{command}`")
+
+
+def _stores(inputs: questions.Inputs, features_dir: str):
+    """(task, [(store path, its TSVs, whether it is complete)]) of ``inputs.task``."""
+    task = get_task(inputs.task)
+    stores = []
+    for store, files in task.stores.items():
+        path = task.store_path(inputs.cache, store)
+        stores.append((path, [os.path.join(features_dir, f) for f in files],
+                       os.path.exists(path) and schema.read_attrs(path).complete))
+    return task, stores
+
+
+def _has_raw_questions(inputs: questions.Inputs) -> bool:
+    return os.path.exists(inputs.questions) and os.path.exists(inputs.glove)
+
+
+def prepare_caches(inputs: questions.Inputs, features_dir: str, say=print) -> str:
+    """Make or check the stores of ``inputs.task`` under ``inputs.cache`` (from ``features_dir``)
+    and its question cache ``<cache>/questions``; returns the question cache's directory."""
+    task, stores = _stores(inputs, features_dir)
+    for path, tsvs, complete in stores:
+        if complete and not all(map(os.path.exists, tsvs)):
+            continue
+        for tsv in tsvs:
+            _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
+        # with the settings the store was made with (--compressor, --dtype, ...): only its input decides
+        say(str(convert_tsv(tsvs, path, **recorded_options(path))))
+
+    qdir = os.path.join(inputs.cache, "questions")
+    if _has_raw_questions(inputs):
+        questions.build(built_with_drop_missing(inputs, qdir, say), qdir)
+        return qdir
+    try:
+        questions.read_manifest(qdir)
+    except FileNotFoundError:
+        command = (f"{questions.BUILD_COMMAND} --dataset {task.name} --questions {inputs.questions} "
+                   f"--glove {inputs.glove} --cache {inputs.cache}")
+        _require(inputs.questions, f"{task.title} questions directory", qdir, command)
+        _require(inputs.glove, "GloVe file", qdir, command)
+    say(f"[*] raw questions or GloVe not found: using the question cache {qdir} unchecked")
+    return qdir
+
+
+def check_caches(inputs: questions.Inputs, features_dir: str) -> str:
+    """What a process that does not prepare the caches checks: every store complete, and the
+    question cache built from ``inputs`` where they are present (``questions.StaleCacheError``
+    otherwise). Returns the question cache's directory."""
+    task, stores = _stores(inputs, features_dir)
+    for path, _, complete in stores:
+        if not complete:
+            raise FileNotFoundError(f"{path}: feature store missing or incomplete; in a multi-process launch make "
+                                    f"the caches first with `python converters/tsv_to_zarr.py --dataset {task.name}`")
+    qdir = os.path.join(inputs.cache, "questions")
+    if _has_raw_questions(inputs):
+        questions.check_inputs(qdir, built_with_drop_missing(inputs, qdir, say=lambda line: None))
+    return qdir
+
+
+def built_with_drop_missing(inputs: questions.Inputs, qdir: str, say=print) -> questions.Inputs:
+    """``inputs``, or the same with ``drop_missing=True`` where the cache in ``qdir`` was built from
+    exactly those. The setting is part of a cache's identity: a cache made with
+    ``questions_to_shards.py --drop_missing`` is used as it is, not rebuilt without the setting
+    (which would fail on the very questions it left out)."""
+    if inputs.drop_missing:
+        return inputs
+    dropping = dataclasses.replace(inputs, drop_missing=True)
+    try:
+        manifest = questions.check_inputs(qdir, dropping)
+    except (OSError, ValueError, questions.StaleCacheError):
+        return inputs
+    dropped = sum(manifest["summary"].get("dropped", {}).values())
+    say(f"[*] question cache {qdir} was built with --drop_missing ({dropped} question(s) without an image "
+        "row left out): using it as it is")
+    return dropping

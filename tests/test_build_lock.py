@@ -1,0 +1,68 @@
+"""One builder per cache (butd.build_lock): others wait, a crashed holder releases, the same process
+re-enters, a file system without locks is named."""
+import errno
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from butd import build_lock as bl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOLD = """
+import sys, time
+from butd.build_lock import build_lock
+with build_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def holder(path, seconds):
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path), str(seconds)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_second_process_waits_for_the_first_and_says_so_once(tmp_path):
+    store = tmp_path / "trainval.zarr"
+    first = holder(store, 1.5)
+    said = []
+    start = time.monotonic()
+    with bl.build_lock(str(store), say=said.append):
+        waited = time.monotonic() - start
+    assert waited > 0.5 and len(said) == 1
+    assert str(store) in said[0] and "waiting for another process" in said[0]
+    first.wait()
+
+
+def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
+    store = tmp_path / "trainval.zarr"
+    first = holder(store, 60)
+    first.kill()
+    first.wait()
+    said = []
+    with bl.build_lock(str(store), say=said.append):
+        pass
+    assert said == []
+
+
+def test_the_lock_is_reentrant_within_a_thread(tmp_path):
+    store = str(tmp_path / "q")
+    with bl.build_lock(store, say=pytest.fail):
+        with bl.build_lock(store, say=pytest.fail):
+            pass
+        assert bl.lock_path(store) in bl._HELD.paths
+    assert bl.lock_path(store) not in bl._HELD.paths
+
+
+def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(bl.fcntl, "flock", no_locks)
+    with pytest.raises(OSError, match=r"trainval\.zarr\.lock: cannot take a file lock here .*prepare the caches once"):
+        with bl.build_lock(str(tmp_path / "trainval.zarr")):
+            pass

@@ -1,0 +1,41 @@
+"""What every command does with its user's errors and its output (butd.cli): one line naming the
+error, exit status 1, a quiet end on a closed pipe."""
+import os
+import subprocess
+import sys
+
+from butd.evaluation import plots
+
+import evaluate
+import questions_to_shards
+import train
+from helpers import cli_run, one_line_error
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    program = "import sys; from butd.cli import run; sys.exit(run(lambda argv: [print(i) for i in range(10**6)]))"
+    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "0\n"
+    proc.stdout.close()                      # as `| head -1` does
+    err = proc.stderr.read()
+    assert proc.wait() == 141 and err == ""
+
+
+def test_user_errors_are_one_line_from_every_command(tmp_path, capsys):
+    status, err = cli_run(evaluate.main, ["--checkpoint", str(tmp_path / "none.ckpt")], capsys)
+    assert status == 1 and "none.ckpt: no such checkpoint" in one_line_error(err)
+    status, err = cli_run(train.main, ["--run_name", "x", "--data", str(tmp_path), "--accelerator", "cpu"], capsys)
+    assert status == 1 and "vg_gqa_obj36.tsv: features TSV not found" in one_line_error(err)
+    status, err = cli_run(questions_to_shards.main, ["--data", str(tmp_path)], capsys)
+    assert status == 1 and "not found" in one_line_error(err)
+    status, err = cli_run(plots.main, [str(tmp_path / "none-metrics.json")], capsys)
+    assert status == 1 and "none-metrics.json" in one_line_error(err)
+
+
+def test_help_pages_import_no_torch():
+    from helpers import imports_torch
+    for script in ("train.py", "evaluate.py", os.path.join("converters", "questions_to_shards.py")):
+        assert not imports_torch(os.path.join(ROOT, script), ["--help"]), script
