@@ -99,9 +99,10 @@ def array_chunking(field: Field, attrs: StoreAttrs) -> dict:
 
 @dataclass
 class StoreAttrs:
-    """The group attributes of a store. ``source`` records the TSV (path, size, mtime) and
-    ``fingerprint`` a hash of the source and the conversion settings, so that a resumed run can tell
-    whether it is continuing the same conversion."""
+    """The group attributes of a store. ``layout`` is the input's (``LAYOUTS``); ``source`` records
+    the input (each file's path, size, mtime; a folder's path, file count, total size, newest mtime
+    and a hash of its listing) and ``fingerprint`` a hash of the source and the conversion settings,
+    so that a resumed run can tell whether it is continuing the same conversion."""
     layout: str
     dtype: str
     compressor: str

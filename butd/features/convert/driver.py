@@ -241,7 +241,7 @@ def convert_stores(task, features_dir: str, cache_dir: str, **options) -> dict:
     ``features_dir`` (all of a store's files, in order, into one store) into
     ``<cache_dir>/<store>.zarr``; returns ``{store: ConvertSummary}``. ``options`` go to ``convert``;
     two spellings of one image are refused as the task's ``image_key`` sees them."""
-    options.setdefault("image_key", task.image_key)
+    options.setdefault("image_key", getattr(task, "image_key", None))   # a Task has one; a stand-in may not
     return {store: convert([os.path.join(features_dir, f) for f in files], task.store_path(cache_dir, store),
                            **options)
             for store, files in task.stores.items()}
