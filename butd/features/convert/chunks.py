@@ -59,14 +59,16 @@ def _aligned_zeros(shape: tuple, dtype: np.dtype) -> np.ndarray:
 _SCRATCH: dict = {}
 
 
-def _put_features(bufs: dict, i: int, features: np.ndarray) -> None:
-    """Row ``i``'s features (float32 [num_boxes, dim]) in the store's dtype, padding zeroed."""
+def _put_features(bufs: dict, i: int, features: np.ndarray, pad: bool = True) -> None:
+    """Row ``i``'s features (float32 [num_boxes, dim]) in the store's dtype, padding zeroed (unless
+    ``pad`` is false: a streamed row's padding is never written, see ``RowStream``)."""
     n = len(features)
     if bufs["features"].dtype == np.float16:
         float32_to_float16(features, bufs["features"][i, :n], _SCRATCH)
     else:
         bufs["features"][i, :n] = features
-    bufs["features"][i, n:] = 0
+    if pad:
+        bufs["features"][i, n:] = 0
 
 
 def write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows: int,
@@ -122,7 +124,8 @@ def write_json_atomic(path: str, obj) -> None:
 
 def _fill_chunk(images, attrs: StoreAttrs, bufs: dict, stream: Optional[RowStream] = None) -> list:
     """Put the decoded images (``ImageRow``s, from an input's ``read``) into ``bufs``, padding
-    zeroed, handing each finished features row to ``stream``; returns their image ids."""
+    zeroed, handing each finished features row to ``stream`` (which writes only its boxes: the
+    features' padding is then left as it is); returns their image ids."""
     # spatials are computed from the boxes below
     fields = [f for f in fields_for(attrs.layout) if f.name not in ("spatials", "features")]
     ids = []
@@ -131,7 +134,7 @@ def _fill_chunk(images, attrs: StoreAttrs, bufs: dict, stream: Optional[RowStrea
             raise ValueError(f"image {row.image_id!r} has {row.num_boxes} boxes, its plan at most {attrs.max_boxes}: "
                              "did the input change during the conversion? (re-run with --overwrite)")
         ids.append(row.image_id)
-        _put_features(bufs, i, row.features)
+        _put_features(bufs, i, row.features, pad=stream is None)
         if stream is not None:
             stream.put(i, row.num_boxes * bufs["features"][0, 0].nbytes)
         for f in fields:
@@ -144,7 +147,8 @@ def _fill_chunk(images, attrs: StoreAttrs, bufs: dict, stream: Optional[RowStrea
     # Padded boxes are zero, so their spatials are zero too (0 / w).
     bufs["spatials"][:n] = spatial_features(bufs["boxes"][:n], bufs["img_w"][:n], bufs["img_h"][:n])
     for f in fields_for(attrs.layout):
-        bufs[f.name][n:] = 0
+        if not (f.name == "features" and stream is not None):
+            bufs[f.name][n:] = 0
     return ids
 
 
