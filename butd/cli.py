@@ -56,6 +56,18 @@ def run(main, argv=None) -> int:
     return result if isinstance(result, int) else 0
 
 
+def require_gpus(wanted: int, asked_by: str, instead: str) -> None:
+    """Raise ValueError, before any work, when fewer than ``wanted`` GPUs are visible to PyTorch:
+    ``asked_by`` names the flags that asked, ``instead`` says how to run without (Lightning and
+    torch would end in a traceback)."""
+    import torch
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if visible < wanted:
+        seen = "no GPU is visible" if not visible else f"only {visible} GPU(s) are visible"
+        raise ValueError(f"{wanted} GPU(s) asked for ({asked_by}), but {seen} to PyTorch here (check "
+                         f"CUDA_VISIBLE_DEVICES and the driver); {instead}")
+
+
 # -- flags ----------------------------------------------------------------------------------------
 
 def canonical_flags(argv: list, known) -> list:

@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from butd.evaluation import plots
 
 import evaluate
@@ -64,3 +67,10 @@ def test_a_mistyped_flag_or_value_is_one_line_with_the_nearest_suggested():
         done = run_cli(*args)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
         assert expected in done.stderr and "usage:" not in done.stderr, (args, done.stderr)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: nothing to refuse")
+def test_a_gpu_asked_of_evaluate_on_a_machine_without_one_is_one_line():
+    done = run_cli("evaluate.py", "--checkpoint", "run.ckpt", "--accelerator", "gpu")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "no GPU is visible" in done.stderr and "--accelerator cpu" in done.stderr
