@@ -8,8 +8,10 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 
 import h5py
@@ -17,7 +19,7 @@ import numpy as np
 import pytest
 
 from butd.features import schema
-from butd.features.convert import convert
+from butd.features.convert import convert, lifecycle
 from butd.features.inputs import safe_pickle
 
 from helpers import DATA, REAL_TSV, interrupted_after, read_store, spec_rows, spec_spatials, store_files
@@ -133,6 +135,43 @@ def test_each_layout_resumes_after_an_interruption(tmp_path, monkeypatch, case):
     assert (summary.chunks_resumed, summary.chunks_converted) == (chunks - 1, 1)
     assert store_files(out) == store_files(tmp_path / "ref.zarr")
     assert convert(given, out, chunk_images=1, workers=1, progress=False).already_complete
+
+
+KILLED_RUN = """
+import sys, time
+from butd.features.convert import chunks, convert
+write = chunks.write_chunk
+def slow(*a):
+    write(*a)
+    time.sleep(0.1)
+chunks.write_chunk = slow
+convert(sys.argv[1], sys.argv[2], chunk_images=1, workers=1, progress=False)
+"""
+
+
+@pytest.mark.parametrize("case", ["ban-vqa adaptive hdf5", "MMF npy"])
+def test_kill9_then_the_same_command_resumes(tmp_path, case):
+    """kill -9 part-way through an HDF5 cache and a folder; the same command finishes the store."""
+    given = os.path.join(LAYOUTS, CASES[case][0])
+    out = str(tmp_path / "s.zarr")
+    convert(given, str(tmp_path / "ref.zarr"), chunk_images=1, workers=1, progress=False)
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, given, out], start_new_session=True)
+    progress = os.path.join(out, "_progress")
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(progress) and any(name.startswith("chunk-") for name in os.listdir(progress)):
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and schema.read_attrs(out).complete is False
+    done = len(lifecycle.done_chunks(out))
+    assert 0 < done < len(CASES[case][3])
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "converters", "tsv_to_zarr.py"), given, "--out", out,
+                             "--chunk_images", "1", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"resumed: {done} chunks" in result.stdout
+    assert store_files(out) == store_files(tmp_path / "ref.zarr")
 
 
 def test_one_and_two_workers_give_identical_stores_from_a_folder(tmp_path):
