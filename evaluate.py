@@ -38,6 +38,7 @@ exit status 1.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from butd.cli import run
@@ -50,6 +51,12 @@ def main(argv=None) -> dict:
     options = parse_evaluate(argv)
     if options.accelerator not in ACCELERATORS:
         raise ValueError(f"--accelerator {options.accelerator}: evaluate.py runs on one of {', '.join(ACCELERATORS)}")
+    if options.report_examples < 0:
+        raise ValueError(f"--report_examples {options.report_examples}: expected a number of questions, 0 or more")
+    if options.images is not None and not options.report:
+        raise ValueError(f"--images {options.images}: the images are the report's; add --report")
+    if options.images is not None and not os.path.isdir(options.images):
+        raise FileNotFoundError(f"--images {options.images}: no such directory (the dataset's images, for the report)")
     from butd.evaluation.predict import evaluate
     return evaluate(options.checkpoint, options.split, options.out, options.cache, options.bsz, options.num_workers,
                     options.accelerator, questions_dir=options.questions, report=options.report,

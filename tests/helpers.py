@@ -402,7 +402,7 @@ def check_page(path, checkpoint, split, examples, images_found=None) -> Page:
     from PIL import Image
 
     from butd.evaluation.report import gather
-    from butd.evaluation.report.images import Picture, shown_size
+    from butd.evaluation.report.images import PAIR_HEIGHT, Picture, shown_size
     from butd.tasks import get_task
     from butd.training.config import load_config
     text, page = read_page(path)
@@ -429,7 +429,8 @@ def check_page(path, checkpoint, split, examples, images_found=None) -> Page:
             assert svg["attrs"]["viewbox"] == f"0 0 {width} {height}"
             store_size = tuple(int(v) for v in sizes[qid][side])
             if svg["href"] is None:
-                assert svg["attrs"]["data-blank"] == "true" and (width, height) == shown_size(*store_size)
+                pair = PAIR_HEIGHT if task.images_per_question > 1 else None
+                assert svg["attrs"]["data-blank"] == "true" and (width, height) == shown_size(*store_size, max_height=pair)
             else:
                 assert svg["href"].startswith("data:image/jpeg;base64,")
                 with Image.open(io.BytesIO(base64.b64decode(svg["href"].split(",", 1)[1]))) as picture:

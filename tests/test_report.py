@@ -22,7 +22,7 @@ from butd.training.config import load_config, parse_evaluate
 
 import evaluate
 import train
-from helpers import SMALL_FLAGS, Page, check_confusions, check_page, read_page
+from helpers import SMALL_FLAGS, Page, check_confusions, check_page, cli_run, one_line_error, read_page
 
 TINY = ["--accelerator", "cpu", "--hidden", "32", "--bsz", "16", "--num_workers", "0", "--log_every", "5",
         "--epochs", "2", "--lr", "0.01"]
@@ -116,6 +116,32 @@ def test_the_report_with_images_shows_the_files_found_and_says_which_are_missing
     with open(report_path(str(out)), encoding="utf-8") as f:
         text = f.read()
     assert f"found in {images}" in text and "blank canvas:" in text
+
+
+def test_a_split_without_answers_gets_a_report_of_its_predictions(runs, tmp_path):
+    checkpoint, _ = runs["gqa"]
+    out = tmp_path / "test-predictions.json"
+    scores, page_file = run_report(checkpoint, "test", out, "--report_examples", "6")
+    assert scores["overall"]["count"] == 0
+    page = check_page(page_file, checkpoint, "test", 6)
+    assert {c["attrs"]["data-result"] for c in page.cards} == {"unscored"} and not page.confusions
+    with open(page_file, encoding="utf-8") as f:
+        text = f.read()
+    assert "This split has no gold answers" in text and "No gold answers in this split" in text
+    _, page_file = run_report(checkpoint, "test", out, "--report_examples", "0")
+    _, page = read_page(page_file)
+    assert not page.cards and page.sections[-1] == "gallery"
+
+
+def test_report_flags_given_wrong_are_one_line_errors_before_any_inference(small_run, tmp_path, capsys):
+    checkpoint = small_run[2]
+    for flags, message in ((["--report", "--report_examples", "-1"], "--report_examples -1: expected"),
+                           (["--images", str(tmp_path)], "add --report"),
+                           (["--report", "--images", str(tmp_path / "nowhere")], "nowhere: no such directory")):
+        status, err = cli_run(evaluate.main, ["--checkpoint", checkpoint, "--out", str(tmp_path / "p.json"), *flags],
+                              capsys)
+        assert status == 1 and message in one_line_error(err)
+    assert not os.listdir(tmp_path)
 
 
 def test_the_gallery_samples_every_type_and_result_in_turn():

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from butd.evaluation.report import charts, gather, page
-from butd.evaluation.report.images import picture_of
+from butd.evaluation.report.images import PAIR_HEIGHT, picture_of
 
 # How the score groups of the tasks (``Task.evaluate``) read as chart titles.
 GROUP_TITLES = {"answer_type": "answer type", "structural": "structural type", "semantic": "semantic type",
@@ -133,7 +133,8 @@ def gallery_cards(items: Sequence[gather.GalleryItem], task, split: str, images:
     for item in items:
         pictures = []
         for side, view in enumerate(item.images):
-            picture = picture_of(task.image_files(view.image_id, split), images, view.size)
+            picture = picture_of(task.image_files(view.image_id, split), images, view.size,
+                                 max_height=PAIR_HEIGHT if len(item.images) > 1 else None)
             found, total = found + (picture.uri is not None), total + 1
             boxes = []
             for k, (x, y, w, h) in enumerate(picture.rectangles(view.boxes)):
@@ -183,11 +184,13 @@ def write_report(lit, dm, split: str, labels: np.ndarray, written: Sequence[str]
     picked = gather.sample_gallery(kinds, results, examples, seed)
     chosen = arrays.take(picked)
     store = dm.store(split)
-    sizes = store.image_sizes(chosen.image_rows.reshape(-1)).reshape(len(chosen), -1, 2)
-    from butd.loading.batches import BatchDataset
-    from butd.loading.loaders import make_loader
-    loader = make_loader(BatchDataset(chosen, store), dm.batch_size, pin_memory=device.type == "cuda")
-    items = gather.gallery(lit, loader, chosen, task, written, dm.vocab.idx2word, sizes, device)
+    sizes = store.image_sizes(chosen.image_rows.reshape(-1)).reshape(len(chosen), chosen.images_per_question, 2)
+    items = []
+    if len(chosen):
+        from butd.loading.batches import BatchDataset
+        from butd.loading.loaders import make_loader
+        loader = make_loader(BatchDataset(chosen, store), dm.batch_size, pin_memory=device.type == "cuda")
+        items = gather.gallery(lit, loader, chosen, task, written, dm.vocab.idx2word, sizes, device)
     if not task.gallery_type:
         for item in items:
             item.types = {"gold answer": ", ".join(item.gold) or "none", **item.types}

@@ -116,6 +116,8 @@ def gallery(lit, loader, questions, task, written: Sequence[str], idx2word: Sequ
     weights (every real box, without weights, for a model without attention). ``sizes`` int [N, I, 2]:
     the (width, height) of each question's images."""
     n = len(questions)
+    if not n:
+        return []
     outputs: List[Optional[tuple]] = [None] * n
     for out in predict_batches(lit, loader, device):
         labels, probabilities = out.top(TOP_ANSWERS)

@@ -17,8 +17,10 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# The longest side of a picture in the page: small enough that 48 of them keep the file a few MB.
+# The longest side of a picture in the page: small enough that 48 of them keep the file a few MB;
+# the height of the two pictures of a pair (NLVR2), side by side.
 MAX_SIDE = 360
+PAIR_HEIGHT = 240
 JPEG_QUALITY = 80
 
 
@@ -45,9 +47,10 @@ class Picture:
                 zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist())]
 
 
-def shown_size(width: int, height: int, max_side: int = MAX_SIDE) -> Tuple[int, int]:
-    """An image's size once shrunk to fit ``max_side`` (never enlarged), at least 1 x 1."""
-    scale = min(1.0, max_side / max(width, height, 1))
+def shown_size(width: int, height: int, max_side: int = MAX_SIDE, max_height: Optional[int] = None) -> Tuple[int, int]:
+    """An image's size once shrunk to fit ``max_side`` (or, given ``max_height``, to that height:
+    the images of a pair then share one), never enlarged, at least 1 x 1."""
+    scale = min(1.0, max_side / max(width, height, 1)) if max_height is None else min(1.0, max_height / max(height, 1))
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
@@ -63,22 +66,23 @@ def find_image(images_dir: Optional[str], names: Sequence[str]) -> Optional[str]
 
 
 def picture_of(names: Sequence[str], images_dir: Optional[str], size: Tuple[int, int],
-               max_side: int = MAX_SIDE) -> Picture:
+               max_side: int = MAX_SIDE, max_height: Optional[int] = None) -> Picture:
     """The picture of an image whose file may be one of ``names`` in ``images_dir`` and whose size
-    in the feature store is ``size`` (width, height): the file shrunk to ``max_side`` as an inline
+    in the feature store is ``size`` (width, height): the file shrunk (``shown_size``) as an inline
     JPEG, or a blank canvas of ``size`` shrunk alike where the file is absent or unreadable (the
     boxes' coordinates are fractions of the image, so they land where they belong either way)."""
     path = find_image(images_dir, names)
     if path is None:
         note = f"{' or '.join(names)} not found" if images_dir else "no image directory given"
-        return Picture(*shown_size(*size, max_side), None, note=note)
+        return Picture(*shown_size(*size, max_side, max_height), None, note=note)
     try:
         with Image.open(path) as image:
             image = image.convert("RGB")
-            image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            image = image.resize(shown_size(*image.size, max_side, max_height), Image.Resampling.LANCZOS)
             buffer = io.BytesIO()
             image.save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        return Picture(*shown_size(*size, max_side), None, note=f"{os.path.basename(path)} is not a readable image ({e})")
+        return Picture(*shown_size(*size, max_side, max_height), None,
+                       note=f"{os.path.basename(path)} is not a readable image ({e})")
     uri = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
     return Picture(image.width, image.height, uri, source=path)
