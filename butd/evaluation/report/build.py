@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from butd.evaluation.inference import has_attention
 from butd.evaluation.report import charts, gather, page
 from butd.evaluation.report.images import PAIR_HEIGHT, picture_of
 
@@ -131,6 +132,8 @@ def gallery_cards(items: Sequence[gather.GalleryItem], task, split: str, images:
     rectangles of its boxes, and how many of the pictures were found in ``images``."""
     cards, found, total = [], 0, 0
     for item in items:
+        weights = [w for view in item.images if view.weights is not None for w in view.weights.tolist()]
+        strongest = max(weights, default=0.0) or 1.0
         pictures = []
         for side, view in enumerate(item.images):
             picture = picture_of(task.image_files(view.image_id, split), images, view.size,
@@ -138,9 +141,12 @@ def gallery_cards(items: Sequence[gather.GalleryItem], task, split: str, images:
             found, total = found + (picture.uri is not None), total + 1
             boxes = []
             for k, (x, y, w, h) in enumerate(picture.rectangles(view.boxes)):
-                boxes.append({"x": x, "y": y, "width": w, "height": h, "row": int(view.rows[k]),
-                              "weight": None if view.weights is None else float(view.weights[k]),
-                              "rank": None if view.ranks is None else int(view.ranks[k])})
+                weight = None if view.weights is None else float(view.weights[k])
+                # a box's line as strong as its weight against the question's strongest: where the
+                # model looks stands out from boxes it barely attends to
+                boxes.append({"x": x, "y": y, "width": w, "height": h, "row": int(view.rows[k]), "weight": weight,
+                              "rank": None if view.ranks is None else int(view.ranks[k]),
+                              "strength": None if weight is None else weight / strongest})
             name = ("left", "right")[side] if len(item.images) == 2 else None
             pictures.append({"picture": picture, "view": view, "boxes": boxes, "side": name})
         filters = {f"type-{_slug(name)}": value for name, value in item.types.items()}
@@ -156,8 +162,23 @@ def filter_options(cards: Sequence[dict]) -> dict:
     for card in cards:
         for key, value in card["filters"].items():
             options.setdefault(key, set()).add(value)
-    return {key: values if key == "result" else sorted(values, key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
-            for key, values in options.items()}
+    def order(value: str):
+        return (not value.isdigit(), int(value) if value.isdigit() else 0, value)
+    return {key: values if key == "result" else sorted(values, key=order) for key, values in options.items()}
+
+
+def run_metrics(checkpoint: str) -> tuple:
+    """``(metrics, curves, note)`` of ``checkpoint``'s run: its metrics file's contents and training
+    curves as a data URI, or None and ``note``, why not (no file, or no per-epoch metric in it)."""
+    path = metrics_file(checkpoint)
+    if not os.path.isfile(path):
+        return None, None, f"no metrics file at {path} (train.py writes it there)"
+    try:
+        with open(path) as f:
+            metrics = json.load(f)
+        return metrics, charts.training_curves(path), None
+    except ValueError as e:   # not JSON, or no per-epoch metric
+        return None, None, f"{path}: {e}"
 
 
 def write_report(lit, dm, split: str, labels: np.ndarray, written: Sequence[str], scores: dict, *,
@@ -194,19 +215,8 @@ def write_report(lit, dm, split: str, labels: np.ndarray, written: Sequence[str]
     if not task.gallery_type:
         for item in items:
             item.types = {"gold answer": ", ".join(item.gold) or "none", **item.types}
-    attention = any(view.weights is not None for item in items for view in item.images)
     cards, found, total = gallery_cards(items, task, split, images)
-
-    metrics_path, metrics, curves, curves_note = metrics_file(checkpoint), None, None, None
-    if os.path.isfile(metrics_path):
-        try:
-            with open(metrics_path) as f:
-                metrics = json.load(f)
-            curves = charts.training_curves(metrics_path)
-        except ValueError as e:
-            curves_note = f"{metrics_path}: {e}"
-    else:
-        curves_note = f"no metrics file at {metrics_path} (train.py writes it there)"
+    metrics, curves, curves_note = run_metrics(checkpoint)
 
     path = report_path(predictions)
     title = f"{task.title} {split}: {os.path.basename(os.path.dirname(os.path.abspath(checkpoint)))}"
@@ -217,10 +227,11 @@ def write_report(lit, dm, split: str, labels: np.ndarray, written: Sequence[str]
         baseline=scores.get("baseline"), baseline_score=scores.get("baseline_score"),
         charts=score_charts(scores), not_available=(scores.get("not_available") or {}),
         distribution=(scores.get("official") or {}).get("distribution"),
-        curves=curves, curves_note=curves_note, metrics_path=metrics_path,
+        curves=curves, curves_note=curves_note, metrics_path=metrics_file(checkpoint),
         confusions=confused, not_right=not_right, scored=int(np.isfinite(question_scores).sum()),
         soft_score=bool(np.any((question_scores > 0) & (question_scores < 1))),
-        cards=cards, filters=filter_options(cards), attention=attention, images=images, found=found, total=total,
+        cards=cards, filters=filter_options(cards), attention=has_attention(lit.model), images=images, found=found,
+        total=total,
         examples=examples, questions=len(arrays), predictions=predictions)
     with open(path + ".partial", "w", encoding="utf-8") as f:
         f.write(html)

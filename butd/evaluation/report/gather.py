@@ -53,7 +53,8 @@ def confusions(reference: np.ndarray, predicted: np.ndarray, scores: np.ndarray,
 def sample_gallery(kinds: Sequence[str], results: Sequence[str], n: int, seed: int = 0) -> np.ndarray:
     """int64 [min(n, N)]: positions of questions spread over the (kind, result) strata: each
     stratum's questions shuffled (``seed``), then one from each stratum in turn (kinds in order of
-    first appearance, results in ``RESULTS`` order) until ``n`` are taken. Sorted."""
+    first appearance, results in ``RESULTS`` order) until ``n`` are taken, in that order (the
+    gallery's first cards show every stratum)."""
     kinds, results = np.asarray(kinds, dtype=str), np.asarray(results, dtype=str)
     if len(kinds) != len(results):
         raise ValueError(f"sample_gallery: {len(kinds)} kinds for {len(results)} results")
@@ -68,7 +69,7 @@ def sample_gallery(kinds: Sequence[str], results: Sequence[str], n: int, seed: i
     while len(picked) < n and any(depth < len(s) for s in strata):
         picked += [int(s[depth]) for s in strata if depth < len(s)][:n - len(picked)]
         depth += 1
-    return np.sort(np.array(picked, dtype=np.int64))
+    return np.array(picked, dtype=np.int64)
 
 
 @dataclass
