@@ -25,7 +25,6 @@ and prints where the checkpoint, metrics, predictions, report and plots are.
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import json
 import os
@@ -34,6 +33,7 @@ import subprocess
 import sys
 import time
 
+from butd.cli import ArgumentParser, description
 from butd.synthetic import GENERATORS
 from butd.tasks import TASK_NAMES, get_task
 
@@ -73,14 +73,13 @@ def demo_dir(data: str, task: str, quick: bool = False) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description="Run the whole pipeline on a generated sample.")
-    p.add_argument("--data", default="data",
-                   help="data directory (default: data/); the demo works in <data>/demo/<dataset>/ only")
-    p.add_argument("--dataset", default="gqa", choices=TASK_NAMES, help="which task's sample to run (default: gqa)")
+    p = ArgumentParser(description=description(__doc__, 3))
+    p.add_argument("--data", default="data", help="data directory; the demo works in <data>/demo/<dataset>/ only")
+    p.add_argument("--dataset", default="gqa", choices=TASK_NAMES, help="which task's sample to run")
     p.add_argument("--quick", action="store_true",
                    help="a smaller sample, model and training, in <data>/demo/<dataset>-quick/: a smoke test")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 12, 6 with --quick)")
-    p.add_argument("--seed", type=int, default=7, help="training seed (default: 7)")
+    p.add_argument("--seed", type=int, default=7, help="training seed")
     args = p.parse_args(argv)
     task = get_task(args.dataset)
     root = os.path.abspath(demo_dir(args.data, task.name, args.quick))

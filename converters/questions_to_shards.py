@@ -13,29 +13,30 @@ the feature store that serves its split (GQA: ``<cache>/trainval.zarr`` for trai
 A second run with the same inputs does nothing; changed inputs (files, feature stores, settings)
 rebuild. The library code is butd/questions/.
 """
-import argparse
 import json
 import os
 import sys
 
 from butd import questions
-from butd.cli import run
+from butd.cli import ArgumentParser, description, run
 from butd.tasks import TASK_NAMES
 from butd.training.config import DataConfig
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--dataset", default="gqa", choices=TASK_NAMES)
+    p = ArgumentParser(description=description(__doc__))
+    p.add_argument("--dataset", default="gqa", choices=TASK_NAMES, help="whose question files to read")
     p.add_argument("--data", default="data/", help="where downloaded data is located")
-    p.add_argument("--questions", default=None, help="directory of the question files (default <data>/<task dir>)")
-    p.add_argument("--glove", default=None, help="GloVe vectors, .txt or .txt.gz (default <data>/GloVe/glove.6B.300d.txt, or .txt.gz if only that is there)")
-    p.add_argument("--cache", default=None, help="directory holding the feature stores (default <data>/<task cache>)")
-    p.add_argument("--out", default=None, help="output directory (default: <cache>/questions)")
+    p.add_argument("--questions", default=None, help="the question files (default <data>/GQA-Questions, "
+                   "VQA2-Questions or NLVR2-Questions)")
+    p.add_argument("--glove", default=None, help="GloVe vectors, .txt or .txt.gz (default <data>/GloVe/glove.6B.300d.txt, "
+                   "or .txt.gz if only that is there)")
+    p.add_argument("--cache", default=None, help="the feature stores' directory (default <data>/GQA-Cache, VQA2-Cache "
+                   "or NLVR2-Cache)")
+    p.add_argument("--out", default=None, help="the question cache's directory (default: <cache>/questions)")
     p.add_argument("--emb_dim", type=int, default=300, help="GloVe dimension (checked against the file)")
     p.add_argument("--max_length", type=int, default=None, help="tokens per question (default: the task's)")
-    p.add_argument("--drop_missing", "--drop-missing", dest="drop_missing", action="store_true",
+    p.add_argument("--drop_missing", action="store_true",
                    help="leave out questions whose image has no feature row, instead of failing")
     p.add_argument("--workers", type=int, default=None, help="shard-writing processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")

@@ -4,6 +4,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 from butd.evaluation import plots
 
 import evaluate
@@ -39,3 +42,35 @@ def test_help_pages_import_no_torch():
     from helpers import imports_torch
     for script in ("train.py", "evaluate.py", os.path.join("converters", "questions_to_shards.py")):
         assert not imports_torch(os.path.join(ROOT, script), ["--help"]), script
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_flags_take_either_spelling_and_choices_any_case():
+    from butd.training.config import parse_config
+    c = parse_config(["--run_name", "x", "--dataset", "GQA", "--feature-cache", "pinned", "--rnn", "lstm",
+                      "--answer-dropout=0.3", "--no_weight_norm"])
+    assert (c.data.dataset, c.data.feature_cache, c.model.rnn, c.model.answer_dropout, c.model.weight_norm) == \
+        ("gqa", "pinned", "LSTM", 0.3, False)
+
+
+def test_a_mistyped_flag_or_value_is_one_line_with_the_nearest_suggested():
+    for args, expected in ((["train.py", "--run_name", "x", "--dataset", "vqa"], "did you mean vqa2?"),
+                           (["train.py", "--run_name", "x", "--hiden", "64"], "did you mean --hidden?"),
+                           (["train.py", "--run_name", "x", "--hidden", "many"], "--hidden: expected int"),
+                           (["evaluate.py", "--split", "val"], "required: --checkpoint"),
+                           (["-m", "butd.demo", "--dataset", "vqa"], "is not one of vqa2, gqa, nlvr2"),
+                           ([os.path.join("converters", "questions_to_shards.py"), "--glov", "g"],
+                            "did you mean --glove?")):
+        done = run_cli(*args)
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
+        assert expected in done.stderr and "usage:" not in done.stderr, (args, done.stderr)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: nothing to refuse")
+def test_a_gpu_asked_of_evaluate_on_a_machine_without_one_is_one_line():
+    done = run_cli("evaluate.py", "--checkpoint", "run.ckpt", "--accelerator", "gpu")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "no GPU is visible" in done.stderr and "--accelerator cpu" in done.stderr

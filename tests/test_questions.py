@@ -436,3 +436,16 @@ def test_question_files_with_a_bom(tmp_path):
     assert list(object_items(str(tmp_path / "q.json"))) == [("q1", {"question": "Is it?"})]
     (tmp_path / "q.jsonl").write_bytes(BOM + b'{"identifier": "dev-1-0-0"}\n{"identifier": "dev-1-0-1"}\n')
     assert [v["identifier"] for _, v in json_lines(str(tmp_path / "q.jsonl"))] == ["dev-1-0-0", "dev-1-0-1"]
+
+
+def test_every_missing_input_is_named_at_once_before_any_work(inputs, tmp_path):
+    os.remove(question_file(inputs, "val"))
+    os.remove(question_file(inputs, "test"))
+    os.remove(inputs.glove)
+    with pytest.raises(FileNotFoundError) as missing:
+        build(inputs, tmp_path / "out")
+    text = str(missing.value)
+    assert "3 input(s) not found" in text
+    for name in ("val_balanced_questions.json", "test_balanced_questions.json", "glove.6B.300d.txt"):
+        assert name in text
+    assert not (tmp_path / "out").exists()

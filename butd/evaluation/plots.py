@@ -7,7 +7,6 @@ benchmarks (throughput against workers or batch size) both go through it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Dict, Sequence, Tuple
@@ -106,9 +105,10 @@ def plot_training_curves(metrics_files: Sequence[str], out: str, title: str | No
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Plot training curves from metrics JSON files.")
+    from butd.cli import ArgumentParser, description
+    p = ArgumentParser(description=description(__doc__))
     p.add_argument("metrics", nargs="+", help="<checkpoint>/metrics/<run>-metrics.json files")
-    p.add_argument("--out", default="training_curves.png", help="the PNG to write (default: training_curves.png)")
+    p.add_argument("--out", default="training_curves.png", help="the PNG to write")
     p.add_argument("--title", default=None, help="figure title (default: the runs' dataset)")
     args = p.parse_args(argv)
     print(f"[*] wrote {plot_training_curves(args.metrics, args.out, args.title)}")

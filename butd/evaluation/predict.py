@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from butd import questions
+from butd.cli import require_gpus
 from butd.evaluation import gqa_official
 from butd.evaluation.inference import has_attention, predict_split
 from butd.loading import VQADataModule
@@ -82,6 +83,8 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     official evaluation files are looked for there (GQA: all questions, choices, scene graphs).
     ``report``: also write ``<out stem>-report.html`` (``butd.evaluation.report``), its gallery
     ``report_examples`` questions, their images from ``images`` (a directory) where there."""
+    if accelerator in ("gpu", "cuda"):
+        require_gpus(1, f"--accelerator {accelerator}", "evaluate on the CPU with --accelerator cpu (or auto)")
     config = load_config(checkpoint)
     paths = config.data.paths()
     cache_dir = cache or paths["cache"]

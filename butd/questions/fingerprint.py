@@ -34,8 +34,27 @@ class Inputs:
     def length(self) -> int:
         return self.max_length or get_task(self.task).max_length
 
+    def check_present(self) -> None:
+        """Raise FileNotFoundError naming, at once, every input that is not there: each split's
+        question file(s), GloVe and each complete feature store (not one per run)."""
+        task = get_task(self.task)
+        missing = [f"{p} ({task.title} {s} questions)" for s in task.split_names
+                   for p in task.question_files(self.questions, s) if not os.path.isfile(p)]
+        missing += [f"{self.glove} (GloVe)"] if not os.path.isfile(self.glove) else []
+        for name in sorted(task.stores):
+            try:
+                schema.read_complete_attrs(task.store_path(self.cache, name))
+            except (OSError, ValueError):
+                missing.append(f"{task.store_path(self.cache, name)} (a complete feature store: "
+                               "python converters/tsv_to_zarr.py)")
+        if missing:
+            raise FileNotFoundError(f"the {task.title} question cache needs {len(missing)} input(s) not found: "
+                                    + "; ".join(missing))
+
     def describe(self) -> dict:
-        """Paths, sizes and mtimes of the files, the feature stores' own fingerprints, the settings."""
+        """Paths, sizes and mtimes of the files, the feature stores' own fingerprints, the settings.
+        Raises FileNotFoundError naming every missing input (``check_present``)."""
+        self.check_present()
         task = get_task(self.task)
         return {
             "format_version": FORMAT_VERSION,

@@ -20,12 +20,12 @@ It never writes over a file it did not write (real data put in ``--out``): it na
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
 
+from butd.cli import ArgumentParser, description
 from butd.synthetic.command import add_sample_flags, report, run_generator, sample_options
 from butd.synthetic.guard import write_once
 from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
@@ -148,17 +148,17 @@ def _write(paths: dict, guard, seed, train_images, val_images, test_images, test
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data/demo/gqa", help="directory to write under (default: data/demo/gqa/)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train_images", type=int, default=300)
-    p.add_argument("--val_images", type=int, default=40)
-    p.add_argument("--test_images", type=int, default=40)
-    p.add_argument("--testdev_images", type=int, default=60)
-    p.add_argument("--questions_per_image", type=int, default=10)
-    p.add_argument("--feature_dim", type=int, default=2048)
-    p.add_argument("--num_boxes", type=int, default=36)
-    p.add_argument("--emb_dim", type=int, default=300)
+    p = ArgumentParser(description=description(__doc__))
+    p.add_argument("--out", default="data/demo/gqa", help="directory to write under")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sample")
+    p.add_argument("--train_images", type=int, default=300, help="train images")
+    p.add_argument("--val_images", type=int, default=40, help="val images")
+    p.add_argument("--test_images", type=int, default=40, help="test images")
+    p.add_argument("--testdev_images", type=int, default=60, help="testdev images")
+    p.add_argument("--questions_per_image", type=int, default=10, help="questions asked about each image")
+    p.add_argument("--feature_dim", type=int, default=2048, help="feature values per box")
+    p.add_argument("--num_boxes", type=int, default=36, help="boxes per image")
+    p.add_argument("--emb_dim", type=int, default=300, help="GloVe vector size")
     add_sample_flags(p, QUICK)
     report(generate(**sample_options(p.parse_args(argv), QUICK)), "GQA")
 

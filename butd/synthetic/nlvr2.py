@@ -33,12 +33,12 @@ It never writes over a file it did not write (real data put in ``--out``): it na
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import numpy as np
 
+from butd.cli import ArgumentParser, description
 from butd.synthetic.command import add_sample_flags, report, run_generator, sample_options
 from butd.synthetic.guard import write_once
 from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
@@ -227,17 +227,17 @@ def _write(paths: dict, guard, seed, train_sets, dev_sets, test_sets, pairs_per_
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data/demo/nlvr2", help="directory to write under (default: data/demo/nlvr2/)")
-    p.add_argument("--seed", type=int, default=0)
+    p = ArgumentParser(description=description(__doc__))
+    p.add_argument("--out", default="data/demo/nlvr2", help="directory to write under")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sample")
     p.add_argument("--train_sets", type=int, default=200, help="sets in train.json (each 2 x pairs images)")
-    p.add_argument("--dev_sets", type=int, default=25)
+    p.add_argument("--dev_sets", type=int, default=25, help="sets in dev.json")
     p.add_argument("--test_sets", type=int, default=25, help="sets in test1.json")
-    p.add_argument("--pairs_per_set", type=int, default=4)
-    p.add_argument("--sentences_per_set", type=int, default=4)
-    p.add_argument("--feature_dim", type=int, default=256)
-    p.add_argument("--num_boxes", type=int, default=12)
-    p.add_argument("--emb_dim", type=int, default=300)
+    p.add_argument("--pairs_per_set", type=int, default=4, help="image pairs per set")
+    p.add_argument("--sentences_per_set", type=int, default=4, help="sentences per set")
+    p.add_argument("--feature_dim", type=int, default=256, help="feature values per box")
+    p.add_argument("--num_boxes", type=int, default=12, help="boxes per image")
+    p.add_argument("--emb_dim", type=int, default=300, help="GloVe vector size")
     p.add_argument("--kinds", default=",".join(DEFAULT_KINDS), help=f"statement kinds, of {', '.join(KINDS)}")
     p.add_argument("--objects", default=",".join(DEFAULT_OBJECTS), help="objects the statements name")
     add_sample_flags(p, QUICK)

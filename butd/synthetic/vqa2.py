@@ -24,13 +24,13 @@ It never writes over a file it did not write (real data put in ``--out``): it na
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections import Counter
 
 import numpy as np
 
+from butd.cli import ArgumentParser, description
 from butd.synthetic.command import add_sample_flags, report, run_generator, sample_options
 from butd.synthetic.guard import write_once
 from butd.synthetic.scene import COLOURS, GLOVE_MISSING, OBJECTS, SceneModel, write_glove, write_tsv
@@ -206,16 +206,16 @@ def _write(paths: dict, guard, seed, train_images, val_images, test_images, ques
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data/demo/vqa2", help="directory to write under (default: data/demo/vqa2/)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train_images", type=int, default=300)
-    p.add_argument("--val_images", type=int, default=60)
-    p.add_argument("--test_images", type=int, default=40)
-    p.add_argument("--questions_per_image", type=int, default=5)
-    p.add_argument("--feature_dim", type=int, default=2048)
-    p.add_argument("--num_boxes", type=int, default=36)
-    p.add_argument("--emb_dim", type=int, default=300)
+    p = ArgumentParser(description=description(__doc__))
+    p.add_argument("--out", default="data/demo/vqa2", help="directory to write under")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sample")
+    p.add_argument("--train_images", type=int, default=300, help="train images")
+    p.add_argument("--val_images", type=int, default=60, help="val images")
+    p.add_argument("--test_images", type=int, default=40, help="test images")
+    p.add_argument("--questions_per_image", type=int, default=5, help="questions asked about each image")
+    p.add_argument("--feature_dim", type=int, default=2048, help="feature values per box")
+    p.add_argument("--num_boxes", type=int, default=36, help="boxes per image")
+    p.add_argument("--emb_dim", type=int, default=300, help="GloVe vector size")
     p.add_argument("--layout", choices=("obj36", "anderson"), default="obj36",
                    help="obj36: LXMERT's 10 columns, ids COCO_<split>_%%012d; anderson: 6 columns, integer ids")
     add_sample_flags(p, QUICK)

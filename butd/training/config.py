@@ -28,10 +28,12 @@ configuration and in the checkpoint's hyper-parameters follow from the field.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
+import sys
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 from butd.tasks import TASK_NAMES, get_task
 
@@ -258,34 +260,93 @@ def resolved(config: TrainConfig) -> TrainConfig:
 _BARE = {"fast_dev_run": 1}
 
 
+_USAGE = {"train.py": "train.py --run_name NAME [--dataset gqa|vqa2|nlvr2] [--model butd|film] [flags]",
+          "evaluate.py": "evaluate.py --checkpoint CKPT [--split SPLIT] [flags]"}
+
+
+@functools.lru_cache(maxsize=None)
+def _parser_class():
+    """jsonargparse's ArgumentParser read as every command here reads flags (``butd.cli``): both
+    spellings of a long flag, choices in any case, help lines with their default and choices in
+    plain words, one-line usage errors (exit status 2)."""
+    import re
+
+    from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter
+
+    from butd import cli
+
+    class HelpFormatter(DefaultHelpFormatter):
+        def _format_action_invocation(self, action):
+            if isinstance(action, ActionYesNo):    # "--flag, --no_flag" ("--flag true|false" works too)
+                return ", ".join(action.option_strings)
+            return super()._format_action_invocation(action)
+
+        def _get_help_string(self, action):
+            if getattr(action, "_jsonargparse_preexpanded_help", False) or action.option_strings in (["--config"], []):
+                return super()._get_help_string(action)
+            text = action.help or ""
+            return text + cli.help_suffix(action, "default" in text.lower() or action.dest == "print_config")
+
+    class Parser(ArgumentParser):
+        def parse_args(self, args=None, *rest, **kwargs):
+            args = list(sys.argv[1:] if args is None else args)
+            return super().parse_args(cli.canonical_flags(args, self._option_string_actions), *rest, **kwargs)
+
+        def error(self, message, ex=None):
+            # jsonargparse's own wording of a bad value, in plain words
+            typed = re.match(r'Parser key "(\w+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', str(message), re.S)
+            if typed:
+                message = f"--{typed.group(1)}: expected {typed.group(2)}, got {typed.group(3).strip()!r}"
+            cli.usage_error(self.prog, message, self._option_string_actions)
+
+    return Parser, HelpFormatter
+
+
 def _parser(description: str):
-    from jsonargparse import ArgumentParser, set_parsing_settings
+    from jsonargparse import set_parsing_settings
     set_parsing_settings(docstring_parse_attribute_docstrings=True)   # help from the fields' docstrings
+    parser_class, formatter = _parser_class()
+    prog = "evaluate.py" if description.startswith("Evaluate") else "train.py"
     # no abbreviations: --resum would parse as --resume, yet parse_config reads --resume first
-    return ArgumentParser(description=description, default_env=False, exit_on_error=True, allow_abbrev=False)
+    return parser_class(description=description, default_env=False, exit_on_error=True, allow_abbrev=False,
+                        formatter_class=formatter, prog=prog, usage=_USAGE[prog])
+
+
+def _choices(hint) -> tuple:
+    """The values of a ``Literal`` (or ``Optional[Literal]``) type hint; () for another hint."""
+    if get_origin(hint) is Union:
+        hint = next((a for a in get_args(hint) if a is not type(None)), None)
+    return get_args(hint) if get_origin(hint) is Literal else ()
 
 
 def _add_fields(parser, group: type, only=None, aliases=None, as_group: bool = True) -> None:
     """``group``'s fields (``only`` those named) as flags, in an argument group of their own
     (``as_group``), help from the fields' docstrings. Booleans and ``_BARE`` fields also take no value (``--bidirectional``,
-    ``--fast_dev_run``), booleans ``--no_<flag>``; ``aliases``: ``{field: [other flag names]}``."""
+    ``--fast_dev_run``), booleans ``--no_<flag>``; fields of a ``Literal`` type take their values in
+    any case (``--dataset GQA``); ``aliases``: ``{field: [other flag names]}``."""
     from docstring_parser import parse_from_object
     from jsonargparse import ActionYesNo
+
+    from butd.cli import Choice
+    hints = get_type_hints(group)
     fields = [f for f in dataclasses.fields(group) if only is None or f.name in only]
-    special = {f.name for f in fields if f.type in ("bool", bool) or f.name in _BARE or f.name in (aliases or {})}
-    skip = {f.name for f in dataclasses.fields(group)} - {f.name for f in fields} | special
-    parser.add_class_arguments(group, nested_key=None, skip=skip, as_group=as_group)
-    target = parser.groups.get(group.__name__, parser) if as_group else parser
+    target = parser.add_argument_group(group.__doc__) if as_group else parser
     docs = {p.arg_name: p.description for p in parse_from_object(group).params}
-    for f in (f for f in fields if f.name in special):
+    for f in fields:      # in the dataclass's order, each as its kind of flag reads best
         names = [f"--{f.name}", *(f"--{a}" for a in (aliases or {}).get(f.name, ()))]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.type in ("bool", bool):
-            target.add_argument(names[0], action=ActionYesNo, nargs="?", default=default, help=docs.get(f.name))
+        hint, help = hints[f.name], docs.get(f.name)
+        default = {"default": f.default} if f.default is not dataclasses.MISSING else {"required": True}
+        choices = _choices(hint)
+        if hint is bool:
+            target.add_argument(names[0], action=ActionYesNo(yes_prefix="", no_prefix="no_"), nargs="?",
+                                help=help, **default)
         elif f.name in _BARE:
-            target.add_argument(*names, type=int, nargs="?", const=_BARE[f.name], default=default, help=docs.get(f.name))
+            target.add_argument(*names, type=int, nargs="?", const=_BARE[f.name], help=help, **default)
+        elif choices:
+            target.add_argument(*names, type=Choice(choices), metavar="{" + ",".join(choices) + "}", help=help,
+                                **default)
         else:
-            target.add_argument(*names, type=Optional[str], default=default, help=docs.get(f.name))
+            target.add_argument(*names, type=hint, help=help, **default)
 
 
 def make_parser(description: str = "Train BUTD/FiLM."):
@@ -312,6 +373,8 @@ def make_evaluate_parser(description: str = "Evaluate a BUTD/FiLM checkpoint on 
                 - {name for names in EVALUATE_SHARED.values() for name in names}, aliases=aliases)
     for group, names in EVALUATE_SHARED.items():
         _add_fields(parser, group, only=names, as_group=False)
+    splits = "; ".join(f"{get_task(t).title}: {', '.join(get_task(t).split_names)}" for t in TASK_NAMES)
+    parser._option_string_actions["--split"].help += f" ({splits})"
     return parser
 
 
@@ -346,7 +409,6 @@ def parse_config(argv=None) -> TrainConfig:
     Only the command line resumes: a ``resume`` in a ``--config`` file (a resumed run's older
     config.json) is ignored, so starting from a run's file begins a new run. Raises
     FileNotFoundError for a ``--resume`` checkpoint that is not there."""
-    import sys
     argv = list(sys.argv[1:] if argv is None else argv)
     given = _resume_flags(argv)
     if given.resume:

@@ -68,17 +68,12 @@ def make_loggers(config: TrainConfig, run: str) -> list:
 def check_devices(config: TrainConfig) -> None:
     """Refuse, before any work, GPUs that are not there: Lightning would end in a traceback. (A
     ``--feature_cache gpu`` without one is refused by the DataModule, made before any work too.)"""
-    import torch
+    from butd.cli import require_gpus
     hw = config.hardware
-    if hw.accelerator not in ("gpu", "cuda"):
-        return
-    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    wanted = hw.devices if isinstance(hw.devices, int) and hw.devices > 0 else 1
-    if visible < wanted:
-        seen = "no GPU is visible" if not visible else f"only {visible} GPU(s) are visible"
-        raise ValueError(f"{wanted} GPU(s) asked for (--gpus / --accelerator gpu --devices), but {seen} to PyTorch "
-                         "here (check CUDA_VISIBLE_DEVICES and the driver); to train on the CPU use --accelerator cpu, "
-                         "and to run DDP on the CPU --accelerator cpu --devices 2 --strategy ddp")
+    if hw.accelerator in ("gpu", "cuda"):
+        require_gpus(hw.devices if isinstance(hw.devices, int) and hw.devices > 0 else 1,
+                     "--gpus / --accelerator gpu --devices", "to train on the CPU use --accelerator cpu, and to run "
+                     "DDP on the CPU --accelerator cpu --devices 2 --strategy ddp")
 
 
 def make_trainer(config: TrainConfig, loggers, callbacks: list, **overrides):
