@@ -38,13 +38,16 @@ def main(argv=None) -> dict:
     p.add_argument("--max_length", type=int, default=None, help="tokens per question (default: the task's)")
     p.add_argument("--drop_missing", action="store_true",
                    help="leave out questions whose image has no feature row, instead of failing")
+    p.add_argument("--min_answer_count", type=int, default=None,
+                   help="VQA v2: the candidate answers are those at least this many train+val questions give "
+                        "(default: 9, the references'); lower it for a small subset. GQA and NLVR2 keep every answer")
     p.add_argument("--workers", type=int, default=None, help="shard-writing processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     args = p.parse_args(argv)
     paths = DataConfig(dataset=args.dataset, data=args.data, glove=args.glove).paths()
     inputs = questions.Inputs(args.dataset, args.questions or paths["questions"], paths["glove"],
                               args.cache or paths["cache"], emb_dim=args.emb_dim, max_length=args.max_length,
-                              drop_missing=args.drop_missing)
+                              drop_missing=args.drop_missing, min_answer_count=args.min_answer_count)
     summary = questions.build(inputs, args.out or os.path.join(inputs.cache, "questions"), force=args.force,
                               workers=args.workers)
     print(json.dumps(summary))

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -279,6 +280,21 @@ def test_the_cache_holds_every_question_with_compact_targets(sample):
         with open(os.path.join(paths["questions"], ANNOTATION_FILE.format(split=split))) as f:
             entries += json.load(f)["annotations"]
     assert label2ans == ref.create_labels(ref.filter_answers(entries, 9))[1]
+
+
+def test_the_candidate_threshold_is_a_flag_for_small_subsets(sample, tmp_path):
+    root, paths = sample
+    qdir = os.path.join(root, "VQA2-Cache", "questions")
+    default = len(questions.load_answers(qdir)[1])
+    out = str(tmp_path / "questions")
+    questions_to_shards.main(["--dataset", "vqa2", "--data", root, "--glove", paths["glove"], "--emb_dim", str(EMB),
+                              "--workers", "1", "--min_answer_count", "60", "--out", out])
+    kept = questions.load_answers(out)[1]
+    mca = Counter(va.normalize_answer(a["multiple_choice_answer"]) for split in ("train2014", "val2014") for a in
+                  json.load(open(os.path.join(root, "VQA2-Questions", f"v2_mscoco_{split}_annotations.json")))["annotations"])
+    assert 0 < len(kept) < default and set(kept) == {a for a, n in mca.items() if n >= 60}
+    # the setting is part of the cache's identity: the default cache is not taken for it
+    assert questions.read_manifest(out)["fingerprint"] != questions.read_manifest(qdir)["fingerprint"]
 
 
 def test_integer_image_ids_of_anderson_features_resolve_and_one_trainval_store_serves_both_splits(tmp_path):

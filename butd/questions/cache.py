@@ -222,7 +222,7 @@ def _build_into(out: str, inputs: Inputs, workers: int, say, progress) -> dict:
     if absent:
         say(f"[*] no question file for the optional split(s) {', '.join(absent)}: left out of the cache")
     raws = {s: task.read_split(inputs.questions, s) for s in names}
-    ans2label, label2ans = task.answer_vocabulary(raws)
+    ans2label, label2ans = task.answer_vocabulary(raws, inputs.min_answer_count)
     spellings = task.answer_spellings(raws, ans2label, label2ans)
 
     phase("tokenize", "[*] tokenizing, resolving image rows")

@@ -29,6 +29,7 @@ class Inputs:
     emb_dim: int = 300
     max_length: Optional[int] = None
     drop_missing: bool = False
+    min_answer_count: Optional[int] = None
 
     @property
     def length(self) -> int:
@@ -63,7 +64,9 @@ class Inputs:
                               for p in task.question_files(self.questions, s)] for s in task.split_names},
             "glove": file_stat(self.glove, "GloVe file"),
             "stores": {name: store_stat(task.store_path(self.cache, name)) for name in sorted(task.stores)},
-            "settings": {"emb_dim": self.emb_dim, "max_length": self.length, "drop_missing": self.drop_missing},
+            "settings": {"emb_dim": self.emb_dim, "max_length": self.length, "drop_missing": self.drop_missing,
+                         # only when given: caches built before the setting keep their fingerprint
+                         **({"min_answer_count": self.min_answer_count} if self.min_answer_count else {})},
         }
 
 

@@ -132,8 +132,11 @@ class Task(ABC):
 
     # -- answers and training targets ----------------------------------------------------------------
     @abstractmethod
-    def answer_vocabulary(self, raws: Dict[str, RawQuestions]) -> Tuple[dict, list]:
-        """(ans2label, label2ans) from the splits whose answers join the vocabulary."""
+    def answer_vocabulary(self, raws: Dict[str, RawQuestions], min_answer_count: Optional[int] = None
+                          ) -> Tuple[dict, list]:
+        """(ans2label, label2ans) from the splits whose answers join the vocabulary. A task that keeps
+        only the answers given often enough (VQA v2) keeps those given at least ``min_answer_count``
+        times (None: its own threshold); the others keep every answer and ignore it."""
 
     def answer_spellings(self, raws: Dict[str, RawQuestions], ans2label: dict, label2ans: list) -> list:
         """How each answer label is written in predictions, by label: ``label2ans`` unless the task's

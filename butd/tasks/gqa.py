@@ -85,8 +85,10 @@ class GQA(Task):
         return read_question_file(files[0], self.split(split).answers)
 
     # -- answers and targets -----------------------------------------------------------------------
-    def answer_vocabulary(self, raws: Dict[str, RawQuestions]) -> tuple:
-        """The specification's answer vocabulary: keys lower-cased, label2ans keeps the first spelling."""
+    def answer_vocabulary(self, raws: Dict[str, RawQuestions], min_answer_count=None) -> tuple:
+        """The specification's answer vocabulary, every answer of its splits: keys lower-cased,
+        label2ans keeps the first spelling (``min_answer_count`` does not apply: testdev's answers
+        must all be in it)."""
         ans2label, label2ans = {}, []
         for split in self.splits:
             if split.answer_vocabulary and split.name in raws:

@@ -61,7 +61,7 @@ class NLVR2(Task):
         return read_statements(path, self.split(split).answers)
 
     # -- answers and targets -----------------------------------------------------------------------
-    def answer_vocabulary(self, raws: dict[str, RawQuestions]) -> tuple:
+    def answer_vocabulary(self, raws: dict[str, RawQuestions], min_answer_count=None) -> tuple:
         """Always ``{"False": 0, "True": 1}``: the 2-way classifier's outputs."""
         return {a: k for k, a in enumerate(LABELS)}, list(LABELS)
 

@@ -111,14 +111,17 @@ class VQA2(Task):
         return join_annotations(files[0], questions, files[1])
 
     # -- answers and targets -----------------------------------------------------------------------
-    def answer_vocabulary(self, raws: Dict[str, RawQuestions]) -> tuple:
-        """Candidates from the ``multiple_choice_answer`` of the train and val questions."""
+    def answer_vocabulary(self, raws: Dict[str, RawQuestions], min_answer_count=None) -> tuple:
+        """Candidates from the ``multiple_choice_answer`` of the train and val questions: those at
+        least ``min_answer_count`` (default: the references' 9) of them give."""
+        least = min_answer_count or self.min_answer_count
         ans2label, label2ans = candidate_answers((a.multiple_choice for s in self.splits if s.answer_vocabulary
-                                                  for a in raws[s.name].answers), self.min_answer_count)
+                                                  for a in raws[s.name].answers), least)
         if not label2ans:
             sources = ", ".join(raws[s.name].path for s in self.splits if s.answer_vocabulary)
-            raise QuestionFileError(f"{sources}: no answer is the multiple_choice_answer of at least "
-                                    f"{self.min_answer_count} questions, so there is no candidate answer")
+            raise QuestionFileError(f"{sources}: no answer is the multiple_choice_answer of at least {least} "
+                                    "questions, so there is no candidate answer (a small subset? lower it with "
+                                    "--min_answer_count)")
         return ans2label, label2ans
 
     def targets(self, raw: RawQuestions, ans2label: dict) -> Dict[str, np.ndarray]:

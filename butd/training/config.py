@@ -75,6 +75,9 @@ class DataConfig:
     """GloVe 300-d vectors, .txt or .txt.gz (default <data>/GloVe/glove.6B.300d.txt, or .txt.gz if only that is there)"""
     drop_missing: bool = False
     """build the question cache without the questions whose image has no feature row"""
+    min_answer_count: Optional[int] = None
+    """VQA v2: the candidate answers are those at least this many train+val questions give (default: 9, the
+    references'); lower it for a small subset. GQA and NLVR2 keep every answer"""
     num_workers: int = 0
     """0: batches gathered by a background thread of each rank (fastest measured); N: N worker processes"""
     feature_cache: Literal["auto", "none", "pinned", "gpu"] = "auto"

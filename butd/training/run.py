@@ -121,6 +121,7 @@ def question_inputs(config: TrainConfig):
     from butd import questions
     paths = config.data.paths()
     return questions.Inputs(config.data.dataset, paths["questions"], paths["glove"], paths["cache"],
+                            min_answer_count=config.data.min_answer_count,
                             emb_dim=config.model.emb_dim, drop_missing=config.data.drop_missing)
 
 
