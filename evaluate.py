@@ -3,6 +3,7 @@
     python evaluate.py --checkpoint checkpoints/runs/<run>/butd-epoch=..-val_acc=...ckpt   # film-epoch=.. for FiLM
     python evaluate.py --checkpoint CKPT --split submission --out submission.json   # GQA: upload this
     python evaluate.py --checkpoint CKPT --split val --accelerator gpu --bsz 1024
+    python evaluate.py --checkpoint CKPT --report --images data/GQA-Images    # + <out stem>-report.html
 
 Every option, its default and its meaning: ``python evaluate.py --help``; they come from
 ``EvaluateConfig`` in butd/training/config.py (``--bsz``, ``--num_workers`` and ``--accelerator``
@@ -14,6 +15,9 @@ answer-prior baseline, then writes
 
     <out>                  the predictions in the task's submission format, one per question of the split
     <out stem>-scores.json the scores, the baseline, the checkpoint and split
+    <out stem>-report.html with --report: one self-contained page (scores and charts, training curves,
+                           confusions, a gallery of questions with the boxes the model attended to;
+                           --images DIR for the pictures, --report_examples N for the gallery's size)
 
 GQA: GQA's official figures too (consistency, validity, plausibility, distribution, grounding, accuracy
 by reasoning steps and words), from the official files found beside the question files
@@ -34,6 +38,7 @@ exit status 1.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from butd.cli import run
@@ -46,9 +51,16 @@ def main(argv=None) -> dict:
     options = parse_evaluate(argv)
     if options.accelerator not in ACCELERATORS:
         raise ValueError(f"--accelerator {options.accelerator}: evaluate.py runs on one of {', '.join(ACCELERATORS)}")
+    if options.report_examples < 0:
+        raise ValueError(f"--report_examples {options.report_examples}: expected a number of questions, 0 or more")
+    if options.images is not None and not options.report:
+        raise ValueError(f"--images {options.images}: the images are the report's; add --report")
+    if options.images is not None and not os.path.isdir(options.images):
+        raise FileNotFoundError(f"--images {options.images}: no such directory (the dataset's images, for the report)")
     from butd.evaluation.predict import evaluate
     return evaluate(options.checkpoint, options.split, options.out, options.cache, options.bsz, options.num_workers,
-                    options.accelerator, questions_dir=options.questions)
+                    options.accelerator, questions_dir=options.questions, report=options.report,
+                    report_examples=options.report_examples, images=options.images)
 
 
 if __name__ == "__main__":

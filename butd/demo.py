@@ -17,10 +17,11 @@ the demo's directory):
  2. convert the feature TSVs into Zarr stores            python converters/tsv_to_zarr.py --dataset <task> --data <dir>
  3. build the vocabulary, GloVe matrix and shards        python converters/questions_to_shards.py --dataset <task> --data <dir>
  4. train BUTD on CPU for a few epochs                   python train.py --dataset <task> --run_name demo-<task> ...
- 5. evaluate the best checkpoint on the validation       python evaluate.py --checkpoint ...
-    split (GQA testdev, VQA v2 val2014, NLVR2 dev)
+ 5. evaluate the best checkpoint on the validation       python evaluate.py --checkpoint ... --report
+    split (GQA testdev, VQA v2 val2014, NLVR2 dev), and
+    write its report page
  6. plot the training curves                             python -m butd.evaluation.plots ...
-and prints where the checkpoint, metrics, predictions and plots are.
+and prints where the checkpoint, metrics, predictions, report and plots are.
 """
 from __future__ import annotations
 
@@ -100,7 +101,10 @@ def main(argv=None) -> dict:
     run = os.path.basename(os.path.dirname(best))    # the run's full name: demo-<task>-<model>-x<seed>+<date>
     split = task.val_split
     predictions = os.path.join(ckpt_dir, "predictions", run, f"{split}-predictions{task.predictions_suffix}")
-    _run(f"5. evaluate on {split}", ["evaluate.py", "--checkpoint", best, "--split", split, "--out", predictions])
+    _run(f"5. evaluate on {split}, with its report", ["evaluate.py", "--checkpoint", best, "--split", split,
+                                                      "--out", predictions, "--report"])
+    from butd.evaluation.report import report_path
+    report = report_path(predictions)
     metrics = os.path.join(ckpt_dir, "metrics", f"{run}-metrics.json")
     curves = os.path.join(ckpt_dir, "plots", f"{run}-training_curves.png")
     _run("6. plot training curves", ["-m", "butd.evaluation.plots", metrics, "--out", curves])
@@ -115,8 +119,9 @@ def main(argv=None) -> dict:
     print(f"    metrics            {metrics}")
     print(f"    predictions        {predictions}")
     print(f"    scores             {scores_file}")
+    print(f"    report             {report}")
     print(f"    training curves    {curves}")
-    return {"scores": scores, "checkpoint": best, "predictions": predictions, "curves": curves}
+    return {"scores": scores, "checkpoint": best, "predictions": predictions, "report": report, "curves": curves}
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@ specification's reading code, and builders of small seeded stores, TSVs and ques
 import base64
 import contextlib
 import csv
+import io
+import json
 import os
 import sys
+from collections import Counter
+from html.parser import HTMLParser
 
 import numpy as np
 import zarr
@@ -258,3 +262,231 @@ def imports_torch(script, args) -> bool:
                           cwd=os.path.dirname(os.path.dirname(DATA)))
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()[-1] == "True"
+
+
+# ---- an evaluation report (evaluate.py --report), read back and checked against the model ----
+
+REPORT_SECTIONS = ("evaluated", "scores", "curves", "confusions", "gallery")
+REPORT_BOXES = 5   # the most attended boxes drawn per question (issue 23)
+
+class Page(HTMLParser):
+    """What the tests read from a report: sections, cards with their pictures and boxes, top answers,
+    confusion rows, chart images, every src/href value and the tags that could load something."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.sections, self.cards, self.confusions, self.images, self.links = [], [], [], [], []
+        self.loading_tags, self.filters = [], []
+        self._card = self._svg = self._box = self._li = None
+        self._text_of = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        for name in ("src", "href", "xlink:href", "action", "poster", "srcset"):
+            if name in a:
+                self.links.append(a[name])
+        if tag in ("link", "iframe", "object", "embed", "base", "audio", "video", "source") or \
+                (tag == "script" and "src" in a):
+            self.loading_tags.append(tag)
+        if tag == "section":
+            self.sections.append(a.get("data-section"))
+        elif tag == "img":
+            self.images.append(a)
+        elif tag == "select":
+            self.filters.append(a["data-filter"])
+        elif tag == "tr" and "confusion" in a.get("class", ""):
+            self.confusions.append((a["data-gold"], a["data-predicted"], int(a["data-count"])))
+        elif tag == "article" and "card" in a.get("class", ""):
+            self._card = {"attrs": a, "svgs": [], "top": [], "gold": [], "question": ""}
+            self.cards.append(self._card)
+        elif tag == "svg" and self._card is not None:
+            self._svg = {"attrs": a, "boxes": [], "href": None}
+            self._card["svgs"].append(self._svg)
+        elif tag == "image" and self._svg is not None:
+            self._svg["href"] = a["href"]
+        elif tag == "g" and "box" in a.get("class", "") and self._svg is not None:
+            self._box = {"attrs": a, "rect": None, "label": None}
+            self._svg["boxes"].append(self._box)
+        elif tag == "rect" and self._box is not None:
+            self._box["rect"] = {k: float(a[k]) for k in ("x", "y", "width", "height")}
+        elif tag == "text" and self._box is not None:
+            self._text_of = ("label", self._box)
+        elif tag == "li" and "predicted" in a.get("class", "") and self._card is not None:
+            self._card["top"].append((a["data-answer"], float(a["data-probability"])))
+        elif tag == "b" and self._card is not None and self._card.get("in_gold"):
+            self._text_of = ("gold", self._card)
+        elif tag == "p" and self._card is not None:
+            if "gold" in a.get("class", ""):
+                self._card["in_gold"] = True
+            elif "question" in a.get("class", ""):
+                self._text_of = ("question", self._card)
+
+    def handle_endtag(self, tag):
+        ends = {"text": "label", "b": "gold", "p": "question"}
+        if self._text_of is not None and ends.get(tag) == self._text_of[0]:
+            self._text_of = None
+        if tag == "article":
+            self._card = None
+        elif tag == "svg":
+            self._svg = None
+        elif tag == "g":
+            self._box = None
+        elif tag == "p" and self._card is not None:
+            self._card["in_gold"] = False
+
+    def handle_data(self, data):
+        if self._text_of is None:
+            return
+        kind, target = self._text_of
+        if kind == "label":
+            target["label"] = data.strip()
+        elif kind == "gold":
+            target["gold"].append(data.strip())
+        elif kind == "question":
+            target["question"] += data
+
+
+def read_page(path) -> tuple:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return text, Page(text)
+
+
+def assert_self_contained(text: str, page: Page) -> None:
+    """No address outside the file: no http(s) URL anywhere, every src/href inline data or an
+    anchor, no tag that loads a resource, no CSS that could fetch one."""
+    lowered = text.lower()
+    assert "http://" not in lowered and "https://" not in lowered
+    assert not page.loading_tags, page.loading_tags
+    for link in page.links:
+        assert link.startswith("data:image/") or (link.startswith("#") and "//" not in link), link[:80]
+    assert "url(" not in lowered and "@import" not in lowered
+
+
+# ---- the model's own outputs, for comparison ---------------------------------------------------------
+
+def model_outputs(checkpoint: str, split: str) -> tuple:
+    """``({question id: (top labels, top probabilities, attention or None, boxes, box mask)}, arrays,
+    written answers, store image sizes by question id)``: a pass of ``predict_batches`` over the split."""
+    import torch
+
+    from butd import questions
+    from butd.evaluation.inference import predict_batches
+    from butd.loading import VQADataModule
+    from butd.training.config import load_config
+    from butd.training.lit import LitVQA
+    config = load_config(checkpoint)
+    lit = LitVQA.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    dm = VQADataModule(config.data.dataset, config.data.paths()["cache"], batch_size=7, pin_memory=False)
+    dm.setup("predict")
+    arrays = dm.questions(split)
+    written = lit.task.written_answers(arrays, questions.load_spellings(dm.questions_dir))
+    outputs = {}
+    for out in predict_batches(lit, dm.dataloader_for(split), torch.device("cpu")):
+        labels, probabilities = out.top(3)
+        for b, p in enumerate(out.index.tolist()):
+            outputs[str(arrays.question_ids[p])] = (labels[b], probabilities[b],
+                                                    None if out.attention is None else out.attention[b],
+                                                    out.boxes[b], out.box_mask[b])
+    sizes = dm.store(split).image_sizes(arrays.image_rows.reshape(-1)).reshape(len(arrays), -1, 2)
+    by_id = {str(q): sizes[p] for p, q in enumerate(arrays.question_ids.tolist())}
+    return outputs, arrays, written, by_id
+
+
+def check_page(path, checkpoint, split, examples, images_found=None) -> Page:
+    """Every check of a report against the model's own outputs (``images_found(page)``: how many
+    pictures must show an image file); returns the parsed page."""
+    import pytest
+    from PIL import Image
+
+    from butd.evaluation.report import gather
+    from butd.evaluation.report.images import PAIR_HEIGHT, Picture, shown_size
+    from butd.tasks import get_task
+    from butd.training.config import load_config
+    text, page = read_page(path)
+    assert_self_contained(text, page)
+    assert page.sections == list(REPORT_SECTIONS)
+    assert any(i.get("alt", "").startswith("training and validation") for i in page.images), "no training curves"
+    outputs, arrays, written, sizes = model_outputs(checkpoint, split)
+    task = get_task(load_config(checkpoint).data.dataset)
+    assert len(page.cards) == min(examples, len(arrays))
+    assert len({c["attrs"]["data-question-id"] for c in page.cards}) == len(page.cards)
+    attention_model = next(iter(outputs.values()))[2] is not None
+    for card in page.cards:
+        qid = card["attrs"]["data-question-id"]
+        labels, probabilities, attention, boxes, mask = outputs[qid]
+        # the top answers and their probabilities are the model's
+        assert [a for a, _ in card["top"]] == [written[int(label)] for label in labels]
+        np.testing.assert_allclose([p for _, p in card["top"]], probabilities, atol=1e-6)
+        assert card["attrs"]["data-result"] in gather.RESULTS
+        assert len(card["svgs"]) == task.images_per_question
+        per_image = len(boxes) // task.images_per_question
+        drawn = []
+        for side, svg in enumerate(card["svgs"]):
+            width, height = int(svg["attrs"]["data-width"]), int(svg["attrs"]["data-height"])
+            assert svg["attrs"]["viewbox"] == f"0 0 {width} {height}"
+            store_size = tuple(int(v) for v in sizes[qid][side])
+            if svg["href"] is None:
+                pair = PAIR_HEIGHT if task.images_per_question > 1 else None
+                assert svg["attrs"]["data-blank"] == "true" and (width, height) == shown_size(*store_size, max_height=pair)
+            else:
+                assert svg["href"].startswith("data:image/jpeg;base64,")
+                with Image.open(io.BytesIO(base64.b64decode(svg["href"].split(",", 1)[1]))) as picture:
+                    assert picture.size == (width, height)
+            for box in svg["boxes"]:
+                r = box["rect"]
+                # inside its picture
+                assert 0 <= r["x"] and 0 <= r["y"] and r["x"] + r["width"] <= width and r["y"] + r["height"] <= height, \
+                    (qid, r, width, height)
+                row = int(box["attrs"]["data-row"])
+                assert mask[row] and row // per_image == side        # a real box of this image
+                # where the store puts the box, in this picture's pixels (floored to a tenth)
+                expected, = Picture(width, height, None).rectangles(boxes[row][None])
+                np.testing.assert_allclose([r["x"], r["y"], r["width"], r["height"]], expected, atol=1e-9)
+                drawn.append((row, box))
+        if attention_model:
+            real = np.flatnonzero(mask)
+            top = real[np.argsort(-attention[real], kind="stable")[:REPORT_BOXES]]
+            assert sorted(row for row, _ in drawn) == sorted(top.tolist())
+            for row, box in drawn:
+                weight = float(box["attrs"]["data-weight"])
+                assert weight == pytest.approx(float(attention[row]), abs=1e-7)
+                assert box["label"] == f"{attention[row]:.3f}"
+                assert int(box["attrs"]["data-rank"]) == top.tolist().index(row) + 1
+        else:   # FiLM: every real box, without weights
+            assert sorted(row for row, _ in drawn) == np.flatnonzero(mask).tolist()
+            assert all("data-weight" not in box["attrs"] and box["label"] is None for _, box in drawn)
+    if images_found is not None:
+        shown = [svg["href"] is not None for card in page.cards for svg in card["svgs"]]
+        assert sum(shown) == images_found(page), shown
+    return page
+
+
+def check_confusions(page: Page, checkpoint: str, split: str, predictions_file: str) -> None:
+    """The confusion rows equal a count made from the predictions file and the cache's gold answers."""
+    from butd.tasks import get_task
+    from butd.training.config import load_config
+    outputs, arrays, written, _ = model_outputs(checkpoint, split)
+    task = get_task(load_config(checkpoint).data.dataset)
+    predicted = read_predictions(task, predictions_file)
+    labels = np.array([written.index(predicted[str(q)]) for q in arrays.question_ids.tolist()])
+    scores = task.question_scores(arrays, labels, written)
+    reference = task.reference_answers(arrays, written)
+    counts = Counter((g, predicted[str(q)]) for q, g, s in zip(arrays.question_ids.tolist(), reference.tolist(), scores)
+                     if g and s < 1 and g != predicted[str(q)])
+    expected = sorted(((g, p, c) for (g, p), c in counts.items()), key=lambda r: (-r[2], r[0], r[1]))[:20]
+    assert page.confusions == expected
+
+
+def read_predictions(task, path) -> dict:
+    """{question id: answer} of a predictions file in the task's submission format."""
+    if task.name == "nlvr2":
+        with open(path) as f:
+            return dict(line.rstrip("\n").split(",") for line in f)
+    with open(path) as f:
+        entries = json.load(f)
+    if task.name == "gqa":
+        return {e["questionId"]: e["prediction"] for e in entries}
+    return {str(e["question_id"]): e["answer"] for e in entries}

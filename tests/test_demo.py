@@ -123,5 +123,8 @@ def test_the_demos_leave_real_data_and_each_other_alone(tmp_path, capsys):
     for key in ("overall", "structural", "semantic"):
         assert second["scores"][key] == first["scores"][key]
     assert first["scores"]["overall"]["accuracy"] > first["scores"]["baseline_score"]
+    assert f"    report             {second['report']}" in capsys.readouterr().out
+    with open(second["report"], encoding="utf-8") as f:
+        assert 'data-section="gallery"' in f.read()
     written = {os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files}
     assert {p for p in written if not p.startswith("demo" + os.sep)} == set(planted)

@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from butd import questions  # noqa: E402
 from butd.evaluation.gqa_official import JsonArrayWriter  # noqa: E402
+from butd.evaluation.report import report_path  # noqa: E402
 from butd.features.reader import FeatureStore  # noqa: E402
 from butd.reference.gqa_eval import gqa_eval  # noqa: E402
 from butd.synthetic.scene import SceneModel, write_glove, write_tsv  # noqa: E402
@@ -24,7 +25,7 @@ from butd.text import split_batch  # noqa: E402
 
 import evaluate  # noqa: E402  (evaluate.py and train.py live at the repository root)
 import train  # noqa: E402
-from helpers import REAL_QUESTIONS  # noqa: E402
+from helpers import REAL_QUESTIONS, check_confusions, check_page  # noqa: E402
 
 EMB = 16
 FAST = ["--hidden", "32", "--bsz", "32", "--emb_dim", str(EMB), "--accelerator", "cpu", "--log_every", "5",
@@ -263,6 +264,26 @@ def test_the_attentions_file_has_one_entry_per_balanced_question_over_the_real_b
     row = s["rows"][image]
     expected = row.boxes[:row.num_boxes] / np.array([row.img_w, row.img_h, row.img_w, row.img_h])
     assert np.abs(cells[:, :4] - np.clip(expected, 0, 1)).max() < 1e-5
+
+
+def test_the_report_of_an_all_questions_evaluation_shows_its_official_figures_and_the_attention(
+        official_set, tmp_path, capsys):
+    """--report where every question of the all-questions file is predicted (streamed): the gallery
+    and confusions are the balanced questions', boxes of padded images included."""
+    s = official_set
+    out = tmp_path / "testdev-predictions.json"
+    scores, text = run_evaluate(s["butd"], out, capsys, "--report")
+    page_file = report_path(str(out))
+    assert f"[*] report: {page_file}" in text
+    page = check_page(page_file, s["butd"], "testdev", 48)
+    check_confusions(page, s["butd"], "testdev", str(out))
+    assert {c["attrs"]["data-question-id"] for c in page.cards} <= set(s["testdev"])  # balanced ones only
+    with open(page_file, encoding="utf-8") as f:
+        html = f.read()
+    assert f"consistency   {scores['official']['consistency']:.2f}%" in html      # today's printed table
+    assert f"grounding     {scores['official']['grounding']:.2f}%" in html
+    assert "Not available:" not in html                                              # every file is there
+    assert [i["alt"] for i in page.images][:2] == ["headline figures", "accuracy per answer type"]
 
 
 def test_printed_accuracy_is_the_exact_match_accuracy_of_the_file_with_an_answer_spelled_twice(

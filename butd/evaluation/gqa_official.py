@@ -127,15 +127,18 @@ def score_cached(task, files: OfficialFiles, arrays: QuestionArrays, predicted: 
 
 
 def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: list, device: torch.device,
-                          out: str, attentions: Optional[str], attention: Optional[str], say=print) -> tuple:
+                          out: str, attentions: Optional[str], attention: Optional[str], say=print,
+                          positions: Optional[dict] = None) -> tuple:
     """Predict every question of ``files.all_questions`` with ``lit`` (``dm``: the set-up
     ``VQADataModule`` of its question cache), streamed, and write them to ``out`` (the official
     predictions file) and, for every balanced question, their attention to ``attentions`` (None:
-    none); returns ``(scores, questions written, left out)``. ``written``: the answer written per
+    none); returns ``(scores, questions written, left out, labels)``. ``written``: the answer written per
     label; ``attention`` None for a model with attention, else its name. A question whose image has
     no row in the split's store is an error naming it, unless the question cache was built with
     ``--drop_missing``: it is then answered with the most frequent training answer and left out of
-    the figures (``left out``)."""
+    the figures (``left out``). ``positions``: ``{question id: position}`` of the questions whose
+    predicted labels to keep (the question cache's, for a report); ``labels`` is then int64
+    [len(positions)], -1 where the file did not hold the question, else None."""
     task, vocab, store = dm.task, dm.vocab, dm.store(split)
     manifest = read_manifest(dm.questions_dir)
     max_length, drop_missing = manifest["summary"]["max_length"], manifest["inputs"]["settings"]["drop_missing"]
@@ -146,6 +149,7 @@ def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: li
     where = files.all_questions[0] if len(files.all_questions) == 1 else \
         f"{os.path.dirname(files.all_questions[0])} ({len(files.all_questions)} chunks)"
     say(f"[*] predicting every {split} question of {where}")
+    kept_labels = None if positions is None else np.full(len(positions), -1, dtype=np.int64)
     progress = tqdm(unit=" questions", disable=None, smoothing=0.1)
     with JsonArrayWriter(out) as written_predictions, _writer(attentions) as written_attention, progress:
         for raw, entries in question_chunks(files.all_questions, CHUNK_BATCHES * dm.batch_size):
@@ -179,6 +183,8 @@ def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: li
                     cells = attention_cells(*predicted.cells(p, rows[i]))
                     written_attention.add(attention_entry(qid, cells))
                 scorer.add(qid, entry, answer, cells, scored=p >= 0)
+                if positions is not None and p >= 0 and qid in positions:
+                    kept_labels[positions[qid]] = labels[i]
             progress.update(n)
         count = written_predictions.count
-    return _complete(scorer.finish(files.choices), files, True, attention), count, left_out
+    return _complete(scorer.finish(files.choices), files, True, attention), count, left_out, kept_labels

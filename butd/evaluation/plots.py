@@ -20,9 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 Series = Dict[str, tuple]
 
 
-def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out: str, title: str = "") -> str:
+def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out, title: str = ""):
     """Draw one panel per ``(panel title, x label, y label, {line label: (xs, ys[, line options])})``
-    side by side and save the figure as ``out`` (PNG). Returns ``out``."""
+    side by side and save the figure as ``out`` (PNG): a path, or a binary file object (e.g.
+    ``io.BytesIO``). Returns ``out``."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, (panel_title, xlabel, ylabel, series) in zip(axes[0], panels):
         for label, (xs, ys, *style) in series.items():
@@ -36,8 +37,9 @@ def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out: str, title: s
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
+    if isinstance(out, (str, os.PathLike)):
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=110, format="png")
     plt.close(fig)
     return out
 

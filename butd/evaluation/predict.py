@@ -72,14 +72,17 @@ def submission(task, arrays, predicted: np.ndarray, label2ans, questions_dir: Op
 
 def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = None, cache: Optional[str] = None,
              bsz: int = 512, num_workers: int = 0, accelerator: str = "auto", say=print,
-             questions_dir: Optional[str] = None) -> dict:
+             questions_dir: Optional[str] = None, report: bool = False, report_examples: int = 48,
+             images: Optional[str] = None) -> dict:
     """Predict ``split`` (default: the task's validation split) with ``checkpoint``, print the task's
     scores beside its answer-prior baseline, write the predictions to ``out`` (default
     ``<run dir>/predictions/<checkpoint name>/<split>-predictions.json``, ``.csv`` for NLVR2: the task's
     ``predictions_suffix``) and the scores beside them
     (``<out stem>-scores.json``); returns the scores. ``questions_dir``: where the split's question
     file is now, if it has moved since the cache was built (see ``dropped_source``); the task's
-    official evaluation files are looked for there (GQA: all questions, choices, scene graphs)."""
+    official evaluation files are looked for there (GQA: all questions, choices, scene graphs).
+    ``report``: also write ``<out stem>-report.html`` (``butd.evaluation.report``), its gallery
+    ``report_examples`` questions, their images from ``images`` (a directory) where there."""
     if accelerator in ("gpu", "cuda"):
         require_gpus(1, f"--accelerator {accelerator}", "evaluate on the CPU with --accelerator cpu (or auto)")
     config = load_config(checkpoint)
@@ -88,7 +91,8 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     want_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if want_gpu else "cpu")
 
-    read_checkpoint(checkpoint)   # a damaged or unsafe file: one error naming it, before Lightning's
+    saved = read_checkpoint(checkpoint)   # a damaged or unsafe file: one error naming it, before Lightning's
+    saved = {k: saved.get(k) for k in ("epoch", "global_step")}
     lit = LitVQA.load_from_checkpoint(checkpoint, map_location=device, weights_only=True).eval()
     task = lit.task
     split = split or task.val_split
@@ -117,8 +121,9 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     if official is not None and official.all_questions:
         say(f"[*] evaluating {checkpoint} on {split}: every question of its all-questions file "
             f"({len(arrays)} balanced in the cache)")
-        scores, written_count, dropped = gqa_official.predict_all_questions(
-            lit, dm, split, official, written, device, out, attentions, attention, say)
+        scores, written_count, dropped, labels = gqa_official.predict_all_questions(
+            lit, dm, split, official, written, device, out, attentions, attention, say,
+            positions={q: p for p, q in enumerate(arrays.question_ids.tolist())} if report else None)
     else:
         say(f"[*] evaluating {checkpoint} on {split}: {len(arrays)} questions")
         predicted = predict_split(lit, dm.dataloader_for(split), len(arrays), device,
@@ -130,7 +135,7 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
         else:
             scores = task.evaluate(arrays, predicted.labels, written)
         task.write_predictions(out, ids, answers)
-        written_count = len(ids)
+        written_count, labels = len(ids), predicted.labels
 
     baseline, baseline_score = task.baseline(dm.questions(dm.train_split), arrays, written)
     scores.update(split=split, checkpoint=os.path.abspath(checkpoint), baseline=baseline,
@@ -155,6 +160,11 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     if attentions:
         say(f"[*] attentions: {attentions}")
     say(f"[*] scores: {scores_file}")
+    if report:
+        from butd.evaluation.report import write_report
+        page = write_report(lit, dm, split, labels, written, scores, checkpoint=checkpoint, predictions=out,
+                            device=device, images=images, examples=report_examples, saved=saved)
+        say(f"[*] report: {page}")
     return scores
 
 

@@ -173,6 +173,17 @@ class FeatureStore:
             self._num_boxes = np.ascontiguousarray(counts[:self.num_images], dtype=np.int32)
         return self._num_boxes
 
+    def image_sizes(self, rows) -> np.ndarray:
+        """int64 [n, 2]: the (width, height) in pixels of the images at ``rows`` (the TSV's
+        ``img_w``/``img_h``, over which the boxes' spatials are normalised). Raises IndexError for a
+        row outside the store."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        self._check_rows(rows)
+        import zarr
+        width, height = (zarr.open_array(os.path.join(self.path, name), mode="r")[:self.num_images]
+                         for name in ("img_w", "img_h"))
+        return np.stack([width[rows], height[rows]], axis=1).astype(np.int64)
+
     @property
     def variable_boxes(self) -> bool:
         """True when some image has fewer boxes than ``max_boxes`` (its batch rows are padded)."""

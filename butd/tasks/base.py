@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from butd.tasks.answers import NO_ANSWER
+
 if TYPE_CHECKING:   # annotations only: a task's files and stores need no torch (butd.tasks.losses)
     import torch
 
@@ -190,3 +192,31 @@ class Task(ABC):
     @abstractmethod
     def format_predictions(self, question_ids: Sequence[str], answers: Sequence[str]) -> str:
         """The text of a submission file: ``answers[i]`` for ``question_ids[i]``, lengths equal."""
+
+    # -- per question, for the evaluation report (butd.evaluation.report) ---------------------------
+    # The question type a report's gallery samples across (a key of ``questions.types``); None: the
+    # gold answer stands for it (NLVR2's true and false statements).
+    gallery_type: Optional[str] = None
+
+    def question_scores(self, questions, predicted: np.ndarray, label2ans: Sequence[str]) -> np.ndarray:
+        """float64 [N]: the score of each predicted label, the unit ``evaluate``'s accuracy averages
+        (1.0 right, 0.0 wrong here: an exact match of labels), NaN where the question has no answer."""
+        gold = questions.targets["labels"]
+        return np.where(gold == NO_ANSWER, np.nan, (np.asarray(predicted) == gold).astype(np.float64))
+
+    def reference_answers(self, questions, label2ans: Sequence[str]) -> np.ndarray:
+        """str [N]: the one gold answer each question's prediction is confused with when wrong
+        ("" where it has none): here the answer of its gold label."""
+        gold = questions.targets["labels"]
+        written = np.asarray(list(label2ans) + [""], dtype=str)
+        return written[np.where(gold == NO_ANSWER, len(label2ans), gold)]
+
+    def gold_listing(self, questions, label2ans: Sequence[str]) -> list:
+        """Per question, the gold answer(s) as a report shows them (a list of strings, empty where
+        there is none): here the ``reference_answers``."""
+        return [[a] if a else [] for a in self.reference_answers(questions, label2ans).tolist()]
+
+    def image_files(self, image_id: str, split: str) -> Tuple[str, ...]:
+        """The file names an image of ``split`` may have in a directory of the dataset's images,
+        most likely first: here ``<image id>.jpg``."""
+        return (f"{image_id}.jpg",)

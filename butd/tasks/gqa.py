@@ -155,6 +155,24 @@ class GQA(Task):
         return exact_score(written, gold, questions.targets["labels"] != NO_ANSWER, questions.types["structural"],
                            questions.types["semantic"])
 
+    gallery_type = "structural"
+
+    def question_scores(self, questions, predicted: np.ndarray, label2ans: Sequence[str]) -> np.ndarray:
+        """1.0 where the written answer equals the gold string (as ``evaluate`` compares them), 0.0
+        where not, NaN where the question has no answer."""
+        gold = questions.answer_strings()
+        if gold is None:
+            return super().question_scores(questions, predicted, label2ans)
+        written = np.asarray(label2ans, dtype=str)[np.asarray(predicted, dtype=np.int64)] if len(predicted) \
+            else np.zeros(0, dtype=str)
+        answered = questions.targets["labels"] != NO_ANSWER
+        return np.where(answered, (written == gold).astype(np.float64), np.nan)
+
+    def reference_answers(self, questions, label2ans: Sequence[str]) -> np.ndarray:
+        """The gold strings as the split's file writes them."""
+        gold = questions.answer_strings()
+        return super().reference_answers(questions, label2ans) if gold is None else gold
+
     def format_scores(self, scores: dict) -> str:
         """The official figures (where ``scores`` has them), then the table by answer type,
         structural and semantic type, steps and words."""

@@ -91,6 +91,10 @@ class NLVR2(Task):
         """``identifier,True|False`` per statement, the CSV lil-lab's metrics script reads."""
         return "".join(f"{i},{a}\n" for i, a in zip(question_ids, answers))
 
+    def image_files(self, image_id: str, split: str) -> tuple:
+        """The release's ``<image id>.png`` (``dev-850-0-img0.png``), or a JPEG of the same name."""
+        return (f"{image_id}.png", f"{image_id}.jpg")
+
 
 def image_ids(identifier: str) -> tuple:
     """(left, right) image ids of a statement: ``dev-850-0-1`` -> ``dev-850-0-img0``, ``dev-850-0-img1``."""

@@ -173,6 +173,40 @@ class VQA2(Task):
     def format_scores(self, scores: dict) -> str:
         return format_table(scores, GROUPS)
 
+    gallery_type = "answer_type"
+
+    def question_scores(self, questions, predicted: np.ndarray, label2ans: Sequence[str]) -> np.ndarray:
+        """The official VQA accuracy of each predicted label (0, 0.3, 0.6, 0.9 or 1.0 by the
+        leave-one-out rule), NaN where the question has no answers."""
+        t = questions.targets
+        accuracy = official_accuracy(predicted, t["eval_labels"], t["eval_matches"])
+        return np.where(np.asarray(t["answered"], dtype=bool), accuracy, np.nan)
+
+    def reference_answers(self, questions, label2ans: Sequence[str]) -> np.ndarray:
+        """The candidate answer most human answers officially match (the first of equals; "" where
+        none does)."""
+        t = questions.targets
+        best = np.take_along_axis(t["eval_labels"], t["eval_matches"].argmax(axis=1)[:, None], axis=1)[:, 0]
+        written = np.asarray(list(label2ans) + [""], dtype=str)
+        return written[np.where(best < 0, len(label2ans), best)]
+
+    def gold_listing(self, questions, label2ans: Sequence[str]) -> list:
+        """Each candidate answer the human answers officially match, with how many of the ten do
+        (``"2 (7/10)"``), most matched first."""
+        t = questions.targets
+        listing = []
+        for labels, matches in zip(t["eval_labels"].tolist(), t["eval_matches"].tolist()):
+            pairs = sorted(((m, label) for label, m in zip(labels, matches) if label >= 0 and m > 0),
+                           key=lambda p: -p[0])
+            listing.append([f"{label2ans[label]} ({m}/{NUM_HUMAN_ANSWERS})" for m, label in pairs])
+        return listing
+
+    def image_files(self, image_id: str, split: str) -> tuple:
+        """COCO's names, ``COCO_<image set>_<12 digits>.jpg`` (the image set of the split's store:
+        test-dev2015's images are test2015's)."""
+        return (f"COCO_{self.split(split).store}_{int(self.image_key(image_id)):012d}.jpg",) \
+            if self.image_key(image_id).isdigit() else (f"{image_id}.jpg",)
+
     def baseline(self, train, questions, label2ans: Sequence[str]) -> tuple:
         """The one answer with the highest total soft score over the training questions, scored by
         the official rule on ``questions``."""

@@ -224,6 +224,14 @@ class EvaluateConfig:
     questions: Optional[str] = None
     """the split's question files, if they moved since the question cache was built (read only where the
     cache left questions out: --drop_missing)"""
+    report: bool = False
+    """also write <predictions stem>-report.html: one self-contained page of the scores, training curves,
+    confusions and a gallery of questions with the boxes the model attended to"""
+    report_examples: int = 48
+    """questions in the report's gallery, sampled across types, right and wrong"""
+    images: Optional[str] = None
+    """the dataset's images, for the report's gallery (GQA <imageId>.jpg, COCO_<split>_<12 digits>.jpg,
+    NLVR2 <id>.png); without it, or where a file is absent, boxes are drawn on a blank canvas of the image's size"""
     bsz: int = OptimConfig.bsz
     num_workers: int = DataConfig.num_workers
     accelerator: str = HardwareConfig.accelerator
