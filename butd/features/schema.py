@@ -143,6 +143,15 @@ def read_attrs(path: str) -> StoreAttrs:
     return StoreAttrs.from_json(meta.get("attributes", {}), where=path)
 
 
+def is_complete(path: str) -> bool:
+    """True for a store marked complete; False for anything else there (nothing, an interrupted
+    conversion, something that is not a store)."""
+    try:
+        return read_attrs(path).complete
+    except (OSError, ValueError):
+        return False
+
+
 def chunk_file(path: str, field: Field, chunk: int) -> str:
     """Path of chunk ``chunk`` of ``field`` (zarr v3 default chunk keys, '/' separator)."""
     trailing = ["0"] * len(field.per_image)

@@ -35,8 +35,7 @@ def _stores(inputs: questions.Inputs, features_dir: str):
     stores = []
     for store, files in task.stores.items():
         path = task.store_path(inputs.cache, store)
-        stores.append((path, [os.path.join(features_dir, f) for f in files],
-                       os.path.exists(path) and schema.read_attrs(path).complete))
+        stores.append((path, [os.path.join(features_dir, f) for f in files], schema.is_complete(path)))
     return task, stores
 
 
@@ -54,7 +53,7 @@ def prepare_caches(inputs: questions.Inputs, features_dir: str, say=print) -> st
         for tsv in tsvs:
             _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
         # with the settings the store was made with (--compressor, --dtype, ...): only its input decides
-        say(str(convert_tsv(tsvs, path, **recorded_options(path))))
+        say(str(convert_tsv(tsvs, path, image_key=task.image_key, **recorded_options(path))))
 
     qdir = os.path.join(inputs.cache, "questions")
     if _has_raw_questions(inputs):

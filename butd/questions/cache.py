@@ -29,6 +29,7 @@ from typing import Optional
 
 import numpy as np
 
+from butd.build_lock import build_lock
 from butd.features import schema
 from butd.questions import shards
 from butd.questions.arrays import QuestionArrays
@@ -137,6 +138,14 @@ def build(inputs: Inputs, out_dir: str, force: bool = False, workers: Optional[i
     """
     say = print if progress else (lambda *a, **k: None)
     description = inputs.describe()
+    # one process builds a cache at a time; another waits here, then finds it up to date
+    with build_lock(out_dir):
+        return _build_locked(inputs, out_dir, description, force, workers, say, progress)
+
+
+def _build_locked(inputs: Inputs, out_dir: str, description: dict, force: bool, workers: Optional[int], say,
+                  progress: bool) -> dict:
+    """``build``'s work, under the cache's build lock."""
     old = _readable_manifest(out_dir)
     if old and not force and old["fingerprint"] == fingerprint(description):
         say(f"[*] question cache {out_dir} is up to date (fingerprint {old['fingerprint'][:12]}): nothing to do")

@@ -51,6 +51,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from butd.build_lock import build_lock
 from butd.features import schema
 from butd.features.convert.chunks import PROGRESS_DIR, convert_chunk, write_json_atomic
 from butd.features.convert.lifecycle import (
@@ -157,6 +158,17 @@ def convert(inputs: Union[str, Sequence[str]], out_path: str, *, format: Optiona
     if feature_dim is not None:   # only when given: stores made before the option keep their fingerprint
         settings["feature_dim"] = int(feature_dim)
     fp = fingerprint(source, settings)
+    # one process converts a store at a time; another one waits here, then finds it complete (or
+    # resumes what the first left, if that one was killed)
+    with build_lock(out_path):
+        return _convert_locked(source_input, out_path, fp, source, settings, size, t0, dtype=dtype,
+                               compressor=compressor, chunk_images=chunk_images, workers=workers, skip=skip,
+                               overwrite=overwrite, progress=progress)
+
+
+def _convert_locked(source_input, out_path: str, fp: str, source: dict, settings: dict, size: int, t0: float, *,
+                    dtype, compressor, chunk_images, workers, skip, overwrite, progress) -> ConvertSummary:
+    """``convert``'s work on ``out_path``, under its build lock: create, resume or find complete."""
     if overwrite:
         remove_store(out_path)
         if os.path.exists(bad_rows_report_path(out_path)):

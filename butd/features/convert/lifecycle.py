@@ -53,15 +53,31 @@ def create_store(out_path: str, attrs: StoreAttrs, plan: Plan) -> None:
 
 
 def remove_store(out_path: str) -> None:
-    """Delete an existing store, refusing anything that is not one (``--overwrite`` on a wrong path)."""
+    """Delete an existing store (or what an interrupted one left, ``left_by_us``), refusing anything
+    else (``--overwrite`` on a wrong path). Its ``zarr.json`` goes last, so that a store whose removal
+    is interrupted is still recognised as one."""
     if not os.path.lexists(out_path):
         return
-    if os.path.isdir(out_path) and (os.path.exists(os.path.join(out_path, "zarr.json"))
-                                    or not os.listdir(out_path)):
-        shutil.rmtree(out_path)
-    else:
+    if not (os.path.isdir(out_path) and (os.path.exists(os.path.join(out_path, "zarr.json"))
+                                         or left_by_us(out_path))):
         raise ValueError(f"{out_path}: exists and is not a zarr store; refusing to delete it "
                          "(choose another --out)")
+    for name in os.listdir(out_path):
+        if name != "zarr.json":
+            path = os.path.join(out_path, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+    shutil.rmtree(out_path)
+
+
+def left_by_us(out_path: str) -> bool:
+    """True for a directory without ``zarr.json`` that holds only what a conversion writes (its
+    arrays, the image ids, its progress), or nothing: a store whose creation or removal was
+    interrupted, to be started over without ``--overwrite``. A user's own folder has other files."""
+    ours = {f.name for f in schema.FIELDS} | {IMAGE_IDS, PROGRESS_DIR}
+    return os.path.isdir(out_path) and set(os.listdir(out_path)) <= ours
 
 
 def done_chunks(out_path: str) -> set:
@@ -174,7 +190,8 @@ def existing_store(out_path: str, fingerprint: str, source: dict, settings: dict
     try:
         attrs = schema.read_attrs(out_path)
     except (OSError, ValueError):   # no zarr.json, not JSON, or not our attributes
-        if os.path.isdir(out_path) and not os.listdir(out_path):
+        if left_by_us(out_path):
+            remove_store(out_path)
             return None
         raise ValueError(f"{out_path}: exists and is not a feature store; pass --overwrite to replace it "
                          "or choose another --out") from None
