@@ -27,46 +27,50 @@ listed in OUT.zarr.bad_rows.json; a skip that would drop more images than it kee
 feature size per box is what most of the first rows agree on, or --feature_dim. Errors are one
 line on stderr, exit status 1. The library code is butd/features/convert/ and butd/features/inputs/.
 """
-import argparse
+import logging
 import sys
 
+from butd.cli import ArgumentParser, description, run
 from butd.features import schema
 from butd.features.convert import BAD_ROW_MODES, DEFAULT_CHUNK_IMAGES, convert, convert_stores
 from butd.features.inputs import FORMATS
-from butd.features.tsv import TSVFormatError
 from butd.tasks import TASK_NAMES, get_task
 from butd.training.config import DataConfig
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("tsv", nargs="*", metavar="INPUT",
+def parse_args(argv=None):
+    p = ArgumentParser(description=description(__doc__, 3))
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="TSV(s), HDF5 cache(s) or folder(s) of .npz/.npy to convert into one store "
                         "(default: the task's TSVs)")
     p.add_argument("--out", help="the store to write (required with an INPUT)")
     p.add_argument("--dataset", default="gqa", choices=TASK_NAMES, help="whose feature files to convert")
     p.add_argument("--data", default="data/", help="where downloaded data is located")
-    p.add_argument("--features", default=None, help="input directory when no TSV is given (default <data>/<task dir>)")
-    p.add_argument("--cache", default=None, help="output directory when no TSV is given (default <data>/<task cache>)")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--dtype", choices=schema.FEATURE_DTYPES, default="float16", help="feature dtype")
+    p.add_argument("--features", default=None, help="the task's feature files, when no INPUT is given "
+                   "(default <data>/GQA-Features, VQA2-Features or NLVR2-Features)")
+    p.add_argument("--cache", default=None, help="the stores' directory, when no INPUT is given "
+                   "(default <data>/GQA-Cache, VQA2-Cache or NLVR2-Cache)")
+    p.add_argument("--workers", type=int, default=None, help="conversion processes (default: all cores)")
+    p.add_argument("--dtype", choices=schema.FEATURE_DTYPES, default="float16", help="the stored features' dtype")
     p.add_argument("--compressor", choices=schema.COMPRESSORS, default="none",
-                   help="none keeps chunks memory-mappable (default)")
+                   help="none keeps chunks memory-mappable (fastest to read); zstd and blosc make smaller stores")
     p.add_argument("--chunk_images", type=int, default=DEFAULT_CHUNK_IMAGES, help="images per chunk")
     p.add_argument("--format", choices=("auto",) + FORMATS, default="auto",
-                   help="the input's format (default: recognised from the input)")
+                   help="the input's format (auto: recognised from the input)")
     p.add_argument("--ids", default=None, help="an HDF5 cache's id map, where it is not beside the cache")
-    p.add_argument("--layout", choices=("auto",) + schema.TSV_LAYOUTS, default="auto", help="a TSV's layout")
-    p.add_argument("--feature_dim", "--feature-dim", type=int, default=None,
+    p.add_argument("--layout", choices=("auto",) + schema.TSV_LAYOUTS, default="auto",
+                   help="a TSV's layout (auto: from its field count)")
+    p.add_argument("--feature_dim", type=int, default=None,
                    help="feature values per box every row must have (default: what most of the first rows have)")
-    p.add_argument("--on-bad-row", "--on_bad_row", dest="on_bad_row", choices=BAD_ROW_MODES, default="error")
+    p.add_argument("--on-bad-row", dest="on_bad_row", choices=BAD_ROW_MODES, default="error",
+                   help="error: stop at a bad image, naming it; skip: leave bad images out and list them in "
+                        "OUT.zarr.bad_rows.json")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    if args.tsv and not args.out:
+    if args.inputs and not args.out:
         p.error("--out is required when an INPUT is given")
-    if args.out and not args.tsv:
+    if args.out and not args.inputs:
         p.error("--out needs an INPUT to convert")
     return args
 
@@ -78,8 +82,8 @@ def main(argv=None) -> int:
                    on_bad_row=args.on_bad_row, overwrite=args.overwrite, progress=not args.quiet,
                    feature_dim=args.feature_dim)
     try:
-        if args.tsv:
-            print(convert(args.tsv, args.out, format=None if args.format == "auto" else args.format, ids=args.ids,
+        if args.inputs:
+            print(convert(args.inputs, args.out, format=None if args.format == "auto" else args.format, ids=args.ids,
                           image_key=get_task(args.dataset).image_key, **options))
         else:
             paths = DataConfig(dataset=args.dataset, data=args.data).paths()
@@ -87,10 +91,11 @@ def main(argv=None) -> int:
                                        args.cache or paths["cache"], **options)
             for summary in summaries.values():
                 print(summary)
-    except (TSVFormatError, OSError, ValueError, RuntimeError) as e:   # InputError, UnsafePickleError: ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except RuntimeError as e:          # a store that fails verification: what to do is in the message
+        raise ValueError(str(e)) from None
     except KeyboardInterrupt:
+        # zarr's event loop would log each of its pending tasks as "destroyed" at exit: say ours only
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         print("\ninterrupted: the chunks already written are kept; run the same command again to resume",
               file=sys.stderr)
         return 130
@@ -98,4 +103,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(main))   # a user's error (a missing input, a bad row, no space): one line, exit status 1

@@ -3,9 +3,11 @@ count, resuming after an interruption or kill -9, several TSVs into one store, t
 what most rows agree on, a byte-order mark, bad input and messages that name the fix, and a
 converter that never imports torch."""
 import base64
+import errno
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 import zarr
 
+from butd.cli import run
 from butd.features import schema
 from butd.features.convert import chunks, convert_stores, convert_tsv, direct_io, float16, lifecycle
 from butd.features.tsv import TSVFormatError
@@ -208,7 +211,7 @@ def test_kill9_then_same_command_resumes(tmp_path):
     progress_dir = os.path.join(out, chunks.PROGRESS_DIR)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(progress_dir) and len(os.listdir(progress_dir)) >= 6:
+        if os.path.isdir(progress_dir) and len(lifecycle.done_chunks(out)) >= 3:
             break
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -449,11 +452,11 @@ def test_another_on_bad_row_names_the_setting(tmp_path, capsys):
     args = [str(tmp_path / "f.tsv"), "--out", str(tmp_path / "s.zarr"), "--workers", "1", "--quiet"]
     assert tsv_to_zarr.main(args) == 0
     capsys.readouterr()
-    assert tsv_to_zarr.main(args + ["--on-bad-row", "skip"]) == 1
+    assert run(tsv_to_zarr.main, args + ["--on-bad-row", "skip"]) == 1
     err = capsys.readouterr().err
     assert "with other settings (--on-bad-row error -> skip)" in err and "--overwrite" in err
     write_tsv(str(tmp_path / "f.tsv"), make_rows(n=6))
-    assert tsv_to_zarr.main(args) == 1
+    assert run(tsv_to_zarr.main, args) == 1
     assert f"from other input ({tmp_path / 'f.tsv'}: size" in capsys.readouterr().err
 
 
@@ -465,7 +468,7 @@ def test_a_compressed_tsv_is_named_not_dumped(tmp_path, capsys):
     with zipfile.ZipFile(tmp_path / "f.zip", "w") as z:
         z.writestr("f.tsv", head)
     for name, kind in (("f.tsv.gz", "gzip"), ("f.zip", "zip")):
-        assert tsv_to_zarr.main([str(tmp_path / name), "--out", str(tmp_path / "s.zarr"), "--quiet"]) == 1
+        assert run(tsv_to_zarr.main, [str(tmp_path / name), "--out", str(tmp_path / "s.zarr"), "--quiet"]) == 1
         err = capsys.readouterr().err
         assert f"compressed file ({kind})" in err and "decompress it first" in err and len(err) < 400, err
 
@@ -526,3 +529,81 @@ def test_convert_stores_uses_every_file_of_a_store(tmp_path):
     write_tsv(str(tmp_path / "x.tsv.1"), rows[4:])
     convert_stores(TwoFiles(), str(tmp_path), str(tmp_path / "cache"), workers=1, progress=False)
     assert schema.read_image_ids(str(tmp_path / "cache" / "trainval.zarr")).tolist() == [r.image_id for r in rows]
+
+
+def test_a_task_missing_inputs_names_them_all_before_converting_any(sample_dir, tmp_path, capsys):
+    features = tmp_path / "GQA-Features"
+    features.mkdir()
+    (features / "gqa_testdev_obj36.tsv").write_bytes((sample_dir / "GQA-Features" / "gqa_testdev_obj36.tsv").read_bytes())
+    cache = tmp_path / "cache"
+    with pytest.raises(FileNotFoundError, match="vg_gqa_obj36.tsv: features TSV not found"):
+        convert_stores(get_task("gqa"), str(features), str(cache), workers=1, progress=False)
+    assert not cache.exists()   # testdev's TSV is there, and was not converted either
+    (features / "gqa_testdev_obj36.tsv").unlink()
+    code, err = cli_run(tsv_to_zarr.main, ["--features", str(features), "--cache", str(cache), "--quiet"], capsys)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("error: 2 inputs not found, nothing was converted")
+    assert "vg_gqa_obj36.tsv" in err and "gqa_testdev_obj36.tsv" in err and not cache.exists()
+
+
+def test_too_little_free_space_stops_before_writing_then_resumes(tmp_path, monkeypatch):
+    make_tsv(tmp_path / "f.tsv", n=12)
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    convert_tsv(tsv, str(tmp_path / "ref.zarr"), chunk_images=2, workers=1, progress=False)
+    real = shutil.disk_usage
+    free = {"bytes": 0}
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=free["bytes"]))
+    with pytest.raises(OSError, match=r"s.zarr: the store needs .* GB more \(6 chunks .* has 0.00 GB free") as e:
+        convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False)
+    assert e.value.errno == errno.ENOSPC and not os.path.exists(out)
+    free["bytes"] = 10**12
+    with interrupted_after(monkeypatch, 4), pytest.raises(KeyboardInterrupt):
+        convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False)
+    free["bytes"] = 0   # a resumed store checks what it has left to write
+    with pytest.raises(OSError, match=r"\(2 chunks"):
+        convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False)
+    free["bytes"] = 10**12
+    summary = convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False)
+    assert (summary.chunks_resumed, summary.chunks_converted) == (4, 2)
+    assert store_files(out) == store_files(tmp_path / "ref.zarr")
+
+
+def test_a_small_conversion_gives_no_speed_and_names_the_padding(tmp_path):
+    make_tsv(tmp_path / "f.tsv", n=5)
+    text = str(convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr"), chunk_images=4, workers=1,
+                           progress=False))
+    assert "MB/s" not in text and "a small input" in text
+    assert "the store's last chunk is stored whole: 3 of its 4 image slots are padding" in text
+
+
+CTRL_C_RUN = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from butd.cli import run
+from butd.features.convert import chunks
+import tsv_to_zarr
+write = chunks.write_chunk
+def slow(*a):
+    write(*a)
+    time.sleep(0.05)
+chunks.write_chunk = slow
+sys.exit(run(tsv_to_zarr.main, sys.argv[2:]))
+"""
+
+
+def test_ctrl_c_of_a_compressed_conversion_says_one_thing(tmp_path):
+    """Ctrl-C reaches every process of the group: the user reads how to resume, not zarr's pending tasks."""
+    make_tsv(tmp_path / "f.tsv", n=80)
+    out = str(tmp_path / "s.zarr")
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_RUN, os.path.dirname(CLI), str(tmp_path / "f.tsv"),
+                             "--out", out, "--compressor", "zstd", "--chunk_images", "2", "--workers", "2",
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(os.path.join(out, chunks.PROGRESS_DIR)) and lifecycle.done_chunks(out):
+            break
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip() == "interrupted: the chunks already written are kept; run the same command again to resume"

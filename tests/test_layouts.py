@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
+from butd.cli import run
 from butd.features import schema
 from butd.features.convert import convert, lifecycle
 from butd.features.inputs import safe_pickle
@@ -53,7 +54,7 @@ CASES = {
 def cli(argv, capsys):
     """(exit status, stdout, stderr) of the converter's command line."""
     capsys.readouterr()
-    status = tsv_to_zarr.main([str(a) for a in argv] + ["--quiet"])
+    status = run(tsv_to_zarr.main, [str(a) for a in argv] + ["--quiet"])
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -159,7 +160,8 @@ def test_kill9_then_the_same_command_resumes(tmp_path, case):
     progress = os.path.join(out, "_progress")
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(progress) and any(name.startswith("chunk-") for name in os.listdir(progress)):
+        # a marker is whole once renamed from its temporary name: wait for a whole one
+        if os.path.isdir(progress) and lifecycle.done_chunks(out):
             break
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -56,6 +56,7 @@ from butd.features import schema
 from butd.features.convert.chunks import PROGRESS_DIR, convert_chunk, write_json_atomic
 from butd.features.convert.lifecycle import (
     bad_rows_report_path,
+    check_free_space,
     create_store,
     dir_bytes,
     done_chunks,
@@ -75,11 +76,16 @@ DEFAULT_CHUNK_IMAGES = 32
 BAD_ROW_MODES = ("error", "skip")
 
 
+# Below this much input a conversion's time is mostly its fixed start-up (workers, zarr), and its
+# rate in MB/s says nothing about the converter's speed (the README's figures are of GB-sized inputs).
+SMALL_INPUT = 100e6
+
+
 @dataclass
 class ConvertSummary:
     """What a conversion did. ``rows`` is the store's row count, ``bytes_in`` the input's size;
     ``tsv_path`` names the input (the inputs joined by " + "), ``layout`` says which layout it is in
-    and ``notes`` what the conversion derived or left out."""
+    and ``notes`` what the conversion derived or left out; ``chunk_images`` the images per chunk."""
     tsv_path: str
     out_path: str
     rows: int
@@ -93,15 +99,20 @@ class ConvertSummary:
     bad_rows_report: Optional[str] = None
     layout: str = ""
     notes: tuple = ()
+    chunk_images: int = 0
 
     def __str__(self) -> str:
         if self.already_complete:
             return f"[*] {self.out_path}: already complete ({self.rows} rows); nothing to do"
-        rate = self.bytes_in / 1e6 / max(self.seconds, 1e-9)
         layout = f" ({self.layout})" if self.layout else ""
+        speed = (f"{self.bytes_in / 1e6 / max(self.seconds, 1e-9):.0f} MB/s of input" if self.bytes_in >= SMALL_INPUT
+                 else "a small input: the workers' and zarr's start-up weigh on its rate, which is not the converter's speed")
         lines = [f"[*] {self.tsv_path}{layout} -> {self.out_path}: {self.rows} rows, "
-                 f"{self.bytes_in / 1e6:.1f} MB in, {self.bytes_out / 1e6:.1f} MB out, "
-                 f"{self.seconds:.1f} s ({rate:.0f} MB/s of input)"]
+                 f"{self.bytes_in / 1e6:.1f} MB in, {self.bytes_out / 1e6:.1f} MB out, {self.seconds:.1f} s ({speed})"]
+        empty = -self.rows % self.chunk_images if self.chunk_images else 0
+        if empty and self.bytes_out > self.bytes_in:
+            lines.append(f"    the store's last chunk is stored whole: {empty} of its {self.chunk_images} image slots "
+                         "are padding, counted in the MB out")
         lines += [f"    {note}" for note in self.notes]
         if self.chunks_resumed:
             lines.append(f"    resumed: {self.chunks_resumed} chunks were already done, "
@@ -143,6 +154,7 @@ def convert(inputs: Union[str, Sequence[str]], out_path: str, *, format: Optiona
     from butd.features.inputs import open_input
     t0 = time.perf_counter()
     check_args(dtype, compressor, chunk_images, on_bad_row, layout, feature_dim)
+    require_inputs([inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs))
     source_input = open_input(inputs, format=format, ids=ids, layout=layout, feature_dim=feature_dim,
                               image_key=image_key)
     source = source_input.source()
@@ -193,8 +205,9 @@ def _convert_locked(source_input, out_path: str, fp: str, source: dict, settings
         # zarr takes ~0.1 s to import, needed once the scan is done: import it meanwhile (after
         # the fork above, so that no worker inherits a half-imported zarr).
         threading.Thread(target=importlib.import_module, args=("zarr",), daemon=True).start()
+    resumed = attrs is not None
     try:
-        if attrs is None:
+        if not resumed:
             plan = source_input.plan(runner, progress, skip)
             attrs = StoreAttrs(layout=source_input.layout, dtype=dtype, compressor=compressor,
                                feature_dim=source_input.feature_dim, max_boxes=int(plan.num_boxes.max()),
@@ -205,11 +218,14 @@ def _convert_locked(source_input, out_path: str, fp: str, source: dict, settings
                 given = source_input.given
                 write_json_atomic(report, {"source": given[0] if len(given) == 1 else given,
                                             "skipped": len(plan.bad_rows), "rows": plan.bad_rows})
+            check_free_space(out_path, attrs, attrs.num_chunks)
             create_store(out_path, attrs, plan)
             record_settings(out_path, settings)
         plan = Plan.load(plan_path)
         done = done_chunks(out_path)
         todo = [c for c in range(attrs.num_chunks) if c not in done]
+        if resumed:   # (a new store's whole size was checked before it was created)
+            check_free_space(out_path, attrs, len(todo))
         tasks = [_chunk_task(source_input, plan, attrs, c, out_path) for c in todo]
         total = int(sum(int(np.sum(t[3]["lengths"])) for t in tasks))
         _run_chunks(runner, tasks, total, progress, os.path.basename(out_path))
@@ -223,7 +239,7 @@ def _convert_locked(source_input, out_path: str, fp: str, source: dict, settings
             skipped = json.load(f)["skipped"]
     return ConvertSummary(name, out_path, attrs.num_images, skipped, size, dir_bytes(out_path),
                           time.perf_counter() - t0, len(todo), len(done), bad_rows_report=report,
-                          layout=description, notes=tuple(source_input.notes))
+                          layout=description, notes=tuple(source_input.notes), chunk_images=attrs.chunk_images)
 
 
 # The TSV converter's name, kept for its callers: it converts every layout.
@@ -248,11 +264,27 @@ def _run_chunks(runner: Runner, tasks: list, total: int, progress: bool, name: s
             bar.set_postfix_str(f"{rows / max(time.perf_counter() - t0, 1e-9):.0f} rows/s", refresh=False)
 
 
+def require_inputs(paths: Sequence[str]) -> None:
+    """Raise FileNotFoundError naming every one of ``paths`` that is not there, before any work."""
+    missing = [os.fspath(p) for p in paths if not os.path.exists(p)]
+    if not missing:
+        return
+
+    def what(path):
+        return "HDF5 cache" if path.endswith((".hdf5", ".h5")) else "feature folder" if path.endswith("/") \
+            else "features TSV"
+    named = "; ".join(f"{p}: {what(p)} not found" for p in missing)
+    raise FileNotFoundError(named if len(missing) == 1 else
+                            f"{len(missing)} inputs not found, nothing was converted: {named}")
+
+
 def convert_stores(task, features_dir: str, cache_dir: str, **options) -> dict:
     """Convert every feature store of ``task`` (a ``butd.tasks.Task``) from its TSV(s) under
     ``features_dir`` (all of a store's files, in order, into one store) into
-    ``<cache_dir>/<store>.zarr``; returns ``{store: ConvertSummary}``. ``options`` go to ``convert``;
+    ``<cache_dir>/<store>.zarr``; returns ``{store: ConvertSummary}``. Every input of every store is
+    checked first: a missing one fails before any store is converted. ``options`` go to ``convert``;
     two spellings of one image are refused as the task's ``image_key`` sees them."""
+    require_inputs([os.path.join(features_dir, f) for files in task.stores.values() for f in files])
     options.setdefault("image_key", getattr(task, "image_key", None))   # a Task has one; a stand-in may not
     return {store: convert([os.path.join(features_dir, f) for f in files], task.store_path(cache_dir, store),
                            **options)

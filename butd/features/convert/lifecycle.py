@@ -1,6 +1,7 @@
 """The store a conversion writes: create it, find one to resume, verify it, mark it complete."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -83,6 +84,26 @@ def left_by_us(out_path: str) -> bool:
 def done_chunks(out_path: str) -> set:
     names = os.listdir(os.path.join(out_path, PROGRESS_DIR))
     return {int(n[6:14]) for n in names if n.startswith("chunk-") and n.endswith(".json")}
+
+
+def chunk_bytes(attrs: StoreAttrs) -> int:
+    """Bytes one chunk of every field takes on disk in an uncompressed store (chunks are whole)."""
+    return sum(math.prod(f.shape(attrs)[1:]) * attrs.chunk_images * f.numpy_dtype(attrs).itemsize
+               for f in fields_for(attrs.layout))
+
+
+def check_free_space(out_path: str, attrs: StoreAttrs, chunks_left: int) -> None:
+    """Raise OSError, before writing them, when the ``chunks_left`` chunks of an uncompressed store
+    need more than the free space where it is (a compressed store's size is known only once written).
+    The conversion then resumes where it stopped, once there is room."""
+    if attrs.compressor != "none" or not chunks_left:
+        return
+    need = chunk_bytes(attrs) * chunks_left
+    free = shutil.disk_usage(out_path if os.path.exists(out_path) else os.path.dirname(os.path.abspath(out_path))).free
+    if need > free:
+        raise OSError(errno.ENOSPC, f"{out_path}: the store needs {need / 1e9:.2f} GB more ({chunks_left} chunks of "
+                      f"{chunk_bytes(attrs) / 1e6:.1f} MB) and its file system has {free / 1e9:.2f} GB free; free some "
+                      "space or choose another --out (run the same command again to resume)")
 
 
 def verify(out_path: str, attrs: StoreAttrs, plan: Plan) -> None:
