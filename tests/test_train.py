@@ -322,13 +322,21 @@ def test_compiled_training_follows_the_eager_loss_curve(sample, tmp_path, one_th
 
 @pytest.mark.parametrize("workers,epochs", [(0, 1), (1, 2)])
 def test_ddp_two_processes_on_cpu(trained, tmp_path, workers, epochs):
-    """Each rank with its loader thread, or with a worker process serving both epochs."""
+    """Each rank with its loader thread, or with a worker process serving both epochs. Its output,
+    a log (not a terminal), holds one line per epoch, and no cursor moves, tips or warnings."""
     root, data, *_ = trained
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "train.py", "--run_name", "ddp", *data, "--checkpoint", str(tmp_path), *FAST,
-           "--devices", "2", "--strategy", "ddp", "--epochs", str(epochs), "--num_workers", str(workers)]
+           "--devices", "2", "--strategy", "ddp", "--epochs", str(epochs), "--num_workers", str(workers),
+           "--log_every", "1000"]    # longer than an epoch, which Lightning would warn about
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("epoch ")] == \
+        [f"epoch {e}" for e in range(epochs)]
+    assert "train_epoch_acc" in log and "\x1b" not in log and "\r" not in log
+    for noise in ("Tip:", "LeafSpec", "logging interval", "Warning", "warn("):
+        assert noise not in log, noise
     [name] = os.listdir(tmp_path / "metrics")
     with open(tmp_path / "metrics" / name) as f:
         events = json.load(f)

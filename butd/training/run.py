@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import warnings
 from datetime import datetime
 
 from butd.training.config import TrainConfig
@@ -79,16 +78,19 @@ def check_devices(config: TrainConfig) -> None:
 def make_trainer(config: TrainConfig, loggers, callbacks: list, **overrides):
     """The Trainer of a run (``overrides`` for the step benchmark, which times this very loop)."""
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import TQDMProgressBar
 
+    from butd.training.console import progress, quiet_lightning
+
+    quiet_lightning()
+    # a bar redrawn at every step costs more than a small model's step
+    shown, bar = progress(config.run.log_every)
     hw = config.hardware
     options = dict(
         default_root_dir=config.data.checkpoint, max_epochs=config.optim.epochs, max_steps=config.optim.max_steps,
         gradient_clip_val=config.optim.gradient_clip, gradient_clip_algorithm="norm",
         accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
         precision=hw.precision, logger=loggers, fast_dev_run=config.run.fast_dev_run,
-        # the bar redrawn at every step costs more than a small model's step
-        callbacks=[*callbacks, TQDMProgressBar(refresh_rate=max(1, config.run.log_every))],
+        callbacks=[*callbacks, *shown], enable_progress_bar=bar,
         log_every_n_steps=config.run.log_every, benchmark=True,
         use_distributed_sampler=False)       # the loader's sampler shards itself across ranks
     options.update(overrides)
@@ -108,9 +110,6 @@ def run_callbacks(config: TrainConfig, run_dir: str) -> tuple:
     # last.ckpt of its own callback, written at every epoch's end: Lightning's save_last writes it only
     # when a top-k checkpoint was saved at the same step, so an epoch outside the top 3 left it behind
     last = ModelCheckpoint(dirpath=run_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
-    # every run has a directory of its own (run_name), which holds config.json before any checkpoint
-    # and a resumed run's checkpoints: Lightning's "exists and is not empty" warning is always noise here
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     stop = StopOnInterrupt(top_k=top_k)
     extra = [] if config.run.fast_dev_run else [stop, SaveConfig(run_dir, config)]
     return [top_k, last, MidEpochResume(), *extra], top_k, stop
