@@ -31,8 +31,8 @@ def main(argv=None) -> dict:
                    "VQA2-Questions or NLVR2-Questions)")
     p.add_argument("--glove", default=None, help="GloVe vectors, .txt or .txt.gz (default <data>/GloVe/glove.6B.300d.txt, "
                    "or .txt.gz if only that is there)")
-    p.add_argument("--cache", default=None, help="the feature stores' directory (default <data>/GQA-Cache, VQA2-Cache "
-                   "or NLVR2-Cache)")
+    p.add_argument("--cache", default=None, help="the dataset's feature stores and question cache: the stores are read "
+                   "for their image ids (default <data>/GQA-Cache, VQA2-Cache or NLVR2-Cache)")
     p.add_argument("--out", default=None, help="the question cache's directory (default: <cache>/questions)")
     p.add_argument("--emb_dim", type=int, default=300, help="GloVe dimension (checked against the file)")
     p.add_argument("--max_length", type=int, default=None, help="tokens per question (default: the task's)")

@@ -48,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--data", default="data/", help="where downloaded data is located")
     p.add_argument("--features", default=None, help="the task's feature files, when no INPUT is given "
                    "(default <data>/GQA-Features, VQA2-Features or NLVR2-Features)")
-    p.add_argument("--cache", default=None, help="the stores' directory, when no INPUT is given "
+    p.add_argument("--cache", default=None, help="the dataset's feature stores and question cache: the stores are written "
+                   "there when no INPUT is given "
                    "(default <data>/GQA-Cache, VQA2-Cache or NLVR2-Cache)")
     p.add_argument("--workers", type=int, default=None, help="conversion processes (default: all cores)")
     p.add_argument("--dtype", choices=schema.FEATURE_DTYPES, default="float16", help="the stored features' dtype")
