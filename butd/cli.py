@@ -56,6 +56,15 @@ def run(main, argv=None) -> int:
     return result if isinstance(result, int) else 0
 
 
+def excerpt(text, limit: int = 40) -> str:
+    """``text`` (str or bytes) as an error message quotes it: its repr, cut to ``limit`` characters
+    with its whole length said (a file in another format has a 'word' or an 'image id' of hundreds
+    of kilobytes)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def require_gpus(wanted: int, asked_by: str, instead: str) -> None:
     """Raise ValueError, before any work, when fewer than ``wanted`` GPUs are visible to PyTorch:
     ``asked_by`` names the flags that asked, ``instead`` says how to run without (Lightning and

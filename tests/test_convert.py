@@ -607,3 +607,12 @@ def test_ctrl_c_of_a_compressed_conversion_says_one_thing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err.strip() == "interrupted: the chunks already written are kept; run the same command again to resume"
+
+
+def test_a_file_that_is_not_a_tsv_is_one_short_line(tmp_path, capsys):
+    """One 'field' of 400,000 characters (base64 without tabs) is quoted by its first characters."""
+    (tmp_path / "f.tsv").write_text(base64.b64encode(os.urandom(300_000)).decode() + "\n")
+    status, err = cli_run(tsv_to_zarr.main, [str(tmp_path / "f.tsv"), "--out", str(tmp_path / "s.zarr"), "--quiet"],
+                          capsys)
+    assert status == 1 and err.count("\n") == 1 and len(err) < 300, err[:400]
+    assert "f.tsv:1: image id" in err and "(400,000 characters)" in err and "is this a features TSV?" in err

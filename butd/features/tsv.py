@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from butd.cli import excerpt
 from butd.features.schema import TSV_COLUMNS, TSV_LAYOUTS
 
 try:   # SIMD base64 (tens of GB/s); binascii (about 1 GB/s) decodes exactly the same
@@ -103,7 +104,7 @@ class TSVFormatError(ValueError):
     reason = property(lambda self: self.args[3])
 
     def __str__(self) -> str:
-        who = f"image id {self.image_id!r}" if self.image_id else "image id unknown"
+        who = f"image id {excerpt(self.image_id)}" if self.image_id else "image id unknown"
         return f"{self.path}:{self.line}: {who}: {self.reason}"
 
 
@@ -197,7 +198,7 @@ def _int(field, name: str, fail) -> int:
     except ValueError:
         value = None
     if value is None or not value.is_integer():
-        fail(f"{name} is {field[:40]!r}, expected an integer")
+        fail(f"{name} is {excerpt(field)}, expected an integer")
     return int(value)
 
 

@@ -9,18 +9,13 @@ from typing import Optional
 
 import numpy as np
 
+from butd.cli import excerpt
+
 BOM = b"\xef\xbb\xbf"
 
 
 class GloveFormatError(ValueError):
     """A GloVe file whose vectors do not have the expected dimension."""
-
-
-def _shown(word: bytes, limit: int = 40) -> str:
-    """A word as an error message quotes it: at most ``limit`` characters (a file that is not GloVe,
-    a features TSV say, has one 'word' of hundreds of kilobytes)."""
-    text = word.decode("utf-8", "replace")
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(word):,} bytes without a space)"
 
 
 def _open_lines(path: str):
@@ -57,7 +52,7 @@ def read_glove(path: str, word2idx: dict, emb_dim: int,
             values = rest.split()
             if len(values) < emb_dim or (lineno == 1 and len(values) != emb_dim):
                 raise GloveFormatError(
-                    f"{path}, line {lineno}: {len(values)} values after the word {_shown(word)}, "
+                    f"{path}, line {lineno}: {len(values)} values after the word {excerpt(word)}, "
                     f"expected {emb_dim} (--emb_dim); is this the right GloVe file?")
             if index is None or len(values) > emb_dim:
                 continue

@@ -21,6 +21,7 @@ import hashlib
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
+from butd.cli import excerpt
 from butd.features.convert.plan import Plan, earlier_images, repeat_reason
 from butd.features.tsv import ImageRow
 
@@ -41,7 +42,7 @@ class InputError(ValueError):
 
     def __str__(self) -> str:
         where = f", {self.where}" if self.where else ""
-        who = f"image id {self.image_id!r}" if self.image_id else "image id unknown"
+        who = f"image id {excerpt(self.image_id)}" if self.image_id else "image id unknown"
         return f"{self.path}{where}: {who}: {self.reason}"
 
     def report(self) -> dict:
