@@ -144,6 +144,18 @@ def test_report_flags_given_wrong_are_one_line_errors_before_any_inference(small
     assert not os.listdir(tmp_path)
 
 
+def test_weight_labels_of_boxes_sharing_a_corner_do_not_overlap():
+    from butd.evaluation.report.images import LABEL_SIZE, label_positions
+    w, h = LABEL_SIZE
+    rects = [(100, 50, 80, 60), (100, 50, 40, 100), (101, 51, 120, 30), (0, 0, 360, 240), (300, 200, 60, 40)]
+    placed = label_positions(rects, (360, 240))
+    for i, (x, y) in enumerate(placed):
+        assert 0 <= x <= 360 - w and h <= y <= 240, (i, x, y)
+        for j, (px, py) in enumerate(placed[:i]):
+            assert not (x < px + w and px < x + w and y - h < py and py - h < y), (i, j, placed)
+    assert placed[0] == (103, 50 + h + 1)     # the most attended box keeps its top-left corner
+
+
 def test_the_gallery_samples_every_type_and_result_in_turn():
     kinds = ["a"] * 50 + ["b"] * 5 + ["c"] * 2
     results = ["right"] * 40 + ["wrong"] * 10 + ["wrong"] * 5 + ["right", "unscored"]

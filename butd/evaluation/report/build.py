@@ -20,7 +20,7 @@ import numpy as np
 
 from butd.evaluation.inference import has_attention
 from butd.evaluation.report import charts, gather, page
-from butd.evaluation.report.images import PAIR_HEIGHT, picture_of
+from butd.evaluation.report.images import PAIR_HEIGHT, label_positions, picture_of
 
 # How the score groups of the tasks (``Task.evaluate``) read as chart titles.
 GROUP_TITLES = {"answer_type": "answer type", "structural": "structural type", "semantic": "semantic type",
@@ -140,12 +140,15 @@ def gallery_cards(items: Sequence[gather.GalleryItem], task, split: str, images:
                                  max_height=PAIR_HEIGHT if len(item.images) > 1 else None)
             found, total = found + (picture.uri is not None), total + 1
             boxes = []
-            for k, (x, y, w, h) in enumerate(picture.rectangles(view.boxes)):
+            rects = picture.rectangles(view.boxes)
+            by_rank = sorted(range(len(rects)), key=lambda k: view.ranks[k] if view.ranks is not None else k)
+            labels = dict(zip(by_rank, label_positions([rects[k] for k in by_rank], (picture.width, picture.height))))
+            for k, (x, y, w, h) in enumerate(rects):
                 weight = None if view.weights is None else float(view.weights[k])
                 # a box's line as strong as its weight against the question's strongest: where the
                 # model looks stands out from boxes it barely attends to
                 boxes.append({"x": x, "y": y, "width": w, "height": h, "row": int(view.rows[k]), "weight": weight,
-                              "rank": None if view.ranks is None else int(view.ranks[k]),
+                              "rank": None if view.ranks is None else int(view.ranks[k]), "label": labels[k],
                               "strength": None if weight is None else weight / strongest})
             name = ("left", "right")[side] if len(item.images) == 2 else None
             pictures.append({"picture": picture, "view": view, "boxes": boxes, "side": name})

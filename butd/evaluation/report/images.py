@@ -22,6 +22,8 @@ from PIL import Image, UnidentifiedImageError
 MAX_SIDE = 360
 PAIR_HEIGHT = 240
 JPEG_QUALITY = 80
+# A weight's label ("0.330", bold 12 px, drawn from its baseline): the room it takes, in pixels
+LABEL_SIZE = (38.0, 13.0)
 
 
 @dataclass
@@ -45,6 +47,27 @@ class Picture:
         y0, y1 = np.minimum(tenths[:, 1], tenths[:, 3]), np.maximum(tenths[:, 1], tenths[:, 3])
         return [(x / 10, y / 10, (xe - x) / 10, (ye - y) / 10) for x, y, xe, ye in
                 zip(x0.tolist(), y0.tolist(), x1.tolist(), y1.tolist())]
+
+
+def label_positions(rects: Sequence[Tuple[float, float, float, float]], size: Tuple[int, int],
+                    label: Tuple[float, float] = LABEL_SIZE) -> List[Tuple[float, float]]:
+    """Where each box's label goes (``(x, baseline y)``), the boxes in the order given (the most
+    attended first): inside its top-left corner, else inside its bottom-left, above it or below it,
+    whichever first overlaps no label placed before and stays in the picture; where none does,
+    the top-left corner. Boxes often share a corner (regions of one object), and labels drawn at
+    the same corner cannot be read."""
+    width, height = size
+    lw, lh = label
+    placed, out = [], []
+    for x, y, _, h in rects:
+        left = min(x + 3, max(width - lw, 0))
+        candidates = [(left, y + lh + 1), (left, y + h - 3), (left, y - 3), (left, y + h + lh)]
+        free = [(cx, cy) for cx, cy in candidates if cy - lh >= 0 and cy <= height
+                and not any(cx < px + lw and px < cx + lw and cy - lh < py and py - lh < cy for px, py in placed)]
+        position = free[0] if free else candidates[0]
+        placed.append(position)
+        out.append(position)
+    return out
 
 
 def shown_size(width: int, height: int, max_side: int = MAX_SIDE, max_height: Optional[int] = None) -> Tuple[int, int]:
