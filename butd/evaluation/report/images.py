@@ -58,16 +58,14 @@ def label_positions(rects: Sequence[Tuple[float, float, float, float]], size: Tu
     the same corner cannot be read."""
     width, height = size
     lw, lh = label
-    placed, out = [], []
+    placed = []
     for x, y, _, h in rects:
         left = min(x + 3, max(width - lw, 0))
         candidates = [(left, y + lh + 1), (left, y + h - 3), (left, y - 3), (left, y + h + lh)]
         free = [(cx, cy) for cx, cy in candidates if cy - lh >= 0 and cy <= height
                 and not any(cx < px + lw and px < cx + lw and cy - lh < py and py - lh < cy for px, py in placed)]
-        position = free[0] if free else candidates[0]
-        placed.append(position)
-        out.append(position)
-    return out
+        placed.append(free[0] if free else candidates[0])
+    return placed
 
 
 def shown_size(width: int, height: int, max_side: int = MAX_SIDE, max_height: Optional[int] = None) -> Tuple[int, int]:
