@@ -592,7 +592,7 @@ sys.exit(run(tsv_to_zarr.main, sys.argv[2:]))
 
 def test_ctrl_c_of_a_compressed_conversion_says_one_thing(tmp_path):
     """Ctrl-C reaches every process of the group: the user reads how to resume, not zarr's pending tasks."""
-    make_tsv(tmp_path / "f.tsv", n=80)
+    make_tsv(tmp_path / "f.tsv", n=240)     # 120 chunks of >= 0.05 s on 2 workers: >= 3 s to interrupt
     out = str(tmp_path / "s.zarr")
     proc = subprocess.Popen([sys.executable, "-c", CTRL_C_RUN, os.path.dirname(CLI), str(tmp_path / "f.tsv"),
                              "--out", out, "--compressor", "zstd", "--chunk_images", "2", "--workers", "2",
