@@ -2,7 +2,7 @@
 against the official eval.py's way (the whole file as Python objects), on the same files, same run.
 
     python benchmarks/gqa_eval_memory.py                       # 50,000 and 200,000 questions
-    python benchmarks/gqa_eval_memory.py --questions 100000 400000 --keep /tmp/gqamem
+    python benchmarks/gqa_eval_memory.py --questions 100000,400000 --keep /tmp/gqamem
 
 It writes GQA-shaped files (the real schema, ~850 bytes a question as the real files; one question in
 15 balanced, as in val_all, each with up to 40 entailed ids) and a small feature store and question
@@ -36,7 +36,9 @@ import time
 import numpy as np
 from questions_speed import TASK, _bodies, make_data
 
-from harness import MB, RESULTS, report
+from butd.cli import run
+
+from harness import MB, RESULTS, comma_list, parser, report
 
 BALANCED_EVERY = 15
 
@@ -115,11 +117,11 @@ def run_child(kind: str, root: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--questions", type=int, nargs="+", default=[50_000, 200_000],
-                   help="all-questions file sizes to measure (default 50,000 and 200,000)")
+    p = parser(__doc__)
+    p.add_argument("--questions", type=comma_list(int), default=[50_000, 200_000],
+                   help="all-questions file sizes to measure, comma-separated")
     p.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
-    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
+    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go")
     p.add_argument("--child", choices=["ours", "official"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -182,4 +184,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -17,15 +17,16 @@ specification) and ``questions_speed.json`` under ``--out``, and ends with one J
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
 
 from butd import questions as Q
+from butd.cli import run
 from butd.features import schema
 from butd.features.convert import convert_tsv
 from butd.features.tsv import ImageRow
@@ -33,7 +34,7 @@ from butd.reference.spec import Dictionary, pad_tokens
 from butd.synthetic.scene import write_tsv
 from butd.tasks import get_task
 
-from harness import RESULTS, report, timed
+from harness import RESULTS, parser, report, timed
 
 TASK = get_task("gqa")
 
@@ -165,11 +166,11 @@ def spec_load(path: str, dictionary: Dictionary, ans2label: dict, img2idx: dict,
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--questions", type=int, default=1_000_000, help="train questions (default 1,000,000)")
+    p = parser(__doc__)
+    p.add_argument("--questions", type=int, default=1_000_000, help="train questions")
     p.add_argument("--images", type=int, default=3000, help="trainval images the questions are about")
     p.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
-    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
+    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go")
     args = p.parse_args(argv)
     root = args.keep or tempfile.mkdtemp(prefix="questions_speed_")
     try:
@@ -219,4 +220,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))
