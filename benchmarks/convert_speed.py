@@ -303,7 +303,7 @@ def main(argv=None) -> None:
     import layouts
     p = parser(__doc__)
     p.add_argument("--size_mb", type=float, default=2048, help="size of each generated input, in MB")
-    p.add_argument("--layouts", type=comma_list(choices=[TSV, *layouts.LAYOUTS]), default=[TSV, *layouts.LAYOUTS],
+    p.add_argument("--layouts", type=comma_list(choices=[TSV, *layouts.LAYOUTS]), default=",".join([TSV, *layouts.LAYOUTS]),
                    help="input layouts to measure, comma-separated")
     p.add_argument("--max_workers", type=int, default=os.cpu_count(),
                    help="converter processes: the TSV is converted with 1 to this many, every other layout with this many")

@@ -118,7 +118,7 @@ def run_child(kind: str, root: str) -> dict:
 
 def main(argv=None) -> dict:
     p = parser(__doc__)
-    p.add_argument("--questions", type=comma_list(int), default=[50_000, 200_000],
+    p.add_argument("--questions", type=comma_list(int), default="50000,200000",
                    help="all-questions file sizes to measure, comma-separated")
     p.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
     p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go")

@@ -470,7 +470,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--feature_dim", type=int, default=2048, help="feature size of the generated stores")
     ap.add_argument("--dtype", default="float16", choices=schema.FEATURE_DTYPES, help="feature dtype of the generated stores")
     ap.add_argument("--chunk_images", type=int, default=DEFAULT_CHUNK_IMAGES, help="images per chunk of the generated stores")
-    ap.add_argument("--compressors", type=comma_list(choices=schema.COMPRESSORS[1:]), default=["zstd", "blosc"],
+    ap.add_argument("--compressors", type=comma_list(choices=schema.COMPRESSORS[1:]), default="zstd,blosc",
                     help="compressed copies of the generated store to measure, comma-separated ('' for none)")
     ap.add_argument("--bsz", type=int, default=256, help="batch size")
     ap.add_argument("--seconds", type=float, default=3.0, help="time each warm run for about this long")

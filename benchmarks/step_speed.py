@@ -83,7 +83,7 @@ def parse_args(argv=None):
                    help="precisions, comma-separated (default: fp32 on the CPU, bf16,fp32 on a GPU)")
     p.add_argument("--num_workers", type=comma_list(int), help="DataLoader worker counts, comma-separated "
                    "(default: 0,1 on the CPU, 2,4,8 on a GPU)")
-    p.add_argument("--feature_cache", type=comma_list(choices=("none", "pinned", "gpu")), default=["none"],
+    p.add_argument("--feature_cache", type=comma_list(choices=("none", "pinned", "gpu")), default="none",
                    help="feature caches, comma-separated (gpu needs a GPU)")
     p.add_argument("--images", type=int, help="images in the generated store (default: 200 on the CPU, 4000 on a GPU)")
     p.add_argument("--questions_per_image", type=int, default=10, help="questions per generated image")
