@@ -113,3 +113,10 @@ def test_convert_speed_picture(tmp_path):
                "hdf5": {"baseline_mb_s": 80.0, "converter_mb_s": 300.0, "bound_mb_s": 400.0, "of_bound": 0.75,
                         "x_baseline": 3.75}}
     assert png(convert_speed.picture(summary, [], str(tmp_path / "convert_speed.png")))
+
+
+def test_questions_speed_picture(tmp_path):
+    import questions_speed
+    summary = {"questions": 1000, "train_questions": 900, "json_mb": 1.0, "build_s": 2.0, "load_s": 0.01,
+               "spec_load_s": 1.0, "load_speedup": 100.0, "phase_s": {"read": 1.0, "tokenize": 0.5, "shards": 0.5}}
+    assert png(questions_speed.picture(summary, [], str(tmp_path / "questions_speed.png")))
