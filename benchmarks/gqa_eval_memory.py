@@ -87,7 +87,7 @@ def child_ours(root: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     start = time.perf_counter()
     sampler.start()
-    scores, count, _ = predict_all_questions(
+    scores, count, *_ = predict_all_questions(   # (scores, written, left out, labels)
         lit, dm, "testdev", files, Q.load_spellings(dm.questions_dir), torch.device("cpu"),
         os.path.join(root, "predictions.json"), os.path.join(root, "attentions.json"), None, say=lambda *a: None)
     done.set()
@@ -175,9 +175,11 @@ def main(argv=None) -> dict:
         return report("gqa_eval_memory", args.out, summary, runs, columns=[
             ("questions", "questions", ">10,"), ("JSON MB", "json_mb", ">8.1f"), ("way", "way", "<9"),
             ("peak RSS MB", "peak_rss_mb", ">12.1f"), ("halves MB", "halves", ">12"), ("seconds", "seconds", ">8.2f")],
-            panels=[("peak RSS over an all-questions file", "questions", "MB",
-                     {"evaluate.py (streamed)": series["ours"],
-                      "official eval.py's way (json.load)": series["official"]})])
+            panels=[("Does memory grow with the all-questions file? Peak RSS", "questions in the file", "MB",
+                     {f"evaluate.py (streamed): +{summary['ours_mb_per_1000_questions']:.2f} MB per 1,000 questions":
+                      series["ours"],
+                      f"official eval.py's way (json.load): +{summary['official_mb_per_1000_questions']:.2f} MB per "
+                      "1,000": series["official"]}, {"y_from_zero": True})])
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -23,14 +23,16 @@ Series = Dict[str, tuple]
 
 
 def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out, title: str = ""):
-    """Draw one panel per ``(panel title, x label, y label, {line label: (xs, ys[, line options])})``
-    side by side and save the figure as ``out`` (PNG): a path, or a binary file object (e.g.
+    """Draw one panel per ``(panel title, x label, y label, {line label: (xs, ys[, line options])}[,
+    {"y_from_zero": True}])`` side by side and save the figure as ``out`` (PNG): a path, or a binary file object (e.g.
     ``io.BytesIO``). Returns ``out``."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (panel_title, xlabel, ylabel, series) in zip(axes[0], panels):
+    for ax, (panel_title, xlabel, ylabel, series, *axis) in zip(axes[0], panels):
         for label, (xs, ys, *style) in series.items():
             ax.plot(list(xs), list(ys), label=label, **{"marker": "o", "markersize": 3, **(style[0] if style else {})})
         ax.set_title(panel_title)
+        if axis and axis[0].get("y_from_zero"):   # sizes, not changes: a zoomed axis would magnify them
+            ax.set_ylim(bottom=0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
