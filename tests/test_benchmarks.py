@@ -120,3 +120,11 @@ def test_questions_speed_picture(tmp_path):
     summary = {"questions": 1000, "train_questions": 900, "json_mb": 1.0, "build_s": 2.0, "load_s": 0.01,
                "spec_load_s": 1.0, "load_speedup": 100.0, "phase_s": {"read": 1.0, "tokenize": 0.5, "shards": 0.5}}
     assert png(questions_speed.picture(summary, [], str(tmp_path / "questions_speed.png")))
+
+
+def test_larger_than_ram_picture(tmp_path):
+    import larger_than_ram
+    summary = {"samples_per_s": {"pread": 9000, "auto": 13000, "map": 1200, "zstd": 6000}, "zstd_vs_auto": 0.46,
+               "zstd_auto_cache": "none", "read_gb": 1.2, "limit_gb": 1.0, "cache_fraction": 0.5,
+               "targets_met": {"auto_vs_pread>=0.8": True, "zstd_vs_auto>=0.5": False}}
+    assert png(larger_than_ram.picture(summary, [], str(tmp_path / "larger_than_ram.png")))

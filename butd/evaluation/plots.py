@@ -77,7 +77,7 @@ def bar_chart(panels: Sequence[Tuple[str, str, Sequence[Bar]]], out, title: str 
         # room for the notes after the bars: about a hundredth of the axis per character
         longest = max([0] + [len(line) for b in bars for line in str(b.get("note") or "").splitlines()])
         ax.set_xlim(0, top * (1.05 + min(2.0, 0.014 * longest)))
-        ax.set_title(textwrap.fill(panel_title, 110), fontsize=10, loc="left")
+        ax.set_title(textwrap.fill(panel_title, 90), fontsize=10, loc="left")
         ax.set_xlabel(xlabel)
         ax.grid(axis="x", alpha=0.3)
         ax.set_axisbelow(True)
