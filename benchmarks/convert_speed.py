@@ -3,7 +3,7 @@ its bound, all in one run on the same generated inputs.
 
     python benchmarks/convert_speed.py                           # the TSV and each layout, 2 GB each
     python benchmarks/convert_speed.py --size_mb 400             # a quicker look
-    python benchmarks/convert_speed.py --layouts hdf5 npz        # some of: tsv hdf5 hdf5_adaptive npz npz_transposed mmf
+    python benchmarks/convert_speed.py --layouts hdf5,npz        # some of: tsv hdf5 hdf5_adaptive npz npz_transposed mmf
 
 The TSV (``butd.synthetic.scene``'s obj36 rows, 36 boxes x 2048-d): the specification's converter
 (``readlines`` to count rows, one process, csv.DictReader, base64, float32 HDF5 via h5py) against
@@ -46,7 +46,9 @@ import time
 
 import numpy as np
 
-from harness import MB, RESULTS, PeakMemory, report
+from butd.cli import run
+
+from harness import MB, RESULTS, PeakMemory, comma_list, parser, report
 
 SETTLE_S = 3.0
 TSV = "tsv"
@@ -297,14 +299,16 @@ def bench_layout(args, me: list, work: str, layout: str) -> tuple:
     return out, rows, line, [folder]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     import layouts
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size_mb", type=float, default=2048, help="size of each generated input")
-    p.add_argument("--layouts", nargs="+", default=[TSV, *layouts.LAYOUTS], choices=[TSV, *layouts.LAYOUTS])
-    p.add_argument("--max_workers", type=int, default=os.cpu_count())
+    p = parser(__doc__)
+    p.add_argument("--size_mb", type=float, default=2048, help="size of each generated input, in MB")
+    p.add_argument("--layouts", type=comma_list(choices=[TSV, *layouts.LAYOUTS]), default=",".join([TSV, *layouts.LAYOUTS]),
+                   help="input layouts to measure, comma-separated")
+    p.add_argument("--max_workers", type=int, default=os.cpu_count(),
+                   help="converter processes: the TSV is converted with 1 to this many, every other layout with this many")
     p.add_argument("--repeat", type=int, default=3, help="runs of each converter and bound (the best counts)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
     # Not /tmp: on our VMs its directory has seen so much creating and deleting that creating a
     # file or directory there costs ~1.5 ms of kernel time instead of ~0.05 ms elsewhere on the
     # same file system, which bills the converter (~2000 chunk files and directories per GB) and
@@ -316,10 +320,10 @@ def main() -> None:
     p.add_argument("--input", help=argparse.SUPPRESS)
     p.add_argument("--layout", help=argparse.SUPPRESS)
     p.add_argument("--max_boxes", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--out", help="the same as --results")   # in a --run child: where it converts to
+    p.add_argument("--out", help="the same as --results (default: --results)")   # in a --run child: where it converts to
     p.add_argument("--workers", type=int, help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float16", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.run:
         return run_one(args)
     args.results = args.out or args.results
@@ -347,8 +351,6 @@ def main() -> None:
     print()
     for line in lines:
         print(line)
-    names = [layout for layout in args.layouts if layout != TSV]
-    xs = list(range(len(names)))
     for r in runs:
         r["work_mb_s"] = r["input_bytes"] / 1e6 / r["work_seconds"]
     report("convert_speed", args.results, summary, runs, columns=[
@@ -356,13 +358,38 @@ def main() -> None:
         ("input MB", lambda r: r["input_bytes"] / 1e6, "8.0f"), ("wall s", "seconds", "7.2f"),
         ("work s", "work_seconds", "7.2f"), ("cpu s", "cpu_seconds", "6.2f"), ("MB/s", "work_mb_s", "7.1f"),
         ("peak MB", "peak_rss_mb", "8.0f"),
-    ], panels=[("Conversion speed by layout (" + ", ".join(f"{i} {n}" for i, n in zip(xs, names)) + ")", "layout",
-                "MB/s of input", {
-                    "butd converter": (xs, [summary[n]["converter_mb_s"] for n in names]),
-                    "bound: read + decode + cast, nothing written": (xs, [summary[n]["bound_mb_s"] for n in names]),
-                    "baseline: one process, the layout's reader": (xs, [summary[n]["baseline_mb_s"] for n in names]),
-                })])
+    ], picture=picture)
+
+
+def picture(summary: dict, runs: list, out: str) -> str:
+    """How near is each layout's converter to its bound, and how far ahead of the simplest
+    conversion (the TSV: of the specification's converter)?"""
+    from butd.evaluation.plots import bar_chart
+    bars = []
+    tsv = summary.get(TSV)
+    if tsv:
+        bars.append({"label": "tsv: the specification's converter (wall time)", "value": tsv["baseline_mb_s"],
+                     "group": "baseline"})
+        top = max(tsv["converter_mb_s"], key=int)
+        for w, mb_s in tsv["converter_mb_s"].items():
+            best = w == top
+            bars.append({"label": f"tsv: butd, {w} worker(s) (wall time)", "value": mb_s, "group": "butd",
+                         "bound": tsv["compute_bound_mb_s"] if best else None,
+                         "note": f"{tsv['speedup'][w]:.1f}x the specification" + (
+                             f"\nin work time (start-up left out): {tsv['share_of_compute_bound']:.2f} of its "
+                             "compute bound" if best else "")})
+    for layout, figures in summary.items():
+        if layout in (TSV, "cores") or not isinstance(figures, dict):
+            continue
+        bars.append({"label": f"{layout}: simplest conversion", "value": figures["baseline_mb_s"], "group": "baseline"})
+        bars.append({"label": f"{layout}: butd converter", "value": figures["converter_mb_s"], "group": "butd",
+                     "bound": figures["bound_mb_s"],
+                     "note": f"{figures['of_bound']:.2f} of its bound, {figures['x_baseline']:.1f}x the simplest"})
+    return bar_chart([("MB/s of input, on all cores; grey: the layout's bound (read + decode + cast, nothing written)",
+                       "MB/s of input", bars)], out,
+                     title=f"convert_speed on {summary.get('cores')} cores, inputs of "
+                           f"{max([f.get('input_mb', f.get('tsv_mb', 0)) for f in summary.values() if isinstance(f, dict)] or [0]):.0f} MB")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -2,7 +2,7 @@
 against the official eval.py's way (the whole file as Python objects), on the same files, same run.
 
     python benchmarks/gqa_eval_memory.py                       # 50,000 and 200,000 questions
-    python benchmarks/gqa_eval_memory.py --questions 100000 400000 --keep /tmp/gqamem
+    python benchmarks/gqa_eval_memory.py --questions 100000,400000 --keep /tmp/gqamem
 
 It writes GQA-shaped files (the real schema, ~850 bytes a question as the real files; one question in
 15 balanced, as in val_all, each with up to 40 entailed ids) and a small feature store and question
@@ -36,7 +36,9 @@ import time
 import numpy as np
 from questions_speed import TASK, _bodies, make_data
 
-from harness import MB, RESULTS, report
+from butd.cli import run
+
+from harness import MB, RESULTS, comma_list, parser, report
 
 BALANCED_EVERY = 15
 
@@ -85,7 +87,7 @@ def child_ours(root: str) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     start = time.perf_counter()
     sampler.start()
-    scores, count, _ = predict_all_questions(
+    scores, count, *_ = predict_all_questions(   # (scores, written, left out, labels)
         lit, dm, "testdev", files, Q.load_spellings(dm.questions_dir), torch.device("cpu"),
         os.path.join(root, "predictions.json"), os.path.join(root, "attentions.json"), None, say=lambda *a: None)
     done.set()
@@ -115,11 +117,11 @@ def run_child(kind: str, root: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--questions", type=int, nargs="+", default=[50_000, 200_000],
-                   help="all-questions file sizes to measure (default 50,000 and 200,000)")
+    p = parser(__doc__)
+    p.add_argument("--questions", type=comma_list(int), default="50000,200000",
+                   help="all-questions file sizes to measure, comma-separated")
     p.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
-    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
+    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go")
     p.add_argument("--child", choices=["ours", "official"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -173,13 +175,15 @@ def main(argv=None) -> dict:
         return report("gqa_eval_memory", args.out, summary, runs, columns=[
             ("questions", "questions", ">10,"), ("JSON MB", "json_mb", ">8.1f"), ("way", "way", "<9"),
             ("peak RSS MB", "peak_rss_mb", ">12.1f"), ("halves MB", "halves", ">12"), ("seconds", "seconds", ">8.2f")],
-            panels=[("peak RSS over an all-questions file", "questions", "MB",
-                     {"evaluate.py (streamed)": series["ours"],
-                      "official eval.py's way (json.load)": series["official"]})])
+            panels=[("Does memory grow with the all-questions file? Peak RSS", "questions in the file", "MB",
+                     {f"evaluate.py (streamed): +{summary['ours_mb_per_1000_questions']:.2f} MB per 1,000 questions":
+                      series["ours"],
+                      f"official eval.py's way (json.load): +{summary['official_mb_per_1000_questions']:.2f} MB per "
+                      "1,000": series["official"]}, {"y_from_zero": True})])
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

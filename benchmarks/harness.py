@@ -4,13 +4,18 @@
     out, seconds = timed(fn, *args)                        # one call, after a gc.collect()
     r = time_loop(step, warmup=2, steps=50, sync=...)      # step(i): untimed warm-up, then timed
     with PeakMemory() as mem: ...                          # mem.rss, mem.pss: peaks in bytes
-    report("loader_speed", out_dir, summary, runs, columns=..., panels=...)
+    report("loader_speed", out_dir, summary, runs, columns=..., picture=picture)
 
 ``Table`` prints rows (also one at a time, as they are measured), ``series`` groups rows into the
 lines of a plot panel, ``rollup`` reads one process's RSS and PSS.
 
 ``report`` prints the table, writes ``<out>/<name>.json`` ({"summary", "runs"}) and ``<name>.png``
-(``butd.evaluation.plots.line_plot``), and ends with the summary as one JSON line.
+(the benchmark's own ``picture(summary, runs, png)``, drawn with ``butd.evaluation.plots``, or line
+panels), and ends with the summary as one JSON line.
+
+Flags: every benchmark reads them with ``parser(__doc__)`` (``butd.cli.ArgumentParser``: ``--flag_name``
+and ``--flag-name`` alike, defaults in the help, one-line usage errors) and the same names as train.py
+(``--bsz``, ``--num_workers``, ``--out``); a list is one comma-separated value (``comma_list``).
 """
 from __future__ import annotations
 
@@ -23,6 +28,34 @@ import time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MB = 2 ** 20
+
+
+# -- flags ----------------------------------------------------------------------------------------
+
+def parser(doc: str, paragraphs: int = 2):
+    """A benchmark's ``butd.cli.ArgumentParser``, described by the first ``paragraphs`` of its
+    docstring (its summary and its examples); the rest stays in the docstring."""
+    from butd.cli import ArgumentParser, description
+    return ArgumentParser(description=description(doc, paragraphs))
+
+
+def comma_list(kind=str, choices=None):
+    """A flag type: ``"0,1,2"`` -> ``[0, 1, 2]`` of ``kind`` (an empty value: an empty list); with
+    ``choices``, each item one of them, in any case (``butd.cli.Choice``)."""
+    from butd.cli import Choice
+    item = Choice(choices) if choices else kind
+
+    def parse(text: str) -> list:
+        return [item(part.strip()) for part in str(text).split(",") if part.strip()]
+    parse.__name__ = "a comma-separated list of " + (item.__name__ if choices else f"{kind.__name__}s")
+    return parse
+
+
+def require_gpu(wanted: bool, flags: str) -> None:
+    """Refuse, in one line before any work, a GPU asked for by ``flags`` on a machine without one."""
+    if wanted:
+        from butd.cli import require_gpus
+        require_gpus(1, flags, "leave them out to measure on the CPU")
 
 
 # -- timing ---------------------------------------------------------------------------------------
@@ -164,18 +197,22 @@ def series(rows: list, label, x: str, y: str) -> dict:
     return out
 
 
-def report(name: str, out: str, summary: dict, runs: list, *, columns: list | None = None, panels: list,
-           title: str = "", table_rows: list | None = None, **extra) -> dict:
+def report(name: str, out: str, summary: dict, runs: list, *, columns: list | None = None, panels: list | None = None,
+           picture=None, title: str = "", table_rows: list | None = None, **extra) -> dict:
     """Print the table of ``table_rows`` (default ``runs``; none without ``columns``), write
-    ``<out>/<name>.json`` ({"summary", "runs", **extra}) and ``<out>/<name>.png`` (``panels`` as
-    ``line_plot`` takes them), and print ``summary`` as the last line, in JSON."""
+    ``<out>/<name>.json`` ({"summary", "runs", **extra}) and ``<out>/<name>.png``: drawn by
+    ``picture(summary, runs, png)``, or from ``panels`` as ``line_plot`` takes them; and print
+    ``summary`` as the last line, in JSON."""
     from butd.evaluation.plots import line_plot
     if columns:
         print()
         Table(columns).print(runs if table_rows is None else table_rows)
     os.makedirs(out, exist_ok=True)
     png, js = os.path.join(out, f"{name}.png"), os.path.join(out, f"{name}.json")
-    line_plot(panels, png, title=title or name)
+    if picture is not None:
+        picture(summary, runs, png)
+    else:
+        line_plot(panels, png, title=title or name)
     with open(js, "w") as f:
         json.dump({"summary": summary, "runs": runs, **extra}, f, indent=1, default=str)
     print(f"\n[*] wrote {png} and {js}")

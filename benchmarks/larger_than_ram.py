@@ -2,20 +2,20 @@
 against memory maps alone, inside a memory cgroup (Linux, as root).
 
     python benchmarks/larger_than_ram.py                      # generates a 1.2 GB store in a temp dir
-    python benchmarks/larger_than_ram.py --store data/GQA-Cache/trainval.zarr --rows 40000 --cache-fraction 0.5
+    python benchmarks/larger_than_ram.py --store data/GQA-Cache/trainval.zarr --rows 40000 --cache_fraction 0.5
 
 Each method runs in its own process, in a fresh memory cgroup whose limit is that process's own
-memory (measured first by a run without a limit) plus ``--cache-fraction`` of the bytes of the rows
+memory (measured first by a run without a limit) plus ``--cache_fraction`` of the bytes of the rows
 it reads: the page cache can hold only that share of them, as on a machine whose RAM is smaller
-than the store. For the same random batches of ``--batch-size`` questions (four per image), epoch
+than the store. For the same random batches of ``--bsz`` questions (four per image), epoch
 after epoch for ``--seconds``, starting from a dropped page cache:
 
-- ``pread``: the bound, plain ``preadv`` of each row from ``--io-threads`` threads (``loader_speed``'s);
+- ``pread``: the bound, plain ``preadv`` of each row from ``--io_threads`` threads (``loader_speed``'s);
 - ``auto``: ``FeatureStore.gather`` as the loader runs it (memory maps while the pages are cached,
   ``preadv`` into the batch as soon as page faults read from disk);
 - ``map``: memory maps alone (``read_mode="map"``): what thrashing costs;
 - ``zstd``: the same images in a zstd store (generated beside the generated store; with
-  ``--store``, give one as ``--zstd-store``, e.g. converted with ``--compressor zstd``, or the
+  ``--store``, give one as ``--zstd_store``, e.g. converted with ``--compressor zstd``, or the
   method is skipped), read by ``FeatureStore.gather`` in the same memory: a compressed store on a
   machine whose RAM holds neither store decoded. train.py's ``--feature_cache auto`` streams it
   there (``butd.loading.cache_choice``, which sees the cgroup's limit); the child reports the cache
@@ -36,7 +36,9 @@ import subprocess
 import sys
 import tempfile
 
-from harness import MB, RESULTS, report
+from butd.cli import run
+
+from harness import MB, RESULTS, parser, report
 
 GB = 1e9
 METHODS = ("pread", "auto", "map", "zstd")
@@ -62,9 +64,9 @@ def child(args) -> dict:
     cache = auto_cache(FeatureStore(path))[0]   # here, inside the cgroup
     drop_cache(path)
     if args.child == "pread":
-        r = run_pread(path, questions, args.batch_size, args.seconds, args.io_threads, True)
+        r = run_pread(path, questions, args.bsz, args.seconds, args.io_threads, True)
     else:
-        r = run_gather(path, questions, args.batch_size, args.seconds, True,
+        r = run_gather(path, questions, args.bsz, args.seconds, True,
                        read_mode="auto" if args.child == "zstd" else args.child)
     with open("/proc/self/status") as f:
         anon = next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
@@ -115,8 +117,8 @@ def run_child(args, method: str, cgroup: MemoryCgroup | None) -> dict:
             f.write(str(os.getpid()))
 
     cmd = [sys.executable, os.path.abspath(__file__), "--child", method, "--store", args.store,
-           "--zstd-store", args.zstd_store or "",
-           "--seconds", str(args.seconds), "--batch-size", str(args.batch_size), "--io-threads", str(args.io_threads)]
+           "--zstd_store", args.zstd_store or "",
+           "--seconds", str(args.seconds), "--bsz", str(args.bsz), "--io_threads", str(args.io_threads)]
     if args.rows:
         cmd += ["--rows", str(args.rows)]
     done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=join if cgroup else None)
@@ -128,16 +130,16 @@ def run_child(args, method: str, cgroup: MemoryCgroup | None) -> dict:
 # -- the runs ---------------------------------------------------------------------------------------
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--store", help="an existing store (default: generate one)")
-    ap.add_argument("--zstd-store", help="the same images in a zstd store (generated when --store is not given)")
+    ap.add_argument("--zstd_store", help="the same images in a zstd store (generated when --store is not given)")
     ap.add_argument("--rows", type=int, help="read only the first ROWS images (default: all)")
-    ap.add_argument("--gb", type=float, default=1.2, help="size of the generated store's features")
-    ap.add_argument("--cache-fraction", type=float, default=0.5, help="share of the read rows' bytes the page cache may hold")
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--gb", type=float, default=1.2, help="size of the generated store's features, in GB")
+    ap.add_argument("--cache_fraction", type=float, default=0.5, help="share of the read rows' bytes the page cache may hold")
+    ap.add_argument("--bsz", type=int, default=256, help="batch size")
     ap.add_argument("--seconds", type=float, default=8.0, help="time each method for about this long")
-    ap.add_argument("--io-threads", type=int, default=32, help="threads of the pread bound")
-    ap.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
+    ap.add_argument("--io_threads", type=int, default=32, help="threads of the pread bound")
+    ap.add_argument("--out", default=RESULTS, help="where the PNG and JSON go")
     ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -196,10 +198,30 @@ def _run(args) -> dict:
                        zstd_auto_cache=next(r["auto_cache"] for r in runs if r["method"] == "zstd"))
         met[f"zstd_vs_auto>={ZSTD_TARGET}"] = summary["zstd_vs_auto"] >= ZSTD_TARGET
     summary["targets_met"] = met
-    return report("larger_than_ram", args.out, summary, runs, panels=[
-        ("store larger than its page cache", "method (0 pread, 1 auto, 2 map, 3 zstd)", "samples/s",
-         {"samples/s": (list(range(len(runs))), [r["samples_per_s"] for r in runs])})])
+    return report("larger_than_ram", args.out, summary, runs, picture=picture)
+
+
+def picture(summary: dict, runs: list, out: str) -> str:
+    """How near the pread bound is the gather when the page cache holds only part of the store, and
+    how far memory maps alone fall behind?"""
+    from butd.evaluation.plots import bar_chart
+    speed = summary["samples_per_s"]
+    pread = speed["pread"]
+    names = {"pread": "preadv bound (many threads)", "auto": "FeatureStore.gather (auto mode)",
+             "map": "memory maps alone", "zstd": "zstd store, as train.py reads it"}
+    bars = [{"label": names["pread"], "value": pread, "group": "bound", "note": f"{pread:,} samples/s"}]
+    bars += [{"label": names[m], "value": v, "bound": pread, "group": m, "note": f"{v / pread:.2f} of the bound"}
+             for m, v in speed.items() if m in ("auto", "map")]
+    if "zstd" in speed:
+        bars.append({"label": names["zstd"] + f" (cache {summary.get('zstd_auto_cache')})", "value": speed["zstd"],
+                     "bound": speed["auto"], "group": "zstd", "note": f"{summary['zstd_vs_auto']:.2f} of the gather"})
+    met = summary.get("targets_met", {})
+    return bar_chart([(f"Random batches from {summary['read_gb']} GB of rows, the page cache limited to "
+                       f"{summary['cache_fraction']:.0%} of them ({summary['limit_gb']} GB cgroup); grey: the bound",
+                       "samples/s", bars)], out,
+                     title=f"larger_than_ram: {sum(met.values())} of {len(met)} targets met"
+                     + "".join(f" (missed: {k})" for k, ok in met.items() if not ok))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(run(main))

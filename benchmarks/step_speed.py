@@ -1,7 +1,8 @@
 """Training-step throughput: the model's ceiling, the real loader feeding it, and train.py's own loop.
 
     python benchmarks/step_speed.py                                  # CPU: small model, about a minute
-    python benchmarks/step_speed.py --device cuda --precision bf16,fp32 --batch_sizes 64,128,256,512 \\
+    python benchmarks/step_speed.py --v_dim 16 --hidden 16 --emb_dim 16 --ntoken 100 --num_answers 50  # tiny: loop overhead
+    python benchmarks/step_speed.py --device cuda --precision bf16,fp32 --bsz 64,128,256,512 \\
         --images 4000 --num_workers 2,4,8 --feature_cache none,pinned,gpu
 
 For each precision and batch size it times the bare training step (``LitVQA.loss_and_score``: the
@@ -28,7 +29,6 @@ steps first, then ``torch.cuda.synchronize()`` around the timed steps. Prints a 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import os
@@ -44,6 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from butd import questions  # noqa: E402
+from butd.cli import run  # noqa: E402
 from butd.features.convert import convert_stores  # noqa: E402
 from butd.loading import VQADataModule  # noqa: E402
 from butd.synthetic.gqa import generate  # noqa: E402
@@ -51,17 +52,17 @@ from butd.tasks import get_task  # noqa: E402
 from butd.training.config import ModelConfig  # noqa: E402
 from butd.training.lit import LitVQA  # noqa: E402
 
-from harness import RESULTS, Table, report, series, time_loop  # noqa: E402
+from harness import RESULTS, Table, comma_list, parser, report, require_gpu, time_loop  # noqa: E402
 
 TASK = "gqa"
 LOOP_TARGET = 0.9   # train.py's loop keeps at least 90% of the bare loop's steps/s
 
 # Full size on a GPU, small on a CPU (where the run is a smoke test of the code path).
-SIZES = {"cuda": dict(v_dim=2048, hidden=1024, emb_dim=300, images=4000, batch_sizes="64,128,256,512",
-                      precision="bf16,fp32", steps=50, warmup=10, num_workers="2,4,8", loop_steps=400),
+SIZES = {"cuda": dict(v_dim=2048, hidden=1024, emb_dim=300, images=4000, bsz=[64, 128, 256, 512],
+                      precision=["bf16", "fp32"], steps=50, warmup=10, num_workers=[2, 4, 8], loop_steps=400),
          # the real feature size with a small model: where per-step overhead shows most
-         "cpu": dict(v_dim=2048, hidden=64, emb_dim=50, images=200, batch_sizes="32",
-                     precision="fp32", steps=40, warmup=5, num_workers="0,1", loop_steps=200)}
+         "cpu": dict(v_dim=2048, hidden=64, emb_dim=50, images=200, bsz=[32],
+                     precision=["fp32"], steps=40, warmup=5, num_workers=[0, 1], loop_steps=200)}
 
 # One row per measurement, printed as it is made and again, complete, at the end.
 TABLE_COLUMNS = [("prec", "precision", ">5"), ("bsz", "batch_size", ">5"), ("mode", "mode", ">9"),
@@ -73,34 +74,40 @@ TABLE = Table(TABLE_COLUMNS)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch_sizes", help="comma list")
-    p.add_argument("--precision", help="comma list of bf16, fp32")
-    p.add_argument("--num_workers", help="comma list of loader worker counts")
-    p.add_argument("--feature_cache", default="none", help="comma list of none, pinned, gpu")
-    p.add_argument("--images", type=int, help="images in the generated store")
-    p.add_argument("--questions_per_image", type=int, default=10)
-    p.add_argument("--boxes", type=int, default=36)
-    p.add_argument("--v_dim", type=int)
-    p.add_argument("--hidden", type=int)
-    p.add_argument("--emb_dim", type=int)
+    p = parser(__doc__)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model runs: cpu, cuda or cuda:N")
+    p.add_argument("--bsz", type=comma_list(int), help="batch sizes, comma-separated (default: 32 on the CPU, "
+                   "64,128,256,512 on a GPU)")
+    p.add_argument("--precision", type=comma_list(choices=("bf16", "fp32")),
+                   help="precisions, comma-separated (default: fp32 on the CPU, bf16,fp32 on a GPU)")
+    p.add_argument("--num_workers", type=comma_list(int), help="DataLoader worker counts, comma-separated "
+                   "(default: 0,1 on the CPU, 2,4,8 on a GPU)")
+    p.add_argument("--feature_cache", type=comma_list(choices=("none", "pinned", "gpu")), default="none",
+                   help="feature caches, comma-separated (gpu needs a GPU)")
+    p.add_argument("--images", type=int, help="images in the generated store (default: 200 on the CPU, 4000 on a GPU)")
+    p.add_argument("--questions_per_image", type=int, default=10, help="questions per generated image")
+    p.add_argument("--boxes", type=int, default=36, help="boxes per image")
+    p.add_argument("--v_dim", type=int, help="feature size (default: 2048)")
+    p.add_argument("--hidden", type=int, help="the model's hidden size (default: 64 on the CPU, 1024 on a GPU)")
+    p.add_argument("--emb_dim", type=int, help="word embedding size (default: 50 on the CPU, 300 on a GPU)")
     p.add_argument("--ntoken", type=int, default=3000, help="model vocabulary (GQA: ~3000)")
     p.add_argument("--num_answers", type=int, default=1843, help="model answers (GQA: 1843)")
-    p.add_argument("--model", default="butd", choices=["butd", "film"])
+    p.add_argument("--model", default="butd", choices=["butd", "film"], help="the model")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (and time it uncompiled too)")
     p.add_argument("--compile_mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
-                   help="reduce-overhead: CUDA graphs")
-    p.add_argument("--steps", type=int, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, help="untimed steps first")
+                   help="torch.compile's mode (reduce-overhead: CUDA graphs)")
+    p.add_argument("--steps", type=int, help="timed steps per measurement (default: 40 on the CPU, 50 on a GPU)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on the CPU, 10 on a GPU)")
     p.add_argument("--loop_rounds", type=int, default=3, help="train.py-loop runs, each followed by a bare one")
     p.add_argument("--loop_steps", type=int, help="timed steps of each train.py-loop and bare-loop run "
-                   "(longer than --steps: the loop efficiency compares runs made one after another)")
+                   "(longer than --steps: the loop efficiency compares runs made one after another; "
+                   "default: 200 on the CPU, 400 on a GPU)")
     p.add_argument("--store_dir", help="reuse/keep the generated sample and caches here (default: a temp dir)")
-    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go (default benchmarks/results)")
+    p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go")
     args = p.parse_args(argv)
-    for key, value in SIZES["cuda" if args.device.startswith("cuda") else "cpu"].items():
+    gpu = args.device.startswith("cuda")
+    for key, value in SIZES["cuda" if gpu else "cpu"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
@@ -189,8 +196,8 @@ def measure_one(args, cache: str, device, precision: str, bsz: int) -> list:
         results.append({"precision": precision, "batch_size": bsz, "mode": "eager", "loader": "resident, not compiled",
                         **eager, "samples_per_s": eager["steps_per_s"] * bsz})
         TABLE.row(results[-1])
-    for cache_mode, workers in itertools.product(args.feature_cache.split(","), map(int, args.num_workers.split(","))):
-        if cache_mode != "none" and workers != int(args.num_workers.split(",")[0]):
+    for cache_mode, workers in itertools.product(args.feature_cache, args.num_workers):
+        if cache_mode != "none" and workers != args.num_workers[0]:
             continue            # resident caches gather in the main process: workers do not apply
         dm = VQADataModule(TASK, cache, batch_size=bsz, num_workers=workers, feature_cache=cache_mode, seed=0)
         dm.setup("fit")
@@ -299,7 +306,7 @@ def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workd
 
 def measure(args, cache: str, device) -> list:
     results = []
-    for precision, bsz in itertools.product(args.precision.split(","), map(int, args.batch_sizes.split(","))):
+    for precision, bsz in itertools.product(args.precision, args.bsz):
         try:
             results += measure_one(args, cache, device, precision, bsz)
         except Exception as e:          # e.g. out of memory at the largest batch: report, go on
@@ -338,18 +345,47 @@ def summarise(results: list, args, device) -> dict:
                                  "bare_steps_per_s": [round(r["steps_per_s"], 2) for r in results if r["mode"] == "bare"],
                                  "batch_size": loop[0]["batch_size"], "precision": loop[0]["precision"],
                                  "target_met": loop[0]["efficiency"] >= LOOP_TARGET}
-    ok = [r for r in results if r["mode"] in ("resident", "loader")]
-    def label(r):
-        return f"{r['precision']} " + ("resident" if r["mode"] == "resident"
-                                       else f"loader w={r['num_workers']} {r['feature_cache']}")
     return report("step_speed", args.out, summary, results, columns=TABLE_COLUMNS,
-                  table_rows=[r for r in results if r["mode"] != "error"],
-                  panels=[("training throughput", "batch size", "samples/s", series(ok, label, "batch_size", "samples_per_s"))],
-                  title=f"step_speed on {summary['device']}")
+                  table_rows=[r for r in results if r["mode"] != "error"], picture=picture)
+
+
+def picture(summary: dict, runs: list, out: str) -> str:
+    """What fraction of the bare loop's steps/s does train.py's loop keep, and what fraction of the
+    model's ceiling (one batch resident) does each loader setting keep?"""
+    from butd.evaluation.plots import bar_chart
+    panels = []
+    loop = summary.get("train_loop")
+    if loop:
+        bare, trainer = float(np.median(loop["bare_steps_per_s"])), float(np.median(loop["trainer_steps_per_s"]))
+
+        def runs_of(xs):
+            return ", ".join(f"{x:.1f}" for x in xs)
+        panels.append((f"train.py's loop against a bare PyTorch loop (same model, loader, optimiser, clipping; "
+                       f"batch {loop['batch_size']}, {loop['precision']}), alternating: medians", "steps/s", [
+                           {"label": "bare PyTorch loop", "value": bare, "group": "bare",
+                            "note": f"runs: {runs_of(loop['bare_steps_per_s'])}"},
+                           {"label": "train.py's Trainer", "value": trainer, "bound": bare, "group": "trainer",
+                            "note": f"{loop['efficiency']:.2f} of the bare loop (target {LOOP_TARGET})\n"
+                                    f"runs: {runs_of(loop['trainer_steps_per_s'])}"}]))
+    ceilings = {(r["precision"], r["batch_size"]): r["samples_per_s"] for r in runs if r["mode"] == "resident"}
+    bars = []
+    for (precision, bsz), ceiling in ceilings.items():
+        bars.append({"label": f"{precision}, batch {bsz}: one batch resident", "value": ceiling, "group": "resident",
+                     "note": "the model's ceiling"})
+        bars += [{"label": f"{precision}, batch {bsz}: loader, {r['num_workers']} worker(s), cache {r['feature_cache']}",
+                  "value": r["samples_per_s"], "bound": ceiling, "group": "loader",
+                  "note": f"{r['efficiency']:.2f} of the ceiling"}
+                 for r in runs if r["mode"] == "loader" and (r["precision"], r["batch_size"]) == (precision, bsz)]
+    if bars:
+        panels.append(("Training samples/s fed by the real loader; grey: the same step on one resident batch",
+                       "samples/s", bars))
+    return bar_chart(panels, out, title=f"step_speed on {summary.get('device')}: {summary.get('model')}, "
+                     f"hidden {summary.get('hidden')}, {summary.get('v_dim')}-d features")
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    require_gpu(args.device.startswith("cuda") or "gpu" in args.feature_cache, "--device cuda / --feature_cache gpu")
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")      # as train.py
@@ -363,10 +399,10 @@ def main(argv=None) -> dict:
               f"on {device}; {args.steps} timed steps after {args.warmup} warm-up", flush=True)
         TABLE.header()
         results = measure(args, cache, device)
-        precision, bsz = args.precision.split(",")[0], int(args.batch_sizes.split(",")[0])
+        precision, bsz = args.precision[0], args.bsz[0]
         results += measure_train_loop(args, cache, device, precision, bsz, os.path.join(root, "loop"))
     return summarise(results, args, device)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(main))

@@ -2,13 +2,15 @@
 
     python -m butd.evaluation.plots checkpoints/metrics/*-metrics.json --out curves.png
 
-``line_plot`` is the one drawing routine; ``plot_training_curves`` (runs side by side) and the
-benchmarks (throughput against workers or batch size) both go through it.
+``line_plot`` draws curves (``plot_training_curves``: runs side by side; benchmarks whose x axis is
+a size); ``bar_chart`` draws one bar per measurement with its bound behind it and its ratio written
+after it (the benchmarks that compare modes against their bounds and baselines).
 """
 from __future__ import annotations
 
 import json
 import os
+import textwrap
 from typing import Dict, Sequence, Tuple
 
 import matplotlib
@@ -21,14 +23,16 @@ Series = Dict[str, tuple]
 
 
 def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out, title: str = ""):
-    """Draw one panel per ``(panel title, x label, y label, {line label: (xs, ys[, line options])})``
-    side by side and save the figure as ``out`` (PNG): a path, or a binary file object (e.g.
+    """Draw one panel per ``(panel title, x label, y label, {line label: (xs, ys[, line options])}[,
+    {"y_from_zero": True}])`` side by side and save the figure as ``out`` (PNG): a path, or a binary file object (e.g.
     ``io.BytesIO``). Returns ``out``."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (panel_title, xlabel, ylabel, series) in zip(axes[0], panels):
+    for ax, (panel_title, xlabel, ylabel, series, *axis) in zip(axes[0], panels):
         for label, (xs, ys, *style) in series.items():
             ax.plot(list(xs), list(ys), label=label, **{"marker": "o", "markersize": 3, **(style[0] if style else {})})
         ax.set_title(panel_title)
+        if axis and axis[0].get("y_from_zero"):   # sizes, not changes: a zoomed axis would magnify them
+            ax.set_ylim(bottom=0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -37,11 +41,58 @@ def line_plot(panels: Sequence[Tuple[str, str, str, Series]], out, title: str = 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    _save(fig, out)
+    return out
+
+
+# one bar of ``bar_chart``: label, value, and optionally bound (drawn behind it), note (written after
+# it) and group (its colour: bars of one group share one)
+Bar = Dict[str, object]
+
+
+def bar_chart(panels: Sequence[Tuple[str, str, Sequence[Bar]]], out, title: str = ""):
+    """One panel per ``(panel title, x label, bars)``, stacked, each bar a row: the measurement as a
+    coloured bar from zero, its ``bound`` (if any) as a grey bar behind it, so that how full the grey
+    bar is reads as the ratio, and its ``note`` (e.g. "0.91 of bound") written after both. Bars of
+    one ``group`` share a colour; the bars keep their order, top to bottom. Saves a PNG
+    as ``line_plot`` does; returns ``out``."""
+    heights = [max(1, len(bars)) for _, _, bars in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.1 * len(panels) + 0.34 * sum(heights) + 0.4),
+                             squeeze=False, gridspec_kw={"height_ratios": heights})
+    colours = plt.get_cmap("tab10").colors
+    groups: dict = {}
+    for ax, (panel_title, xlabel, bars) in zip(axes[:, 0], panels):
+        top = max([1e-12] + [max(float(b["value"]), float(b.get("bound") or 0)) for b in bars])
+        for y, bar in enumerate(bars):
+            group = bar.get("group", "")
+            colour = colours[groups.setdefault(group, len(groups)) % len(colours)]
+            if bar.get("bound"):
+                ax.barh(y, bar["bound"], height=0.8, color="0.85", edgecolor="0.55", linewidth=0.8)
+            ax.barh(y, bar["value"], height=0.5, color=colour)
+            end = max(float(bar["value"]), float(bar.get("bound") or 0))
+            if bar.get("note"):
+                ax.text(end + top * 0.01, y, str(bar["note"]), va="center", fontsize=8)
+        ax.set_yticks(range(len(bars)), [str(b["label"]) for b in bars], fontsize=8)
+        ax.invert_yaxis()
+        # room for the notes after the bars: about a hundredth of the axis per character
+        longest = max([0] + [len(line) for b in bars for line in str(b.get("note") or "").splitlines()])
+        ax.set_xlim(0, top * (1.05 + min(2.0, 0.014 * longest)))
+        ax.set_title(textwrap.fill(panel_title, 90), fontsize=10, loc="left")
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_axisbelow(True)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, out)
+    return out
+
+
+def _save(fig, out) -> None:
     if isinstance(out, (str, os.PathLike)):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fig.savefig(out, dpi=110, format="png")
     plt.close(fig)
-    return out
 
 
 def _run_name(path: str) -> str:

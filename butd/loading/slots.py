@@ -24,7 +24,7 @@ nothing.
 
 Threads and processes: with ``shared=False`` the slots are ordinary (optionally page-locked) tensors
 and waiting uses ``threading``; use it for a producer thread in the consumer's process. With
-``shared=True`` the tensors live in shared memory (``share_memory_()``) and the bookkeeping in
+``shared=True`` the tensors live in shared memory (allocated there: ``_shared_empty``) and the bookkeeping in
 ``multiprocessing`` shared arrays under one Lock from ``mp_context`` (waiters poll): hand the ring to the worker
 processes when they start (e.g. as an attribute of the Dataset, pickled by ``fork`` or ``spawn``), never
 through a queue afterwards. Workers then write into the very memory the main process reads; a worker
@@ -53,6 +53,19 @@ MAX_PENDING = 2        # shared ring: released slots whose copies may still run 
 FREE, STALE = -1, -2   # held[s]: a batch number, FREE, or STALE (written by a producer of an ended pass)
 
 
+def _shared_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in shared memory from the start. (``torch.empty(...).share_memory_()``
+    allocates private memory, then shared memory, and copies one into the other: for a worker
+    loader's ring of 7 slots of 256 x 36 x 2048 float16 features, 0.2 s of page faults and copying in
+    the main process before the first batch. Here the pages are faulted in where a worker first
+    writes them.)"""
+    n = 1
+    for d in shape:
+        n *= d
+    storage = torch.UntypedStorage._new_shared(max(1, n * dtype.itemsize))
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
 class StalePass(RuntimeError):
     """A producer asked for a slot for a batch of a pass that has ended."""
 
@@ -75,13 +88,10 @@ class SlotRing:
             raise ValueError("pin=True and shared=True cannot be combined: page-locked memory cannot be "
                              "shared between processes; pin in the consumer instead")
         self.size, self.shared = size, shared
-        self.slots = [{k: torch.empty(tuple(s), dtype=d, pin_memory=pin) for k, (s, d) in specs.items()}
-                      for _ in range(size)]
+        self.slots = [{k: _shared_empty(tuple(s), d) if shared else torch.empty(tuple(s), dtype=d, pin_memory=pin)
+                       for k, (s, d) in specs.items()} for _ in range(size)]
         # turn[s]: uses of slot s finished (released); held[s]: see FREE/STALE; done[s]: written
         if shared:
-            for slot in self.slots:
-                for t in slot.values():
-                    t.share_memory_()
             ctx = mp_context or multiprocessing.get_context()
             # a lock and polling, not a Condition: notifying a multiprocessing Condition waits for
             # each sleeper's acknowledgement, forever if one was killed while it waited
