@@ -2,7 +2,7 @@
 against the official eval.py's way (the whole file as Python objects), on the same files, same run.
 
     python benchmarks/gqa_eval_memory.py                       # 50,000 and 200,000 questions
-    python benchmarks/gqa_eval_memory.py --questions 100000,400000 --keep /tmp/gqamem
+    python benchmarks/gqa_eval_memory.py --num_questions 100000,400000 --keep /tmp/gqamem
 
 It writes GQA-shaped files (the real schema, ~850 bytes a question as the real files; one question in
 15 balanced, as in val_all, each with up to 40 entailed ids) and a small feature store and question
@@ -118,7 +118,7 @@ def run_child(kind: str, root: str) -> dict:
 
 def main(argv=None) -> dict:
     p = parser(__doc__)
-    p.add_argument("--questions", type=comma_list(int), default="50000,200000",
+    p.add_argument("--num_questions", type=comma_list(int), default="50000,200000",
                    help="all-questions file sizes to measure, comma-separated")
     p.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
     p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go")
@@ -137,7 +137,7 @@ def main(argv=None) -> dict:
                 os.path.join(paths["cache"], "questions"), progress=False)
         testdev_images = Q.load_split(os.path.join(paths["cache"], "questions"), "testdev").image_ids[:, 0]
         runs = []
-        for n in sorted(args.questions):
+        for n in sorted(args.num_questions):
             all_file = os.path.join(paths["questions"], "testdev_all_questions.json")
             write_all_questions(all_file, n, sorted(set(testdev_images.tolist())))
             size_mb = os.path.getsize(all_file) / 1e6
@@ -151,7 +151,7 @@ def main(argv=None) -> dict:
                 print(f"{n:>9,} questions ({size_mb:,.0f} MB): {kind:<8} peak RSS {r['peak_rss'] / MB:8.1f} MB"
                       + (f" (first / second half of the pass: {halves} MB)" if halves else "")
                       + f", {r['seconds']:.1f} s", flush=True)
-        small, large = min(args.questions), max(args.questions)
+        small, large = min(args.num_questions), max(args.num_questions)
 
         def growth(kind):   # MB per 1,000 questions between the smallest and largest file
             a, b = (next(r["peak_rss_mb"] for r in runs if r["way"] == kind and r["questions"] == n)
@@ -160,7 +160,7 @@ def main(argv=None) -> dict:
         ours, official = growth("ours"), growth("official")
         peak = {kind: next(r["peak_rss_mb"] for r in runs if r["way"] == kind and r["questions"] == large)
                 for kind in ("ours", "official")}
-        summary = {"questions": sorted(args.questions), "ours_peak_mb": peak["ours"],
+        summary = {"questions": sorted(args.num_questions), "ours_peak_mb": peak["ours"],
                    "official_peak_mb": peak["official"], "ours_mb_per_1000_questions": round(ours, 3),
                    "official_mb_per_1000_questions": round(official, 3),
                    "growth_ratio": round(ours / official, 4) if official else None,

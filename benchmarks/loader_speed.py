@@ -466,7 +466,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--store", help="an existing store to read (default: generate them)")
     ap.add_argument("--gb", type=float, default=1.2, help="size of the generated store's features, in GB")
     ap.add_argument("--rows", type=int, help="use only the first ROWS images (default: all)")
-    ap.add_argument("--boxes", type=int, default=36, help="boxes per image of the generated stores")
+    ap.add_argument("--num_boxes", type=int, default=36, help="boxes per image of the generated stores")
     ap.add_argument("--feature_dim", type=int, default=2048, help="feature size of the generated stores")
     ap.add_argument("--dtype", default="float16", choices=schema.FEATURE_DTYPES, help="feature dtype of the generated stores")
     ap.add_argument("--chunk_images", type=int, default=DEFAULT_CHUNK_IMAGES, help="images per chunk of the generated stores")
@@ -498,13 +498,13 @@ def _make_stores(args, workdir: str) -> dict:
     if args.store:
         return {"store": args.store}
     itemsize = np.dtype(args.dtype).itemsize
-    n = int(args.gb * GB / (args.boxes * args.feature_dim * itemsize))
+    n = int(args.gb * GB / (args.num_boxes * args.feature_dim * itemsize))
     stores = {}
     for name, images, compressor in [("store", n, "none"), ("quarter", n // 4, "none")] + \
                                     [(c, n, c) for c in args.compressors]:
         t = time.perf_counter()
         stores[name] = os.path.join(workdir, f"{name}.zarr")
-        generate_store(stores[name], images, args.boxes, args.feature_dim, args.dtype, args.chunk_images, compressor)
+        generate_store(stores[name], images, args.num_boxes, args.feature_dim, args.dtype, args.chunk_images, compressor)
         print(f"[*] generated {stores[name]}: {images} images, {dir_gb(stores[name]):.2f} GB on disk, "
               f"in {time.perf_counter() - t:.1f} s", flush=True)
     return stores

@@ -1,7 +1,7 @@
 """Question pipeline speed: building the question cache, and loading a split at training start.
 
     python benchmarks/questions_speed.py                      # 1,000,000 train questions
-    python benchmarks/questions_speed.py --questions 200000 --keep /tmp/qbench --out /tmp/results
+    python benchmarks/questions_speed.py --num_questions 200000 --keep /tmp/qbench --out /tmp/results
 
 It writes GQA-shaped question files (the real schema: semantic program, entailed/equivalent ids,
 groups, annotations, types, full answer; ~850 bytes a question like the real files) over a few
@@ -185,14 +185,14 @@ def picture(summary: dict, runs: list, out: str) -> str:
 
 def main(argv=None) -> dict:
     p = parser(__doc__)
-    p.add_argument("--questions", type=int, default=1_000_000, help="train questions")
-    p.add_argument("--images", type=int, default=3000, help="trainval images the questions are about")
+    p.add_argument("--num_questions", type=int, default=1_000_000, help="train questions")
+    p.add_argument("--num_images", type=int, default=3000, help="trainval images the questions are about")
     p.add_argument("--keep", default=None, help="work in this directory and keep it (default: a temp dir)")
     p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go")
     args = p.parse_args(argv)
     root = args.keep or tempfile.mkdtemp(prefix="questions_speed_")
     try:
-        paths, t_make = timed(make_data, root, args.questions, args.images)
+        paths, t_make = timed(make_data, root, args.num_questions, args.num_images)
         out = os.path.join(paths["cache"], "questions")
         shutil.rmtree(out, ignore_errors=True)
         inputs = Q.Inputs(task=TASK.name, questions=paths["questions"], glove=paths["glove"], cache=paths["cache"])

@@ -3,7 +3,7 @@
     python benchmarks/step_speed.py                                  # CPU: small model, about a minute
     python benchmarks/step_speed.py --v_dim 16 --hidden 16 --emb_dim 16 --ntoken 100 --num_answers 50  # tiny: loop overhead
     python benchmarks/step_speed.py --device cuda --precision bf16,fp32 --bsz 64,128,256,512 \\
-        --images 4000 --num_workers 2,4,8 --feature_cache none,pinned,gpu
+        --num_images 4000 --num_workers 2,4,8 --feature_cache none,pinned,gpu
 
 For each precision and batch size it times the bare training step (``LitVQA.loss_and_score``: the
 model's forward and the task's loss; then backward, gradient clipping and the optimiser of the
@@ -58,10 +58,10 @@ TASK = "gqa"
 LOOP_TARGET = 0.9   # train.py's loop keeps at least 90% of the bare loop's steps/s
 
 # Full size on a GPU, small on a CPU (where the run is a smoke test of the code path).
-SIZES = {"cuda": dict(v_dim=2048, hidden=1024, emb_dim=300, images=4000, bsz=[64, 128, 256, 512],
+SIZES = {"cuda": dict(v_dim=2048, hidden=1024, emb_dim=300, num_images=4000, bsz=[64, 128, 256, 512],
                       precision=["bf16", "fp32"], steps=50, warmup=10, num_workers=[2, 4, 8], loop_steps=400),
          # the real feature size with a small model: where per-step overhead shows most
-         "cpu": dict(v_dim=2048, hidden=64, emb_dim=50, images=200, bsz=[32],
+         "cpu": dict(v_dim=2048, hidden=64, emb_dim=50, num_images=200, bsz=[32],
                      precision=["fp32"], steps=40, warmup=5, num_workers=[0, 1], loop_steps=200)}
 
 # One row per measurement, printed as it is made and again, complete, at the end.
@@ -85,9 +85,9 @@ def parse_args(argv=None):
                    "(default: 0,1 on the CPU, 2,4,8 on a GPU)")
     p.add_argument("--feature_cache", type=comma_list(choices=("none", "pinned", "gpu")), default="none",
                    help="feature caches, comma-separated (gpu needs a GPU)")
-    p.add_argument("--images", type=int, help="images in the generated store (default: 200 on the CPU, 4000 on a GPU)")
+    p.add_argument("--num_images", type=int, help="images in the generated store (default: 200 on the CPU, 4000 on a GPU)")
     p.add_argument("--questions_per_image", type=int, default=10, help="questions per generated image")
-    p.add_argument("--boxes", type=int, default=36, help="boxes per image")
+    p.add_argument("--num_boxes", type=int, default=36, help="boxes per image")
     p.add_argument("--v_dim", type=int, help="feature size (default: 2048)")
     p.add_argument("--hidden", type=int, help="the model's hidden size (default: 64 on the CPU, 1024 on a GPU)")
     p.add_argument("--emb_dim", type=int, help="word embedding size (default: 50 on the CPU, 300 on a GPU)")
@@ -119,10 +119,10 @@ def build_caches(root: str, args) -> str:
     if os.path.exists(os.path.join(cache, "questions", "manifest.json")):
         return cache
     start = time.perf_counter()
-    paths = generate(root, seed=0, train_images=args.images, val_images=2, test_images=2, testdev_images=8,
+    paths = generate(root, seed=0, train_images=args.num_images, val_images=2, test_images=2, testdev_images=8,
                      questions_per_image=args.questions_per_image, feature_dim=args.v_dim,
-                     num_boxes=args.boxes, emb_dim=args.emb_dim)
-    print(f"[*] generated {args.images} images x {args.boxes} boxes x {args.v_dim} in "
+                     num_boxes=args.num_boxes, emb_dim=args.emb_dim)
+    print(f"[*] generated {args.num_images} images x {args.num_boxes} boxes x {args.v_dim} in "
           f"{time.perf_counter() - start:.1f} s", flush=True)
     convert_stores(get_task(TASK), paths["features"], cache, progress=False)
     inputs = questions.Inputs(task=TASK, questions=paths["questions"], glove=paths["glove"], cache=cache,
@@ -325,8 +325,8 @@ def summarise(results: list, args, device) -> dict:
             if key not in best or r["efficiency"] > best[key]["efficiency"]:
                 best[key] = r
     summary = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "model": args.model, "v_dim": args.v_dim, "hidden": args.hidden, "boxes": args.boxes,
-               "images": args.images, "compile": args.compile and args.compile_mode,
+               "model": args.model, "v_dim": args.v_dim, "hidden": args.hidden, "boxes": args.num_boxes,
+               "images": args.num_images, "compile": args.compile and args.compile_mode,
                "best_loader": {k: {"efficiency": round(v["efficiency"], 4), "samples_per_s": round(v["samples_per_s"]),
                                    "num_workers": v["num_workers"], "feature_cache": v["feature_cache"]}
                                for k, v in best.items()},
@@ -395,7 +395,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.store_dir or tmp
         cache = build_caches(root, args)
-        print(f"[*] {args.model} v_dim={args.v_dim} hidden={args.hidden} boxes={args.boxes} "
+        print(f"[*] {args.model} v_dim={args.v_dim} hidden={args.hidden} boxes={args.num_boxes} "
               f"on {device}; {args.steps} timed steps after {args.warmup} warm-up", flush=True)
         TABLE.header()
         results = measure(args, cache, device)

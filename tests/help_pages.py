@@ -12,6 +12,12 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+def _runs(path: str) -> bool:
+    """A benchmark script, not one of the modules the benchmarks share (harness.py, layouts.py)."""
+    with open(path, encoding="utf-8") as f:
+        return '__name__ == "__main__"' in f.read()
+
+
 # the command as the README names it -> the module whose main(argv) it runs
 COMMANDS = {
     "train.py": "train",
@@ -23,8 +29,7 @@ COMMANDS = {
     "butd.synthetic.vqa2": "butd.synthetic.vqa2",
     "butd.synthetic.nlvr2": "butd.synthetic.nlvr2",
     "butd.evaluation.plots": "butd.evaluation.plots",
-    **{os.path.basename(p): p for p in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.py")))
-       if os.path.basename(p) != "harness.py"},
+    **{os.path.basename(p): p for p in sorted(glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))) if _runs(p)},
 }
 
 

@@ -16,8 +16,8 @@ FLAGS = {
     "loader_speed.py": ["--bsz", "--num_workers", "--epochs", "--compressors", "--out"],
     "step_speed.py": ["--bsz", "--num_workers", "--feature_cache", "--device", "--out"],
     "convert_speed.py": ["--size_mb", "--layouts", "--max_workers", "--results"],
-    "questions_speed.py": ["--questions", "--images", "--out"],
-    "gqa_eval_memory.py": ["--questions", "--keep", "--out"],
+    "questions_speed.py": ["--num_questions", "--num_images", "--out"],
+    "gqa_eval_memory.py": ["--num_questions", "--keep", "--out"],
     "larger_than_ram.py": ["--bsz", "--cache_fraction", "--io_threads", "--out"],
 }
 OLD = ["--batch-size", "--batch_size", "--batch_sizes", "--workers "]
