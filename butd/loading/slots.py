@@ -39,6 +39,7 @@ travel, so the consumer keeps it and frees the slot at a later ``release`` that 
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import threading
@@ -59,10 +60,8 @@ def _shared_empty(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     loader's ring of 7 slots of 256 x 36 x 2048 float16 features, 0.2 s of page faults and copying in
     the main process before the first batch. Here the pages are faulted in where a worker first
     writes them.)"""
-    n = 1
-    for d in shape:
-        n *= d
-    storage = torch.UntypedStorage._new_shared(max(1, n * dtype.itemsize))
+    # (the allocator share_memory_ itself uses; a private name of torch's, covered by tests/test_slots.py)
+    storage = torch.UntypedStorage._new_shared(max(1, math.prod(shape) * dtype.itemsize))
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
