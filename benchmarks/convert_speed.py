@@ -36,7 +36,6 @@ the next is made).
 import argparse
 import json
 import math
-import multiprocessing
 import os
 import resource
 import shutil
@@ -48,7 +47,7 @@ import numpy as np
 
 from butd.cli import run
 
-from harness import MB, RESULTS, PeakMemory, comma_list, parser, report
+from harness import MB, RESULTS, PeakMemory, comma_list, parser, report, spanned
 
 SETTLE_S = 3.0
 TSV = "tsv"
@@ -120,16 +119,7 @@ def tsv_bound(tsv_path: str, workers: int) -> float:
     share of the rows read into memory beforehand (untimed), after a barrier."""
     size = os.path.getsize(tsv_path)
     bounds = [size * i // workers for i in range(workers + 1)]
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_tsv_bound_worker, args=(tsv_path, bounds[i], bounds[i + 1], barrier, results))
-             for i in range(workers)]
-    for p in procs:
-        p.start()
-    times = [results.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return max(t1 for _, t1 in times) - min(t0 for t0, _ in times)
+    return spanned(_tsv_bound_worker, [(tsv_path, bounds[i], bounds[i + 1]) for i in range(workers)])
 
 
 def _tsv_bound_worker(path, start, end, barrier, results) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import json
+import multiprocessing
 import os
 import re
 import threading
@@ -67,6 +68,21 @@ def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - t0
+
+
+def spanned(target, shares) -> float:
+    """Seconds from the first start to the last end of work spread over processes: one forked process
+    per item of ``shares`` runs ``target(*share, barrier, results)``, which prepares, waits at
+    ``barrier`` (so that no process's set-up is timed), works, and puts its ``(t0, t1)`` on ``results``."""
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(len(shares)), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*share, barrier, results)) for share in shares]
+    for p in procs:
+        p.start()
+    times = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return max(t1 for _, t1 in times) - min(t0 for t0, _ in times)
 
 
 def time_loop(step, *, warmup: int = 0, steps: int | None = None, seconds: float | None = None, sync=None) -> dict:

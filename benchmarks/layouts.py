@@ -16,13 +16,14 @@ and decoded on its own. Boxes per image: 36 in the 36-box HDF5, 10-100 in the ad
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import pickle
 import shutil
 import time
 
 import numpy as np
+
+from harness import spanned
 
 LAYOUTS = ("hdf5", "hdf5_adaptive", "npz", "npz_transposed", "mmf")
 POOL = 48
@@ -295,15 +296,7 @@ def bound(layout: str, source: str, workers: int) -> float:
     (``.npz`` members in one call each: ``_decode_npz``)."""
     images = _images(layout, source)
     shares = [images[i * len(images) // workers:(i + 1) * len(images) // workers] for i in range(workers)]
-    ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_bound_worker, args=(layout, source, share, barrier, results)) for share in shares]
-    for p in procs:
-        p.start()
-    times = [results.get() for _ in procs]
-    for p in procs:
-        p.join()
-    return max(t1 for _, t1 in times) - min(t0 for t0, _ in times)
+    return spanned(_bound_worker, [(layout, source, share) for share in shares])
 
 
 def _bound_worker(layout, source, share, barrier, results) -> None:
