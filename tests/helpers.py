@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import os
+import subprocess
 import sys
+import time
 from collections import Counter
 from html.parser import HTMLParser
 
@@ -490,3 +492,32 @@ def read_predictions(task, path) -> dict:
     if task.name == "gqa":
         return {e["questionId"]: e["prediction"] for e in entries}
     return {str(e["question_id"]): e["answer"] for e in entries}
+
+
+_SLOWED = """
+import sys, time
+from butd.features.convert import chunks
+write = chunks.write_chunk
+def slow(*a):
+    write(*a)
+    time.sleep({delay})
+chunks.write_chunk = slow
+"""
+
+
+def start_slowed_conversion(code: str, args: list, delay: float, **popen) -> subprocess.Popen:
+    """``python -c code args`` in a session of its own (to signal its whole process group), every chunk
+    write of its conversion followed by ``delay`` seconds: time to interrupt it part-way."""
+    return subprocess.Popen([sys.executable, "-c", _SLOWED.format(delay=delay) + code, *args],
+                            start_new_session=True, **popen)
+
+
+def wait_for_chunks(proc: subprocess.Popen, out: str, count: int = 1, timeout: float = 60) -> None:
+    """Until ``count`` chunks of the store ``out`` are done (a marker is whole once renamed from its
+    temporary name), ``proc`` has ended, or ``timeout`` seconds have passed."""
+    from butd.features.convert import chunks, lifecycle
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(os.path.join(out, chunks.PROGRESS_DIR)) and len(lifecycle.done_chunks(out)) >= count:
+            return
+        time.sleep(0.005)

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 
 import numpy as np
@@ -37,7 +36,9 @@ from helpers import (
     read_store,
     spec_rows,
     spec_spatials,
+    start_slowed_conversion,
     store_files,
+    wait_for_chunks,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,13 +193,7 @@ def test_interrupted_run_resumes_to_the_same_store(tmp_path, monkeypatch):
 
 
 KILLED_RUN = """
-import sys, time
-from butd.features.convert import chunks, convert_tsv
-write = chunks.write_chunk
-def slow(*a):
-    write(*a)
-    time.sleep(0.05)
-chunks.write_chunk = slow
+from butd.features.convert import convert_tsv
 convert_tsv(sys.argv[1], sys.argv[2], chunk_images=2, workers=1, progress=False)
 """
 
@@ -207,13 +202,8 @@ def test_kill9_then_same_command_resumes(tmp_path):
     make_tsv(tmp_path / "f.tsv", n=60)
     tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
     convert_tsv(tsv, str(tmp_path / "ref.zarr"), chunk_images=2, workers=1, progress=False)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, tsv, out], start_new_session=True)
-    progress_dir = os.path.join(out, chunks.PROGRESS_DIR)
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(progress_dir) and len(lifecycle.done_chunks(out)) >= 3:
-            break
-        time.sleep(0.01)
+    proc = start_slowed_conversion(KILLED_RUN, [tsv, out], delay=0.05)
+    wait_for_chunks(proc, out, 3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -576,16 +566,9 @@ def test_a_small_conversion_gives_no_speed_and_names_the_padding(tmp_path):
 
 
 CTRL_C_RUN = """
-import sys, time
 sys.path.insert(0, sys.argv[1])
 from butd.cli import run
-from butd.features.convert import chunks
 import tsv_to_zarr
-write = chunks.write_chunk
-def slow(*a):
-    write(*a)
-    time.sleep(0.05)
-chunks.write_chunk = slow
 sys.exit(run(tsv_to_zarr.main, sys.argv[2:]))
 """
 
@@ -594,15 +577,11 @@ def test_ctrl_c_of_a_compressed_conversion_says_one_thing(tmp_path):
     """Ctrl-C reaches every process of the group: the user reads how to resume, not zarr's pending tasks."""
     make_tsv(tmp_path / "f.tsv", n=240)     # 120 chunks of >= 0.05 s on 2 workers: >= 3 s to interrupt
     out = str(tmp_path / "s.zarr")
-    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_RUN, os.path.dirname(CLI), str(tmp_path / "f.tsv"),
-                             "--out", out, "--compressor", "zstd", "--chunk_images", "2", "--workers", "2",
-                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(os.path.join(out, chunks.PROGRESS_DIR)) and lifecycle.done_chunks(out):
-            break
-        time.sleep(0.01)
+    proc = start_slowed_conversion(CTRL_C_RUN, [os.path.dirname(CLI), str(tmp_path / "f.tsv"), "--out", out,
+                                                "--compressor", "zstd", "--chunk_images", "2", "--workers", "2",
+                                                "--quiet"], delay=0.05,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_chunks(proc, out)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130

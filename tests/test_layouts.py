@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 
 import h5py
@@ -23,7 +22,17 @@ from butd.features import schema
 from butd.features.convert import convert, lifecycle
 from butd.features.inputs import safe_pickle
 
-from helpers import DATA, REAL_TSV, interrupted_after, read_store, spec_rows, spec_spatials, store_files
+from helpers import (
+    DATA,
+    REAL_TSV,
+    interrupted_after,
+    read_store,
+    spec_rows,
+    spec_spatials,
+    start_slowed_conversion,
+    store_files,
+    wait_for_chunks,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -139,13 +148,7 @@ def test_each_layout_resumes_after_an_interruption(tmp_path, monkeypatch, case):
 
 
 KILLED_RUN = """
-import sys, time
-from butd.features.convert import chunks, convert
-write = chunks.write_chunk
-def slow(*a):
-    write(*a)
-    time.sleep(0.1)
-chunks.write_chunk = slow
+from butd.features.convert import convert
 convert(sys.argv[1], sys.argv[2], chunk_images=1, workers=1, progress=False)
 """
 
@@ -156,14 +159,8 @@ def test_kill9_then_the_same_command_resumes(tmp_path, case):
     given = os.path.join(LAYOUTS, CASES[case][0])
     out = str(tmp_path / "s.zarr")
     convert(given, str(tmp_path / "ref.zarr"), chunk_images=1, workers=1, progress=False)
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, given, out], start_new_session=True)
-    progress = os.path.join(out, "_progress")
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        # a marker is whole once renamed from its temporary name: wait for a whole one
-        if os.path.isdir(progress) and lifecycle.done_chunks(out):
-            break
-        time.sleep(0.005)
+    proc = start_slowed_conversion(KILLED_RUN, [given, out], delay=0.1)
+    wait_for_chunks(proc, out)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL and schema.read_attrs(out).complete is False
