@@ -91,6 +91,11 @@ class ImageRow:
         return len(self.boxes)
 
 
+def named_image(image_id: Optional[str]) -> str:
+    """How an error message names a bad image: ``image id 'ID'`` (a short prefix of a long one)."""
+    return f"image id {excerpt(image_id)}" if image_id else "image id unknown"
+
+
 class TSVFormatError(ValueError):
     """A bad row: ``path:line: image id ID: reason``. Built from plain args so it survives being
     sent back from a worker process."""
@@ -104,8 +109,7 @@ class TSVFormatError(ValueError):
     reason = property(lambda self: self.args[3])
 
     def __str__(self) -> str:
-        who = f"image id {excerpt(self.image_id)}" if self.image_id else "image id unknown"
-        return f"{self.path}:{self.line}: {who}: {self.reason}"
+        return f"{self.path}:{self.line}: {named_image(self.image_id)}: {self.reason}"
 
 
 @dataclass

@@ -21,9 +21,8 @@ import hashlib
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
-from butd.cli import excerpt
 from butd.features.convert.plan import Plan, earlier_images, repeat_reason
-from butd.features.tsv import ImageRow
+from butd.features.tsv import ImageRow, named_image
 
 ImageKey = Optional[Callable[[str], str]]
 
@@ -42,8 +41,7 @@ class InputError(ValueError):
 
     def __str__(self) -> str:
         where = f", {self.where}" if self.where else ""
-        who = f"image id {excerpt(self.image_id)}" if self.image_id else "image id unknown"
-        return f"{self.path}{where}: {who}: {self.reason}"
+        return f"{self.path}{where}: {named_image(self.image_id)}: {self.reason}"
 
     def report(self) -> dict:
         """The entry of the bad-rows report."""
