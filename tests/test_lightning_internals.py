@@ -6,7 +6,7 @@ from pytorch_lightning.loggers import Logger
 from torchmetrics import Metric
 
 from butd.training import lightning_internals as internals
-from butd.training.lit import WeightedMean
+from butd.training.lit import WeightedMeans
 
 BATCHES = 5   # per epoch
 
@@ -140,8 +140,8 @@ class PlainSum(Metric):
 
 def test_epoch_sums_stay_float64_through_a_dtype_cast():
     assert PlainSum().to(torch.bfloat16).total.dtype == torch.bfloat16   # what torchmetrics does alone
-    metric = WeightedMean().to(torch.bfloat16)                           # with states_to_float64
-    metric.update(torch.full((300,), 1.0), torch.ones(300))
-    assert metric.total.dtype == torch.float64 and float(metric.weight) == 300   # bf16 would stop at 256
+    metric = WeightedMeans().to(torch.bfloat16)                          # with states_to_float64
+    metric.update(torch.full((300,), 1.0), torch.zeros(300), torch.ones(300))
+    assert metric.sums.dtype == torch.float64 and metric.sums.tolist() == [300, 0, 300]   # bf16 would stop at 256
     metric.reset()
-    assert metric.total.dtype == metric.weight.dtype == torch.float64
+    assert metric.sums.dtype == torch.float64

@@ -68,12 +68,12 @@ def test_val_metrics_are_exact_means_over_answered_questions(tmp_path):
 def test_epoch_sums_stay_float64_when_the_model_is_cast_to_bf16():
     """bf16-true precision casts the module with .to(dtype): the sums must keep counting past 256."""
     lit = LitVQA(**SMALL).to(dtype=torch.bfloat16)
-    metric = lit.metrics["val_acc"]
+    metric = lit.metrics["val_"]
     for _ in range(300):
-        metric.update(torch.ones(1), torch.ones(1))
-    assert metric.weight.dtype == torch.float64 and metric.weight.item() == 300
+        metric.update(torch.ones(1), torch.ones(1), torch.ones(1))
+    assert metric.sums.dtype == torch.float64 and metric.sums.tolist() == [300, 300, 300]
     metric.reset()
-    assert metric.weight.dtype == torch.float64
+    assert metric.sums.dtype == torch.float64
 
 
 def test_fit_writes_the_specs_metrics_file_and_learns(tmp_path):

@@ -74,3 +74,4 @@ class StopOnInterrupt(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore()
+

@@ -74,6 +74,11 @@ def stop_after_this_step(trainer) -> None:
     trainer.fit_loop.epoch_loop.max_steps = trainer.global_step
 
 
+# The LightningModule attribute in which Lightning names the hook under way (it sets it around every
+# hook, and self.log reads it).
+HOOK_NAME = "_current_fx_name"
+
+
 def attached_to_trainer(module) -> bool:
     """Whether a LightningModule has a Trainer (its ``trainer`` property raises when it has none)."""
     return module._trainer is not None

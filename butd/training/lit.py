@@ -41,8 +41,8 @@ from butd.tasks import get_task
 from butd.training import lightning_internals as internals
 from butd.training.config import ModelConfig, OptimConfig
 
-TRAIN_EPOCH = ("train_epoch_loss", "train_epoch_acc")
-TRAIN_EPOCH_SUMS = "train_epoch_sums"   # checkpoint key: [total, weight] of each TRAIN_EPOCH metric
+STAGES = ("train_epoch_", "val_")      # the epoch figures: <stage>loss and <stage>acc
+TRAIN_EPOCH_SUMS = "train_epoch_sums"   # checkpoint key: [total, weight] of train_epoch_loss, then of train_epoch_acc
 # Lightning asks for sync_dist=True on every epoch-level tensor under DDP; these are already sums
 # over all ranks (torchmetrics synchronises them at compute), the same on every rank
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(train_epoch|val)_(loss|acc)'",
@@ -50,22 +50,25 @@ warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(
 OPTIMIZERS = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
-class WeightedMean(Metric):
-    """sum(value * weight) / sum(weight), summed over ranks at compute. (torchmetrics' MeanMetric
-    either checks for nans, which makes the host wait for the GPU at every step, or, with
-    nan_strategy="disable", silently drops the weights: torchmetrics 1.9.)"""
+class WeightedMeans(Metric):
+    """A stage's weighted mean loss and score over its questions: the sums [sum(loss * weight),
+    sum(score * weight), sum(weight)] in float64, summed over ranks at compute, which returns
+    [mean loss, mean score] (float32). One update a step, one matrix-vector product: a metric per
+    figure (torchmetrics' MeanMetric, or one like it) costs ~50 µs of bookkeeping per update, and
+    MeanMetric either checks for nans, which makes the host wait for the GPU at every step, or, with
+    nan_strategy="disable", silently drops the weights (torchmetrics 1.9)."""
 
     def __init__(self):
         super().__init__()
-        self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("weight", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sums", torch.zeros(3, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, value, weight):
-        self.total += (value.double() * weight).sum()
-        self.weight += weight.sum()
+    def update(self, losses, scores, weights):
+        """``losses``, ``scores``, ``weights``: [B] per question (float; weight 0 leaves one out)."""
+        per_question = torch.stack([losses.float(), scores.float(), torch.ones_like(weights, dtype=torch.float32)])
+        self.sums += per_question.double() @ weights.double()
 
     def compute(self):
-        return (self.total / self.weight).float()
+        return (self.sums[:2] / self.sums[2]).float()
 
     def _apply(self, fn, *args, **kwargs):
         # an epoch's sums stay float64 whatever the model is cast to: torchmetrics guards .half() and
@@ -122,8 +125,22 @@ class LitVQA(pl.LightningModule):
             raise ValueError(f"unknown optimiser {self.optim_config.opt!r}; expected one of {sorted(OPTIMIZERS)}")
         self.model = build_model(self.model_config.model, ntoken=ntoken, num_answers=num_answers, v_dim=v_dim,
                                  spatial_dim=spatial_dim, **self.model_config.model_kwargs())
-        self.metrics = torch.nn.ModuleDict({name: WeightedMean() for name in
-                                            (*TRAIN_EPOCH, "val_loss", "val_acc")})
+        self.metrics = torch.nn.ModuleDict({stage: WeightedMeans() for stage in STAGES})
+
+    def __setattr__(self, name: str, value) -> None:
+        # Lightning names the hook under way in an attribute it sets before and after every hook (~50
+        # times a training step); nn.Module.__setattr__ looks for a parameter, buffer or module of the
+        # name first (~4 µs), which a hook's name never is
+        if name == internals.HOOK_NAME:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def transfer_batch_to_device(self, batch: dict, device: torch.device, dataloader_idx: int) -> dict:
+        # a batch is a flat dict of tensors (butd.loading.batches): one .to each, as Lightning's
+        # default does (non-blocking to a GPU) without its walk over nested collections
+        blocking = device.type in ("cpu", "mps")
+        return {k: v.to(device, non_blocking=not blocking) for k, v in batch.items()}
 
     def forward(self, batch):
         return self.model(batch["features"], batch["spatials"], batch["tokens"], batch.get("num_boxes"))
@@ -137,14 +154,14 @@ class LitVQA(pl.LightningModule):
 
     def _update(self, stage: str, per_question) -> None:
         losses, scores, weights = per_question
-        self.metrics[stage + "loss"].update(losses.detach(), weights)
-        self.metrics[stage + "acc"].update(scores, weights)
+        self.metrics[stage].update(losses.detach(), scores, weights)
 
     def _log_epoch(self, stage: str, prog_bar: bool = False) -> None:
         # computed (and summed over ranks) once per epoch, not at every step
-        for name in (stage + "loss", stage + "acc"):
-            self.log(name, self.metrics[name].compute(), prog_bar=prog_bar)
-            self.metrics[name].reset()
+        loss, acc = self.metrics[stage].compute()
+        self.log(stage + "loss", loss, prog_bar=prog_bar)
+        self.log(stage + "acc", acc, prog_bar=prog_bar)
+        self.metrics[stage].reset()
 
     def training_step(self, batch, batch_idx):
         loss, acc, per_question = self.loss_and_score(batch)
@@ -163,17 +180,16 @@ class LitVQA(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # every rank saves (Trainer.save_checkpoint is collective): the sums of all ranks go in
-        sums = torch.stack([t for name in TRAIN_EPOCH for t in (self.metrics[name].total, self.metrics[name].weight)])
-        checkpoint[TRAIN_EPOCH_SUMS] = self.trainer.strategy.reduce(sums, reduce_op="sum").tolist()
+        loss, acc, weight = self.trainer.strategy.reduce(self.metrics["train_epoch_"].sums.clone(), reduce_op="sum").tolist()
+        checkpoint[TRAIN_EPOCH_SUMS] = [loss, weight, acc, weight]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Mid-epoch: the epoch's sums so far, on the first rank only (they are those of all ranks)."""
         sums = checkpoint.get(TRAIN_EPOCH_SUMS)
         if sums is None or (internals.attached_to_trainer(self) and self.global_rank != 0):
             return
-        for k, name in enumerate(TRAIN_EPOCH):
-            self.metrics[name].total.fill_(sums[2 * k])
-            self.metrics[name].weight.fill_(sums[2 * k + 1])
+        loss, weight, acc, _ = sums
+        self.metrics["train_epoch_"].sums.copy_(torch.tensor([loss, acc, weight], dtype=torch.float64))
 
     def validation_step(self, batch, batch_idx):
         self._update("val_", self.loss_and_score(batch)[2])

@@ -78,8 +78,10 @@ def check_devices(config: TrainConfig) -> None:
 def make_trainer(config: TrainConfig, loggers, callbacks: list, **overrides):
     """The Trainer of a run (``overrides`` for the step benchmark, which times this very loop)."""
     import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelSummary
 
     from butd.training.console import progress, quiet_lightning
+    from butd.training.lean_hooks import QuietProfiler, grouped
 
     quiet_lightning()
     # a bar redrawn at every step costs more than a small model's step
@@ -90,8 +92,9 @@ def make_trainer(config: TrainConfig, loggers, callbacks: list, **overrides):
         gradient_clip_val=config.optim.gradient_clip, gradient_clip_algorithm="norm",
         accelerator=hw.accelerator, devices=hw.devices, num_nodes=hw.num_nodes, strategy=hw.strategy,
         precision=hw.precision, logger=loggers, fast_dev_run=config.run.fast_dev_run,
-        callbacks=[*callbacks, *shown], enable_progress_bar=bar,
-        log_every_n_steps=config.run.log_every, benchmark=True,
+        # Lightning's own model summary among the run's callbacks, which it then calls as one
+        callbacks=grouped([*callbacks, *shown, ModelSummary()]), enable_progress_bar=bar, enable_model_summary=False,
+        log_every_n_steps=config.run.log_every, benchmark=True, profiler=QuietProfiler(),
         use_distributed_sampler=False)       # the loader's sampler shards itself across ranks
     options.update(overrides)
     return pl.Trainer(**options)
@@ -101,9 +104,8 @@ def run_callbacks(config: TrainConfig, run_dir: str) -> tuple:
     """``(callbacks, top_k, stop)``: the Lightning callbacks of a run writing to ``run_dir``: the top 3
     checkpoints by val_acc (``top_k``), ``last.ckpt`` at every epoch's end, resuming mid-epoch, and
     (not for ``--fast_dev_run``) the configuration saved when training starts and Ctrl-C (``stop``)."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     from butd.training.callbacks import SaveConfig, StopOnInterrupt
+    from butd.training.lean_hooks import ModelCheckpoint
     from butd.training.resume import MidEpochResume
     top_k = ModelCheckpoint(dirpath=run_dir, filename=config.model.model + "-{epoch:02d}-{val_loss:.2f}-{val_acc:.2f}",
                             monitor="val_acc", mode="max", save_top_k=3)
