@@ -1,6 +1,6 @@
 """Training-step throughput: the model's ceiling, the real loader feeding it, and train.py's own loop.
 
-    python benchmarks/step_speed.py                                  # CPU: small model, about a minute
+    python benchmarks/step_speed.py                                  # CPU: small model, about two minutes
     python benchmarks/step_speed.py --v_dim 16 --hidden 16 --emb_dim 16 --ntoken 100 --num_answers 50  # tiny: loop overhead
     python benchmarks/step_speed.py --device cuda --precision bf16,fp32 --bsz 64,128,256,512 \\
         --num_images 4000 --num_workers 2,4,8 --feature_cache none,pinned,gpu
@@ -19,9 +19,15 @@ batch size, ``train.py``'s own loop against a bare one over the same loader:
   (c) ``trainer``: the LightningModule under the Trainer that ``train.py`` builds
       (``butd.training.run.make_trainer`` and ``run_callbacks``: its metrics logger, checkpoint
       callbacks, Ctrl-C handling, progress bar, clipping and precision), timed from inside by a callback;
-  (d) ``bare``: a plain PyTorch loop with the same model, batches, optimiser and clipping;
-runs of (d) and (c) alternate, ``--loop_rounds`` of (c) between ``--loop_rounds + 1`` of (d), and
-loop efficiency = median (c) / median (d): the share of steps/s the Trainer keeps.
+  (d) ``lightning``: the same module under a Trainer with the same clipping and precision and
+      none of train.py's callbacks, loggers, checkpoints or bar: what Lightning's own loop costs;
+  (e) ``bare``: a plain PyTorch loop with the same model (its own copy), batches, optimiser and
+      clipping, run in turns with (c) or (d) inside the same fit: ``--loop_chunk`` steps of the
+      Trainer, then as many bare steps, and so on (a shared machine's speed drifts by 10-20%
+      between runs a few seconds apart; turns a fraction of a second apart see the same machine);
+``--loop_rounds`` runs of (c) and of (d), alternating; loop efficiency = the median over the runs
+of (e)'s time / (c)'s time for the same number of steps: the share of steps/s the Trainer keeps
+(``lightning_alone_efficiency``: the same for (d)).
 The model is the default ``ModelConfig`` with ``--model``, ``--hidden`` and ``--emb_dim``, sized as on
 real GQA (``--ntoken``, ``--num_answers``; the sample's own vocabulary is small). Timing: warm-up
 steps first, then ``torch.cuda.synchronize()`` around the timed steps. Prints a table, writes
@@ -99,10 +105,12 @@ def parse_args(argv=None):
                    help="torch.compile's mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--steps", type=int, help="timed steps per measurement (default: 40 on the CPU, 50 on a GPU)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on the CPU, 10 on a GPU)")
-    p.add_argument("--loop_rounds", type=int, default=3, help="train.py-loop runs, each followed by a bare one")
-    p.add_argument("--loop_steps", type=int, help="timed steps of each train.py-loop and bare-loop run "
-                   "(longer than --steps: the loop efficiency compares runs made one after another; "
-                   "default: 200 on the CPU, 400 on a GPU)")
+    p.add_argument("--loop_rounds", type=int, default=3, help="runs of train.py's loop and of Lightning's alone, "
+                   "each against the bare loop")
+    p.add_argument("--loop_steps", type=int, help="timed steps of each loop in each run (default: 200 on the CPU, "
+                   "400 on a GPU)")
+    p.add_argument("--loop_chunk", type=int, default=20, help="steps of each loop in a turn: a run alternates "
+                   "turns of the Trainer's steps and of the bare loop's")
     p.add_argument("--store_dir", help="reuse/keep the generated sample and caches here (default: a temp dir)")
     p.add_argument("--out", default=RESULTS, help="where the PNG and JSON go")
     args = p.parse_args(argv)
@@ -223,35 +231,54 @@ def measure_one(args, cache: str, device, precision: str, bsz: int) -> list:
     return results
 
 
-class _StepTimer:
-    """A callback timing ``steps`` training steps after ``warmup``, from inside the Trainer's loop."""
+class _Paired:
+    """A callback that times a Trainer's training steps against a bare loop's, in turns of ``chunk``
+    steps: after each ``chunk`` of the Trainer's steps (past ``warmup``) it runs ``chunk`` steps of
+    ``bare_step`` over ``batches``, and a turn's Trainer time runs from the end of the bare steps
+    before it to the end of its last step, so it holds all the Trainer does between steps (hooks,
+    logging, checkpoints at an epoch's end). Turns a fraction of a second apart see the same machine:
+    on a shared one, whose speed drifts by 10-20% between runs a few seconds apart, separate runs
+    could not tell a few percent. The device is synchronised at each turn's ends only."""
 
-    def __init__(self, warmup: int, steps: int, device: torch.device):
+    def __init__(self, bare_step, batches, warmup: int, steps: int, chunk: int, device: torch.device):
         import pytorch_lightning as pl
 
-        timer = self
+        paired = self
+        self.trainer_seconds = self.bare_seconds = 0.0
+        self.start = None
+
+        def sync():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        def bare_turn(n: int) -> float:
+            start = time.perf_counter()
+            for i in range(n):
+                bare_step(to_device(next(batches), device), i)
+            sync()
+            return time.perf_counter() - start
 
         class Callback(pl.Callback):
-            def on_train_batch_start(self, trainer, module, batch, batch_idx):
-                if trainer.global_step == warmup:
-                    timer.sync()
-                    timer.start = time.perf_counter()
-
             def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                if trainer.global_step == warmup + steps:
-                    timer.sync()
-                    timer.seconds = time.perf_counter() - timer.start
+                done = trainer.global_step - warmup
+                if done == 0:
+                    bare_turn(warmup)                        # the bare loop's warm-up
+                    sync()
+                    paired.start = time.perf_counter()
+                elif 0 < done <= steps and done % chunk == 0:
+                    sync()
+                    paired.trainer_seconds += time.perf_counter() - paired.start
+                    paired.bare_seconds += bare_turn(chunk)
+                    paired.start = time.perf_counter()
 
-        self.callback, self.steps, self.device = Callback(), steps, device
-        self.start = self.seconds = None
-
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.callback = Callback()
 
 
 def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workdir: str) -> list:
-    """(c) train.py's Trainer loop against (d) a bare loop, over the same loader and model."""
+    """(c) train.py's Trainer loop and (d) Lightning's alone, each against (e) a bare loop over the
+    same loader and model, in turns (``_Paired``)."""
+
+    import pytorch_lightning as pl
 
     from butd.training.config import RunConfig, TrainConfig, resolved
     from butd.training.metrics_logger import MetricLogger
@@ -262,6 +289,7 @@ def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workd
     config.optim.bsz, config.optim.max_steps = bsz, args.warmup + args.loop_steps
     config.hardware.accelerator, config.hardware.devices = device.type, 1
     config.hardware.precision = "bf16-mixed" if precision == "bf16" else "32-true"
+    steps = args.loop_steps - args.loop_steps % args.loop_chunk
     rows = []
 
     def loader():
@@ -269,38 +297,42 @@ def measure_train_loop(args, cache: str, device, precision: str, bsz: int, workd
         dm.setup("fit")
         return dm
 
-    def bare():
+    def against_bare(mode: str, label: str, make_one) -> float:
+        bare_dm = loader()
+        bare = make_step(build_lit(args, bare_dm, device), device, precision)
+        paired = _Paired(bare, endless(bare_dm.train_dataloader()), args.warmup, steps, args.loop_chunk, device)
         dm = loader()
-        lit = build_lit(args, dm, device)
-        r = timed(make_step(lit, device, precision), endless(dm.train_dataloader()), args.warmup, args.loop_steps,
-                  device)
-        rows.append({"precision": precision, "batch_size": bsz, "mode": "bare", "loader": "bare PyTorch loop",
-                     **r, "samples_per_s": r["steps_per_s"] * bsz})
+        make_one(paired.callback).fit(build_lit(args, dm, torch.device("cpu")), datamodule=dm)
+        for what, name, seconds in ((mode, label, paired.trainer_seconds),
+                                    ("bare", f"bare loop, in turns with {mode}", paired.bare_seconds)):
+            rows.append({"precision": precision, "batch_size": bsz, "mode": what, "loader": name,
+                         "steps_per_s": steps / seconds, "seconds": seconds, "samples_per_s": steps / seconds * bsz})
+        rows[-2]["efficiency"] = paired.bare_seconds / paired.trainer_seconds
+        TABLE.row(rows[-2])
         TABLE.row(rows[-1])
-        return r["steps_per_s"]
+        return rows[-2]["efficiency"]
 
-    def under_trainer():
-        dm = loader()
-        lit = build_lit(args, dm, torch.device("cpu"))
-        timer = _StepTimer(args.warmup, args.loop_steps, device)
+    def train_py(callback):
         callbacks, _, _ = run_callbacks(config, os.path.join(workdir, "runs", "step_speed"))   # train.py's own
-        trainer = make_trainer(config, [MetricLogger("step_speed", workdir)], [*callbacks, timer.callback],
-                               limit_val_batches=0, max_epochs=-1)
-        trainer.fit(lit, datamodule=dm)
-        steps = args.loop_steps / timer.seconds
-        rows.append({"precision": precision, "batch_size": bsz, "mode": "trainer", "loader": "train.py's Trainer",
-                     "steps_per_s": steps, "seconds": timer.seconds, "samples_per_s": steps * bsz})
-        TABLE.row(rows[-1])
-        return steps
+        return make_trainer(config, [MetricLogger("step_speed", workdir)], [*callbacks, callback],
+                            limit_val_batches=0, max_epochs=-1)
 
-    # interleaved, bare first and last: a shared machine's drift moves both alike
-    bares, trainers = [bare()], []
+    def lightning_alone(callback):
+        # the Trainer with the same clipping and precision, and none of train.py's callbacks, loggers,
+        # checkpoints or bar: what Lightning's own loop costs
+        hw = config.hardware
+        return pl.Trainer(accelerator=hw.accelerator, devices=1, precision=hw.precision, max_epochs=-1,
+                          max_steps=config.optim.max_steps, limit_val_batches=0, callbacks=[callback],
+                          gradient_clip_val=config.optim.gradient_clip, gradient_clip_algorithm="norm",
+                          logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          enable_model_summary=False, use_distributed_sampler=False)
+
+    trainer, alone = [], []
     for _ in range(args.loop_rounds):
-        trainers.append(under_trainer())
-        bares.append(bare())
-    first_trainer = next(r for r in rows if r["mode"] == "trainer")
-    first_trainer.update(efficiency=float(np.median(trainers) / np.median(bares)),
-                         trainer_runs=trainers, bare_runs=bares)
+        trainer.append(against_bare("trainer", "train.py's Trainer", train_py))
+        alone.append(against_bare("lightning", "Lightning alone", lightning_alone))
+    next(r for r in rows if r["mode"] == "trainer").update(
+        loop_efficiency=float(np.median(trainer)), lightning_efficiency=float(np.median(alone)))
     return rows
 
 
@@ -340,33 +372,39 @@ def summarise(results: list, args, device) -> dict:
             for k in [f"{r['precision']}/{r['batch_size']}"] if k in eager}
     loop = [r for r in results if r["mode"] == "trainer"]
     if loop:
-        summary["train_loop"] = {"efficiency": round(loop[0]["efficiency"], 4),
-                                 "trainer_steps_per_s": [round(r["steps_per_s"], 2) for r in loop],
-                                 "bare_steps_per_s": [round(r["steps_per_s"], 2) for r in results if r["mode"] == "bare"],
+        def runs(mode, key="steps_per_s"):
+            return [round(r[key], 4 if key == "efficiency" else 2) for r in results if r["mode"] == mode]
+        summary["train_loop"] = {"efficiency": round(loop[0]["loop_efficiency"], 4),
+                                 "lightning_alone_efficiency": round(loop[0]["lightning_efficiency"], 4),
+                                 "efficiency_runs": runs("trainer", "efficiency"),
+                                 "lightning_alone_efficiency_runs": runs("lightning", "efficiency"),
+                                 "trainer_steps_per_s": runs("trainer"), "lightning_alone_steps_per_s": runs("lightning"),
+                                 "bare_steps_per_s": runs("bare"),
                                  "batch_size": loop[0]["batch_size"], "precision": loop[0]["precision"],
-                                 "target_met": loop[0]["efficiency"] >= LOOP_TARGET}
+                                 "target_met": loop[0]["loop_efficiency"] >= LOOP_TARGET}
     return report("step_speed", args.out, summary, results, columns=TABLE_COLUMNS,
                   table_rows=[r for r in results if r["mode"] != "error"], picture=picture)
 
 
 def picture(summary: dict, runs: list, out: str) -> str:
-    """What fraction of the bare loop's steps/s does train.py's loop keep, and what fraction of the
+    """What share of the bare loop's steps/s do train.py's loop and Lightning's alone keep, and what fraction of the
     model's ceiling (one batch resident) does each loader setting keep?"""
     from butd.evaluation.plots import bar_chart
     panels = []
     loop = summary.get("train_loop")
     if loop:
-        bare, trainer = float(np.median(loop["bare_steps_per_s"])), float(np.median(loop["trainer_steps_per_s"]))
-
         def runs_of(xs):
-            return ", ".join(f"{x:.1f}" for x in xs)
-        panels.append((f"train.py's loop against a bare PyTorch loop (same model, loader, optimiser, clipping; "
-                       f"batch {loop['batch_size']}, {loop['precision']}), alternating: medians", "steps/s", [
-                           {"label": "bare PyTorch loop", "value": bare, "group": "bare",
-                            "note": f"runs: {runs_of(loop['bare_steps_per_s'])}"},
-                           {"label": "train.py's Trainer", "value": trainer, "bound": bare, "group": "trainer",
-                            "note": f"{loop['efficiency']:.2f} of the bare loop (target {LOOP_TARGET})\n"
-                                    f"runs: {runs_of(loop['trainer_steps_per_s'])}"}]))
+            return ", ".join(f"{x:.3f}" for x in xs)
+        panels.append((f"Share of a bare PyTorch loop's steps/s kept (same model, loader, optimiser, clipping; "
+                       f"batch {loop['batch_size']}, {loop['precision']}; in turns with it): medians of "
+                       f"{len(loop['efficiency_runs'])} runs", "share of the bare loop's steps/s", [
+                           {"label": "Lightning alone (no callbacks, loggers, checkpoints)",
+                            "value": loop["lightning_alone_efficiency"], "bound": 1.0, "group": "lightning",
+                            "note": f"{loop['lightning_alone_efficiency']:.3f}; runs: "
+                                    f"{runs_of(loop['lightning_alone_efficiency_runs'])}"},
+                           {"label": "train.py's Trainer", "value": loop["efficiency"], "bound": 1.0, "group": "trainer",
+                            "note": f"{loop['efficiency']:.3f} (target {LOOP_TARGET}); runs: "
+                                    f"{runs_of(loop['efficiency_runs'])}"}]))
     ceilings = {(r["precision"], r["batch_size"]): r["samples_per_s"] for r in runs if r["mode"] == "resident"}
     bars = []
     for (precision, bsz), ceiling in ceilings.items():

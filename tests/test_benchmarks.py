@@ -100,9 +100,32 @@ def test_step_speed_picture(tmp_path):
             {"mode": "loader", "precision": "fp32", "batch_size": 32, "samples_per_s": 1900.0, "num_workers": 0,
              "feature_cache": "none", "efficiency": 0.95}]
     summary = {"device": "cpu", "model": "butd", "hidden": 16, "v_dim": 16,
-               "train_loop": {"efficiency": 0.9, "trainer_steps_per_s": [90.0, 92.0], "bare_steps_per_s": [100.0, 101.0],
-                              "batch_size": 32, "precision": "fp32"}}
+               "train_loop": {"efficiency": 0.9, "lightning_alone_efficiency": 0.93, "efficiency_runs": [0.9, 0.91],
+                              "lightning_alone_efficiency_runs": [0.93, 0.94], "batch_size": 32, "precision": "fp32"}}
     assert png(step_speed.picture(summary, runs, str(tmp_path / "step_speed.png")))
+
+
+def test_step_speed_times_the_trainer_and_the_bare_loop_in_turns():
+    """After the warm-up, each turn of the Trainer's steps is followed by as many bare steps, timed
+    apart: the bare loop's time is its own, the Trainer's holds what it does between its steps."""
+    import time
+    from types import SimpleNamespace
+
+    import step_speed
+    bare_steps = []
+
+    def bare_step(batch, i):
+        bare_steps.append(batch["x"].item())
+        time.sleep(0.005)
+
+    batches = ({"x": torch.tensor(float(i))} for i in range(1000))
+    paired = step_speed._Paired(bare_step, batches, warmup=3, steps=8, chunk=4, device=torch.device("cpu"))
+    for step in range(1, 3 + 10 + 1):                         # the Trainer runs on past the timed steps
+        time.sleep(0.001)
+        paired.callback.on_train_batch_end(SimpleNamespace(global_step=step), None, None, None, step)
+    assert len(bare_steps) == 3 + 8                          # warm-up, then two turns of 4
+    assert 8 * 0.005 <= paired.bare_seconds < 1.0
+    assert 8 * 0.001 <= paired.trainer_seconds < paired.bare_seconds
 
 
 def test_convert_speed_picture(tmp_path):

@@ -43,6 +43,7 @@ class Tiny(pl.LightningModule):
         self.trained, self.attached, self.completed = [], [], []
 
     def training_step(self, batch, batch_idx):
+        self.hook_names = getattr(self, "hook_names", []) + [self.__dict__.get(internals.HOOK_NAME)]
         self.trained.append(int(batch["id"]))
         self.attached.append(internals.attached_to_trainer(self))
         self.log("id", batch["id"].float())
@@ -145,3 +146,10 @@ def test_epoch_sums_stay_float64_through_a_dtype_cast():
     assert metric.sums.dtype == torch.float64 and metric.sums.tolist() == [300, 0, 300]   # bf16 would stop at 256
     metric.reset()
     assert metric.sums.dtype == torch.float64
+
+
+def test_lightning_names_the_hook_under_way_in_hook_name():
+    """LitVQA sets HOOK_NAME without nn.Module's checks: Lightning must still name its hooks there."""
+    module = Tiny()
+    fit(module, PositionLoader(), max_epochs=1)
+    assert module.hook_names == ["training_step"] * BATCHES
