@@ -74,4 +74,3 @@ class StopOnInterrupt(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._restore()
-
