@@ -21,8 +21,8 @@ batch size, ``train.py``'s own loop against a bare one over the same loader:
       callbacks, Ctrl-C handling, progress bar, clipping and precision), timed from inside by a callback;
   (d) ``lightning``: the same module under a Trainer with the same clipping and precision and
       none of train.py's callbacks, loggers, checkpoints or bar: what Lightning's own loop costs;
-  (e) ``bare``: a plain PyTorch loop with the same model (its own copy), batches, optimiser and
-      clipping, run in turns with (c) or (d) inside the same fit: ``--loop_chunk`` steps of the
+  (e) ``bare``: a plain PyTorch loop with the same model, batches, optimiser and clipping (its own
+      copies of the model and the loader), run in turns with (c) or (d) inside the same fit: ``--loop_chunk`` steps of the
       Trainer, then as many bare steps, and so on (a shared machine's speed drifts by 10-20%
       between runs a few seconds apart; turns a fraction of a second apart see the same machine);
 ``--loop_rounds`` runs of (c) and of (d), alternating; loop efficiency = the median over the runs
@@ -263,7 +263,6 @@ class _Paired:
                 done = trainer.global_step - warmup
                 if done == 0:
                     bare_turn(warmup)                        # the bare loop's warm-up
-                    sync()
                     paired.start = time.perf_counter()
                 elif 0 < done <= steps and done % chunk == 0:
                     sync()
