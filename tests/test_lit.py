@@ -191,3 +191,15 @@ def test_val_acc_with_two_processes_equals_one(small_run, tmp_path):
     ranks = [ShardedBatchSampler(35, 16, shuffle=False, rank=r, world_size=2, even=False) for r in (0, 1)]
     seen = [i for s in ranks for b in s for i in b]
     assert sorted(seen) == list(range(35))                       # each question exactly once
+
+
+def test_epoch_sums_are_float64_exact_under_bf16_autocast():
+    """bf16-mixed runs the training step under autocast, whose matmuls take bf16: the fused update's
+    float64 product must not be one of them."""
+    from butd.training.lit import WeightedMeans
+    metric = WeightedMeans()
+    losses, scores, weights = torch.rand(32) * 5, torch.rand(32), (torch.rand(32) > 0.2).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        metric.update(losses, scores, weights)
+    want = [float((x.double() * weights.double()).sum()) for x in (losses, scores, torch.ones(32))]
+    assert metric.sums.tolist() == pytest.approx(want, rel=1e-12)
