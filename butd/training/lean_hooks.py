@@ -33,7 +33,7 @@ class CallbackGroup(pl.Callback):
     Raises TypeError for a member with a ``state_dict``."""
 
     def __init__(self, *callbacks: pl.Callback):
-        stateful = [type(c).__name__ for c in callbacks if type(c).state_dict is not pl.Callback.state_dict]
+        stateful = [type(c).__name__ for c in callbacks if _keeps_state(c)]
         if stateful:
             raise TypeError(f"{', '.join(stateful)} keep(s) state in checkpoints: give it to the Trainer itself, "
                             "not to a CallbackGroup")
@@ -48,9 +48,13 @@ def grouped(callbacks: list) -> list:
     """``callbacks`` as the Trainer should get them: checkpoints, progress bars and callbacks that keep
     state as they are, all others in one ``CallbackGroup`` (first, in their order)."""
     apart = [c for c in callbacks if isinstance(c, (lightning_callbacks.Checkpoint, lightning_callbacks.ProgressBar))
-             or type(c).state_dict is not pl.Callback.state_dict]
+             or _keeps_state(c)]
     together = [c for c in callbacks if all(c is not a for a in apart)]
     return [CallbackGroup(*together), *apart] if together else apart
+
+
+def _keeps_state(callback: pl.Callback) -> bool:
+    return type(callback).state_dict is not pl.Callback.state_dict
 
 
 def _calling(methods: list):

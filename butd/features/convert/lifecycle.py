@@ -98,11 +98,12 @@ def check_free_space(out_path: str, attrs: StoreAttrs, chunks_left: int) -> None
     The conversion then resumes where it stopped, once there is room."""
     if attrs.compressor != "none" or not chunks_left:
         return
-    need = chunk_bytes(attrs) * chunks_left
+    one = chunk_bytes(attrs)
+    need = one * chunks_left
     free = shutil.disk_usage(out_path if os.path.exists(out_path) else os.path.dirname(os.path.abspath(out_path))).free
     if need > free:
         raise OSError(errno.ENOSPC, f"{out_path}: the store needs {need / 1e9:.2f} GB more ({chunks_left} chunks of "
-                      f"{chunk_bytes(attrs) / 1e6:.1f} MB) and its file system has {free / 1e9:.2f} GB free; free some "
+                      f"{one / 1e6:.1f} MB) and its file system has {free / 1e9:.2f} GB free; free some "
                       "space or choose another --out (run the same command again to resume)")
 
 
