@@ -40,7 +40,7 @@ class Tiny(pl.LightningModule):
     def __init__(self):
         super().__init__()
         self.layer = torch.nn.Linear(2, 1)
-        self.trained, self.attached, self.completed = [], [], []
+        self.trained, self.attached, self.completed, self.whole = [], [], [], []
 
     def training_step(self, batch, batch_idx):
         self.hook_names = getattr(self, "hook_names", []) + [self.__dict__.get(internals.HOOK_NAME)]
@@ -51,6 +51,7 @@ class Tiny(pl.LightningModule):
 
     def on_train_epoch_end(self):
         self.completed.append(internals.batches_completed(self.trainer))
+        self.whole.append(internals.epoch_whole(self.trainer))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -88,6 +89,7 @@ def test_the_counters_of_a_checkpoint_stopped_mid_epoch(tmp_path):
     module = Tiny()
     trainer = fit(module, PositionLoader(), max_epochs=1, max_steps=3)
     assert module.trained == [0, 1, 2] and module.completed == [3]     # batches_completed: the part-epoch
+    assert module.whole == [False]
     trainer.save_checkpoint(tmp_path / "part.ckpt")
     checkpoint = torch.load(tmp_path / "part.ckpt", weights_only=False)
     assert internals.saved_loader_position(checkpoint) == (0, 3)
@@ -104,7 +106,7 @@ def test_the_counters_of_a_checkpoint_stopped_mid_epoch(tmp_path):
     resumed = Tiny()
     trainer = fit(resumed, PositionLoader(), tmp_path / "rewound.ckpt", max_epochs=2)
     assert resumed.trained == [3, 4, 100, 101, 102, 103, 104]
-    assert trainer.global_step == 2 * BATCHES and resumed.completed == [BATCHES, BATCHES]
+    assert trainer.global_step == 2 * BATCHES and resumed.completed == [BATCHES, BATCHES] and resumed.whole == [True, True]
     assert trainer.logger.logged == whole[3:]     # logged at the steps of a run that never stopped
     assert all(resumed.attached) and not internals.attached_to_trainer(Tiny())
 

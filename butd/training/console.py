@@ -64,7 +64,7 @@ class EpochLines(Callback):
         self.started = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        whole = internals.batches_completed(trainer) >= trainer.num_training_batches
+        whole = internals.epoch_whole(trainer)
         self.ended = (trainer.current_epoch, time.perf_counter() - self.started, whole)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -68,6 +68,11 @@ def batches_completed(trainer) -> int:
     return trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
 
+def epoch_whole(trainer) -> bool:
+    """Whether the current training epoch ran all its batches (not cut short by ``max_steps`` or a stop)."""
+    return batches_completed(trainer) >= trainer.num_training_batches
+
+
 def stop_after_this_step(trainer) -> None:
     """End fitting after the step under way, as ``max_steps`` reached would (no validation of the
     part-epoch): lowers the running epoch loop's ``max_steps`` to the steps taken."""

@@ -175,7 +175,7 @@ class LitVQA(pl.LightningModule):
     def on_train_epoch_end(self):
         # an epoch cut short (--max_steps, an interrupt) is not an epoch: its sums go on in the
         # checkpoint, and a resumed run logs the whole epoch once, when it ends
-        if internals.batches_completed(self.trainer) >= self.trainer.num_training_batches:
+        if internals.epoch_whole(self.trainer):
             self._log_epoch("train_epoch_")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
