@@ -5,6 +5,7 @@ and evaluate.py on the trained run; an empty split refused, a cache built with -
 used as it is, GPUs that are not there named, the configuration's flags."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -337,6 +338,7 @@ def test_ddp_two_processes_on_cpu(trained, tmp_path, workers, epochs):
     assert "train_epoch_acc" in log and "\x1b" not in log and "\r" not in log
     for noise in ("Tip:", "LeafSpec", "logging interval", "Warning", "warn("):
         assert noise not in log, noise
+    assert not re.search(r"\.py:\d+: ", log), log      # a warning's location: Lightning prints no category
     [name] = os.listdir(tmp_path / "metrics")
     with open(tmp_path / "metrics" / name) as f:
         events = json.load(f)
@@ -428,9 +430,12 @@ def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_pat
     assert (attrs.compressor, attrs.dtype, attrs.chunk_images, attrs.complete) == ("zstd", "float32", 4, True)
     assert os.path.getmtime(os.path.join(store, "zarr.json")) == made
     # its input changed, even to the other layout: refused as another input
-    make_tsv(os.path.join(features, "gqa_testdev_obj36.tsv"), layout="anderson", n=2, boxes=(10, 12), feature_dim=16)
-    with pytest.raises(ValueError, match=r"testdev\.zarr: exists but was made from other input"):
+    tsv = os.path.join(features, "gqa_testdev_obj36.tsv")
+    make_tsv(tsv, layout="anderson", n=2, boxes=(10, 12), feature_dim=16)
+    with pytest.raises(ValueError, match=r"testdev\.zarr: exists but was made from other input") as e:
         prepare_caches(question_inputs(config), features)
+    # in train.py's terms, which has no --overwrite: the converter's command that starts over
+    assert str(e.value).endswith(f"`python converters/tsv_to_zarr.py {tsv} --out {store} --overwrite`")
 
 
 def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):

@@ -29,6 +29,9 @@ WARNINGS = (
     # every run has a directory of its own (run_name), which holds config.json before any checkpoint
     # and a resumed run's checkpoints
     r"Checkpoint directory .* exists and is not empty",
+    # LitVQA moves the loader's flat batch itself, with a DataModule or without: the module's hook is
+    # the one meant
+    r"You have overridden `transfer_batch_to_device` in `LightningModule` but have passed in a",
 )
 TIP = "💡 Tip:"    # Lightning's advertisements for its cloud services, printed at every fit
 
