@@ -595,3 +595,79 @@ def test_a_file_that_is_not_a_tsv_is_one_short_line(tmp_path, capsys):
                           capsys)
     assert status == 1 and err.count("\n") == 1 and len(err) < 300, err[:400]
     assert "f.tsv:1: image id" in err and "(400,000 characters)" in err and "is this a features TSV?" in err
+
+
+def test_inputs_copied_moved_or_touched_keep_their_store(tmp_path):
+    """A data folder copied to scratch (new paths, new times) or a touched TSV: the store is still
+    theirs, not converted again (size and content decide); the same size with other content is
+    other input."""
+    (tmp_path / "a").mkdir()
+    rows = make_tsv(tmp_path / "a" / "f.tsv", n=10)
+    convert_tsv(str(tmp_path / "a" / "f.tsv"), str(tmp_path / "a" / "s.zarr"), workers=1, progress=False)
+    shutil.copytree(tmp_path / "a", tmp_path / "b", copy_function=shutil.copy)    # new times, as cp -r
+    tsv, out = str(tmp_path / "b" / "f.tsv"), str(tmp_path / "b" / "s.zarr")
+    assert convert_tsv(tsv, out, workers=1, progress=False).already_complete
+    os.utime(tsv, ns=(10**9, 10**9))
+    assert convert_tsv(tsv, out, workers=1, progress=False).already_complete
+    check_against_rows(out, rows, "obj36", "float16")
+    text = open(tsv).read()
+    at = text.rstrip("\n").rfind("\t") + 20                           # inside the last row's features
+    changed = text[:at] + ("B" if text[at] != "B" else "C") + text[at + 1:]
+    assert len(changed) == len(text)
+    with open(tsv, "w") as f:
+        f.write(changed)
+    with pytest.raises(lifecycle.StoreMismatch, match=r"from other input \(.*f\.tsv: content \(first and last MiB\)"):
+        convert_tsv(tsv, out, workers=1, progress=False)
+
+
+def _made_before_content_samples(out: str) -> str:
+    """Make ``out``'s attributes those of a store converted before sources had content samples."""
+    group = zarr.open_group(out, mode="r+")
+    source = {k: v for k, v in group.attrs["source"].items() if k != "sample"}
+    fingerprint = lifecycle.fingerprint(source, group.attrs[lifecycle.SETTINGS_ATTR])
+    group.attrs.update({"source": source, "fingerprint": fingerprint})
+    return fingerprint
+
+
+def test_a_store_made_before_content_samples_is_checked_as_then(tmp_path):
+    """A store whose source has no content sample keeps its fingerprint: other input when its
+    input's time moved; found complete where its path, size and time are unchanged, and from then
+    on it keeps the sample, so that a copy of its input is still its input."""
+    make_tsv(tmp_path / "f.tsv", n=10)
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    convert_tsv(tsv, out, workers=1, progress=False)
+    _made_before_content_samples(out)
+    stamp = os.stat(tsv).st_mtime_ns
+    os.utime(tsv, ns=(10**9, 10**9))
+    with pytest.raises(lifecycle.StoreMismatch, match=r"f\.tsv: modified \(ns\) \d+ -> 1000000000"):
+        convert_tsv(tsv, out, workers=1, progress=False)
+    os.utime(tsv, ns=(stamp, stamp))
+    fingerprint = _made_before_content_samples(out)
+    assert convert_tsv(tsv, out, workers=1, progress=False).already_complete
+    assert schema.read_attrs(out).fingerprint == fingerprint and "sample" in schema.read_attrs(out).source
+    os.utime(tsv, ns=(10**9, 10**9))
+    assert convert_tsv(tsv, out, workers=1, progress=False).already_complete
+
+
+def test_an_unfinished_conversion_rerun_with_skip_starts_over(tmp_path):
+    """A bad row stops a conversion with --on-bad-row error part way; the same command with skip,
+    as the error advises, converts the rest (a complete store made with error stays refused)."""
+    lines = _good_lines(12)
+    image_id = _break(lines, "base64", index=9)
+    _write_lines(tmp_path / "f.tsv", lines)
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    with pytest.raises(TSVFormatError):
+        convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False)
+    assert schema.read_attrs(out).complete is False
+    summary = convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False, on_bad_row="skip")
+    assert (summary.rows, summary.skipped, summary.chunks_resumed) == (11, 1, 0)
+    assert image_id not in schema.read_image_ids(out)
+
+
+def test_a_folder_that_is_not_a_store_is_refused_with_one_piece_of_advice(tmp_path):
+    make_tsv(tmp_path / "f.tsv", n=4)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a feature store") as e:
+        convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "mine"), workers=1, progress=False)
+    assert "--overwrite" not in str(e.value) and (tmp_path / "mine" / "notes.txt").exists()

@@ -6,7 +6,8 @@
 As the specification prepares its caches before training, ``prepare_caches`` brings each cache up
 to date by its converter where the raw inputs are present (a no-op when it already matches them,
 with the settings it was converted with; an interrupted conversion resumes; a store made from
-another TSV is an error, never silently reused). Where they are absent, complete caches are used as
+another TSV is an error, never silently reused; one whose TSVs were copied, moved or touched since is
+still theirs). Where they are absent, complete caches are used as
 they are (e.g. on nodes that see only the caches). ``check_caches`` builds nothing: the caches must
 be complete and, where the raw inputs are present, match them. ``VQADataModule.prepare_data`` and
 ``setup`` call them: which process prepares is Lightning's rule (``prepare_data``), not this module's.
@@ -19,7 +20,7 @@ import os
 from butd import questions
 from butd.features import schema
 from butd.features.convert import convert_tsv
-from butd.features.convert.lifecycle import recorded_options
+from butd.features.convert.lifecycle import StoreMismatch, recorded_options
 from butd.tasks import get_task
 
 
@@ -53,7 +54,11 @@ def prepare_caches(inputs: questions.Inputs, features_dir: str, say=print) -> st
         for tsv in tsvs:
             _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
         # with the settings the store was made with (--compressor, --dtype, ...): only its input decides
-        say(str(convert_tsv(tsvs, path, image_key=task.image_key, **recorded_options(path))))
+        try:
+            say(str(convert_tsv(tsvs, path, image_key=task.image_key, **recorded_options(path))))
+        except StoreMismatch as e:      # advice in this command's terms: train.py has no --overwrite
+            raise StoreMismatch(path, e.what, "move it away, or convert the TSVs again with "
+                                f"`python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path} --overwrite`") from None
 
     qdir = os.path.join(inputs.cache, "questions")
     if _has_raw_questions(inputs):

@@ -17,6 +17,7 @@ from butd.features.convert.plan import PLAN_FILE, Plan
 from butd.features.schema import IMAGE_IDS, StoreAttrs, fields_for
 
 SETTINGS_ATTR = "conversion_settings"
+SHOWN = {"sample": "content (first and last MiB)", "mtime_ns": "modified (ns)"}    # a source's keys, in messages
 # The command-line flag of each setting, for messages.
 FLAGS = {"layout": "--layout", "dtype": "--dtype", "compressor": "--compressor", "chunk_images": "--chunk_images",
          "on_bad_row": "--on-bad-row", "feature_dim": "--feature_dim", "schema_version": "(store format version)"}
@@ -177,9 +178,27 @@ def bad_rows_report_path(out_path: str) -> str:
     return os.path.normpath(out_path) + ".bad_rows.json"
 
 
+SAMPLE_BYTES = 1 << 20
+
+
+def content_sample(path: str, size: int) -> str:
+    """A hash of the file's size and of its first and last MiB (all of it, if smaller): what a
+    copy, a move or a touch keeps and another extraction of the same images (the same size, to the
+    byte, in obj36 TSVs) does not. Two reads, whatever the file's size."""
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(SAMPLE_BYTES))
+        if size > SAMPLE_BYTES:
+            f.seek(max(SAMPLE_BYTES, size - SAMPLE_BYTES))
+            digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest()[:32]
+
+
 def source_of(path: str, what: str = "features TSV") -> dict:
-    """Path, size and modification time of the input file ``path`` (a ``what``), which must be a
-    readable file: the fingerprint of a conversion is made of these."""
+    """Path, size, modification time and content sample (``content_sample``) of the input file
+    ``path`` (a ``what``), which must be a readable file: the fingerprint of a conversion is made of
+    these; a store found beside inputs that moved or were touched is still theirs
+    (``same_inputs``)."""
     try:
         st = os.stat(path)
         if os.path.isdir(path):
@@ -190,7 +209,8 @@ def source_of(path: str, what: str = "features TSV") -> dict:
         raise FileNotFoundError(f"{path}: {what} not found") from None
     except PermissionError:
         raise PermissionError(f"{path}: {what} is not readable (permission denied)") from None
-    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"path": os.path.abspath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sample": content_sample(path, st.st_size)}
 
 
 def sources_of(paths: list, what: str = "features TSV") -> list:
@@ -215,12 +235,60 @@ def existing_store(out_path: str, fingerprint: str, source: dict, settings: dict
         if left_by_us(out_path):
             remove_store(out_path)
             return None
-        raise ValueError(f"{out_path}: exists and is not a feature store; pass --overwrite to replace it "
-                         "or choose another --out") from None
-    if attrs.fingerprint != fingerprint:
-        raise ValueError(f"{out_path}: exists but was made {_what_changed(out_path, attrs, source, settings)}; "
-                         "run with the store's settings, or pass --overwrite to start over")
-    return attrs
+        # --overwrite would refuse it too (remove_store): nothing in it is a conversion's
+        raise ValueError(f"{out_path}: exists and is not a feature store (its files were not written by a "
+                         "conversion); choose another --out, or move it away yourself") from None
+    if attrs.fingerprint == fingerprint:
+        return attrs
+    old = _recorded_settings(out_path)
+    if same_inputs(attrs.source, source):
+        if old == settings:        # the inputs were moved, copied or touched: the store is still theirs
+            if "sample" not in attrs.source.get("files", [attrs.source])[0]:
+                _keep_samples(out_path, source)
+            return attrs
+        if not attrs.complete and old is not None and _differing(old, settings) == {"on_bad_row"}:
+            # the plan of an unfinished conversion depends on --on-bad-row (a bad row stopped it, or
+            # was left out): the other choice starts over
+            remove_store(out_path)
+            return None
+    raise StoreMismatch(out_path, _what_changed(out_path, attrs, source, settings))
+
+
+class StoreMismatch(ValueError):
+    """A store at ``out_path`` made ``what`` ("from other input (...)", "with other settings (...)")
+    than this conversion; ``advice``: what to do about it, in the command's terms."""
+
+    def __init__(self, out_path: str, what: str,
+                 advice: str = "run with the store's settings, or pass --overwrite to start over"):
+        self.out_path, self.what = out_path, what
+        super().__init__(f"{out_path}: exists but was made {what}; {advice}")
+
+
+def same_inputs(old: dict, new: dict) -> bool:
+    """Whether two sources (``source_of``, a folder's, or ``{"files": [...]}``) are the same input
+    files: by size and content sample wherever the store recorded one, wherever they are now;
+    a store made before samples were kept, by path, size and modification time as then."""
+    return not _input_changes(old, new)
+
+
+def _keep_samples(out_path: str, source: dict) -> None:
+    """A store made before content samples were kept, found with its inputs unchanged: its source
+    records their samples from now on, so that it is still theirs once they are copied or moved
+    (its fingerprint, which question caches name, stays). A read-only store stays as it is."""
+    import zarr
+    try:
+        zarr.open_group(out_path, mode="r+").attrs.update({"source": source})
+    except OSError:
+        pass
+
+
+def _recorded_settings(out_path: str) -> Optional[dict]:
+    with open(os.path.join(out_path, "zarr.json")) as f:
+        return json.load(f).get("attributes", {}).get(SETTINGS_ATTR)
+
+
+def _differing(old: dict, new: dict) -> set:
+    return {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
 
 
 def _shown_settings(attrs: StoreAttrs) -> dict:
@@ -232,8 +300,7 @@ def _shown_settings(attrs: StoreAttrs) -> dict:
 def _what_changed(out_path: str, attrs: StoreAttrs, source: dict, settings: dict) -> str:
     """'with other settings: --on-bad-row error -> skip', 'from other input: ...': what differs between
     the store and this conversion, as the user would change it."""
-    with open(os.path.join(out_path, "zarr.json")) as f:
-        old = json.load(f).get("attributes", {}).get(SETTINGS_ATTR)
+    old = _recorded_settings(out_path)
     if old is None:   # a store made before its settings were kept: compare what its attributes say
         old = _shown_settings(attrs)
         unknown = " (its other settings were not recorded)"
@@ -252,8 +319,10 @@ def _input_changes(old: dict, new: dict) -> list:
     """Per input file (or folder): which of path, size, modification time, file count and listing
     differ (a source is one file's dict or ``{"files": [...]}``)."""
     old_files, new_files = old.get("files", [old]), new.get("files", [new])
-    if [f.get("path") for f in old_files] != [f.get("path") for f in new_files]:
+    sampled = all("sample" in f for f in old_files)    # then wherever the files are now
+    if len(old_files) != len(new_files) or \
+            (not sampled and [f.get("path") for f in old_files] != [f.get("path") for f in new_files]):
         return [f"inputs {', '.join(str(f.get('path')) for f in old_files)} -> {', '.join(f['path'] for f in new_files)}"]
-    keys = ("size", "mtime_ns", "count", "listing")
-    return [f"{n['path']}: " + ", ".join(f"{k} {o.get(k)} -> {n.get(k)}" for k in keys if o.get(k) != n.get(k))
+    keys = ("size", "count", "sample") if sampled else ("size", "mtime_ns", "count", "listing")
+    return [f"{n['path']}: " + ", ".join(f"{SHOWN.get(k, k)} {o.get(k)} -> {n.get(k)}" for k in keys if o.get(k) != n.get(k))
             for o, n in zip(old_files, new_files) if any(o.get(k) != n.get(k) for k in keys)]

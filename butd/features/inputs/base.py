@@ -21,6 +21,7 @@ import hashlib
 import os
 from typing import Callable, Iterator, Optional, Sequence
 
+from butd.features.convert.lifecycle import content_sample
 from butd.features.convert.plan import Plan, earlier_images, repeat_reason
 from butd.features.tsv import ImageRow, named_image
 
@@ -125,14 +126,23 @@ def listing(folder: str, suffixes: tuple) -> list:
     return sorted(e.path for e in os.scandir(folder) if e.is_file() and e.name.endswith(suffixes))
 
 
+SAMPLED_FILES = 8
+
+
 def folder_source(folder: str, files: Sequence[str]) -> dict:
     """The fingerprint of a folder of per-image files: its path, their number, total size, newest
-    modification time and a hash of every name, size and time (a folder of 120k files is not listed
-    in the store's attributes, but any change to it is noticed)."""
-    digest, size, newest = hashlib.sha256(), 0, 0
+    modification time, a hash of every name, size and time (a folder of 120k files is not listed
+    in the store's attributes, but any change to it is noticed) and a content sample: a hash of
+    every name and size and of ``SAMPLED_FILES`` files' ``content_sample``, evenly spaced, which a
+    copy or a move of the folder keeps."""
+    digest, content, size, newest = hashlib.sha256(), hashlib.sha256(), 0, 0
     for path in files:
         st = os.stat(path)
         size, newest = size + st.st_size, max(newest, st.st_mtime_ns)
         digest.update(f"{os.path.basename(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        content.update(f"{os.path.basename(path)}\0{st.st_size}\n".encode())
+    for i in sorted({round(k * (len(files) - 1) / max(1, SAMPLED_FILES - 1)) for k in range(SAMPLED_FILES)}):
+        if files:
+            content.update(content_sample(files[i], os.path.getsize(files[i])).encode())
     return {"path": os.path.abspath(folder), "size": size, "mtime_ns": newest, "count": len(files),
-            "listing": digest.hexdigest()[:32]}
+            "listing": digest.hexdigest()[:32], "sample": content.hexdigest()[:32]}
