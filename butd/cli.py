@@ -124,6 +124,52 @@ class Choice:
         return self.__name__
 
 
+class Bounded:
+    """A flag type: a number of ``kind`` (int or float) of at least ``low`` (above it with
+    ``strict``) and at most ``high``, or one of ``also`` (``-1``: all); else ``ChoiceError`` saying what
+    was expected. None (an optional field's value in a ``--config`` file) passes."""
+
+    def __init__(self, kind: type, low=None, high=None, strict: bool = False, also: tuple = ()):
+        self.kind, self.low, self.high, self.strict, self.also = kind, low, high, strict, tuple(also)
+        words = "an integer" if kind is int else "a number"
+        if low is not None and high is not None:
+            words += f" from {low} to {high}"
+        elif low is not None:
+            words += f" {'>' if strict else '>='} {low}"
+        self.__name__ = " or ".join([*map(str, self.also), words])
+
+    def __call__(self, value):
+        if value is None:
+            return None
+        try:
+            number = self.kind(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is not None and (number in self.also or (
+                (self.low is None or number > self.low or (number == self.low and not self.strict))
+                and (self.high is None or number <= self.high))):
+            return number
+        raise ChoiceError(f"{value!r} is not {self.__name__}")
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+
+class Named:
+    """A flag type: ``default``, or a string that ``names()`` holds, matched in any case; else
+    ``ChoiceError`` listing them, with the nearest suggested. ``names`` is called only for a value
+    other than the default (the parser checks defaults too: ``--help`` imports nothing)."""
+
+    def __init__(self, names, default):
+        self.names, self.default = names, default
+        self.__name__ = "a name"
+
+    def __call__(self, value):
+        if value is None or value == self.default:
+            return value
+        return Choice(self.names())(value)
+
+
 def help_suffix(action, default_in_help: bool = False) -> str:
     """`` (one of a, b; default: x)`` for a flag's help line: its choices and default in plain words
     (nothing for a default of None whose help already says what it means, or a flag's own help)."""

@@ -59,7 +59,8 @@ def test_flags_take_either_spelling_and_choices_any_case():
 def test_a_mistyped_flag_or_value_is_one_line_with_the_nearest_suggested():
     for args, expected in ((["train.py", "--run_name", "x", "--dataset", "vqa"], "did you mean vqa2?"),
                            (["train.py", "--run_name", "x", "--hiden", "64"], "did you mean --hidden?"),
-                           (["train.py", "--run_name", "x", "--hidden", "many"], "--hidden: expected int"),
+                           (["train.py", "--run_name", "x", "--hidden", "many"], "--hidden: 'many' is not an integer"),
+                           (["train.py", "--run_name", "x", "--seed", "many"], "--seed: expected int"),
                            (["evaluate.py", "--split", "val"], "required: --checkpoint"),
                            (["-m", "butd.demo", "--dataset", "vqa"], "is not one of vqa2, gqa, nlvr2"),
                            ([os.path.join("converters", "questions_to_shards.py"), "--glov", "g"],
@@ -67,6 +68,35 @@ def test_a_mistyped_flag_or_value_is_one_line_with_the_nearest_suggested():
         done = run_cli(*args)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
         assert expected in done.stderr and "usage:" not in done.stderr, (args, done.stderr)
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--bsz", "0", "is not an integer >= 1"), ("--num_workers", "-1", "is not an integer >= 0"),
+    ("--epochs", "-3", "is not an integer >= 1"), ("--max_steps", "0", "is not -1 or an integer >= 1"),
+    ("--lr", "0", "is not a number > 0"), ("--answer_dropout", "1.5", "is not a number from 0 to 1"),
+    ("--gpus", "-2", "is not -1 or an integer >= 0"), ("--bsz", "2.5", "is not an integer >= 1"),
+    ("--precision", "17", "is not one of "), ("--strategy", "dpp", "(did you mean ddp?)"),
+    ("--accelerator", "tpuu", "(did you mean tpu?)")])
+def test_a_value_out_of_bounds_or_unknown_to_lightning_is_a_usage_error(capsys, flag, value, expected):
+    """Refused when the flags are parsed (exit 2, one line), not after the caches are prepared."""
+    from butd.training.config import parse_config
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--run_name", "x", flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"argument {flag}: '{value}' " in err and expected in err
+
+
+def test_values_within_bounds_and_lightnings_names_in_any_case_parse(tmp_path):
+    from butd.training.config import parse_config, save_config
+    c = parse_config(["--run_name", "x", "--max_steps", "-1", "--gpus", "-1", "--accelerator", "GPU",
+                      "--strategy", "DDP", "--precision", "bf16-mixed", "--answer_dropout", "1", "--lr", "1e-3"])
+    assert (c.optim.max_steps, c.hardware.gpus, c.hardware.accelerator, c.hardware.strategy,
+            c.hardware.precision, c.model.answer_dropout, c.optim.lr) == (-1, -1, "gpu", "ddp", "bf16-mixed", 1.0, 1e-3)
+    # a saved configuration, whose unset options are null, reads back the same
+    saved = save_config(str(tmp_path), parse_config(["--run_name", "x", "--accelerator", "cpu"]))
+    again, given = parse_config(["--config", saved]), parse_config(["--run_name", "x", "--accelerator", "cpu"])
+    assert (again.model, again.optim, again.hardware, again.data.min_answer_count) == \
+        (given.model, given.optim, given.hardware, None)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here: nothing to refuse")

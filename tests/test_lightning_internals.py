@@ -155,3 +155,15 @@ def test_lightning_names_the_hook_under_way_in_hook_name():
     module = Tiny()
     fit(module, PositionLoader(), max_epochs=1)
     assert module.hook_names == ["training_step"] * BATCHES
+
+
+def test_the_trainer_takes_every_name_the_flags_accept():
+    from lightning_fabric.connector import _convert_precision_to_unified_args
+    for name in internals.trainer_names("precision"):
+        _convert_precision_to_unified_args(name)                      # raises for a name it does not take
+    assert {"32-true", "bf16-mixed", "16-mixed", "bf16"} <= set(internals.trainer_names("precision"))
+    assert {"auto", "ddp", "ddp_spawn", "fsdp"} <= set(internals.trainer_names("strategy"))
+    assert {"auto", "cpu", "gpu", "cuda"} <= set(internals.trainer_names("accelerator"))
+    trainer = pl.Trainer(accelerator="cpu", strategy="ddp_spawn", devices=1, precision="bf16", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    assert trainer.precision == "bf16-mixed"

@@ -8,7 +8,9 @@ Flags are the specification's names (``--bsz``, ``--hidden``, ``--gqa_questions`
 by jsonargparse from the field types and the docstrings below. ``--config FILE`` (YAML or JSON,
 the same flat keys) sets any of them; flags after it override it. A bare boolean flag turns it on
 (``--bidirectional``), ``--no_<flag>`` turns it off, and ``--flag true|false`` works too
-(jsonargparse's ``ActionYesNo``). ``resolved(config)`` fills in what depends on other fields (paths
+(jsonargparse's ``ActionYesNo``). A number's bounds (``bounded``) and the names Lightning's Trainer
+takes (``lightning_name``: ``--accelerator``, ``--strategy``, ``--precision``) are checked as the flags
+are parsed: a wrong value is a usage error, before any work. ``resolved(config)`` fills in what depends on other fields (paths
 under ``--data``, ``--devices`` from ``--gpus``); a run saves that, and starting from the saved file
 gives it back.
 
@@ -38,6 +40,18 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 from butd.tasks import TASK_NAMES, get_task
 
 CONFIG_FILE = "config.json"
+
+
+def bounded(default, low=None, high=None, strict: bool = False, also: tuple = ()):
+    """A field whose flag takes only numbers within bounds (``butd.cli.Bounded``): a wrong value is
+    a usage error when the flags are parsed, not a failure after the caches are prepared."""
+    return field(default=default, metadata={"bounds": dict(low=low, high=high, strict=strict, also=also)})
+
+
+def lightning_name(default: str, what: str):
+    """A field whose flag is passed to ``pl.Trainer`` as its ``what``: checked against the names
+    Lightning takes when the flags are parsed."""
+    return field(default=default, metadata={"lightning": what})
 PATH_KINDS = ("questions", "features", "cache")   # a dataset's directories: --<kind> (or --<dataset>_<kind>)
 
 
@@ -50,7 +64,7 @@ class RunConfig:
     """run N train/val batches only, as a smoke test (no checkpoints or metrics); bare: 1"""
     resume: Optional[str] = None
     """continue the run this checkpoint (e.g. <run>/last.ckpt) belongs to"""
-    log_every: int = 50
+    log_every: int = bounded(50, low=1)
     """log train_loss/train_acc every N steps"""
     logger: Optional[Literal["csv", "tensorboard"]] = None
     """a Lightning logger besides the specification's metrics JSON, under <checkpoint>/logs/<run>"""
@@ -75,10 +89,10 @@ class DataConfig:
     """GloVe 300-d vectors, .txt or .txt.gz (default <data>/GloVe/glove.6B.300d.txt, or .txt.gz if only that is there)"""
     drop_missing: bool = False
     """build the question cache without the questions whose image has no feature row"""
-    min_answer_count: Optional[int] = None
+    min_answer_count: Optional[int] = bounded(None, low=1)
     """VQA v2: the candidate answers are those at least this many train+val questions give (default: 9, the
     references'); lower it for a small subset. GQA and NLVR2 keep every answer"""
-    num_workers: int = 0
+    num_workers: int = bounded(0, low=0)
     """0: batches gathered by a background thread of each rank (fastest measured); N: N worker processes"""
     feature_cache: Literal["auto", "none", "pinned", "gpu"] = "auto"
     """none: read the feature stores batch by batch from their files; pinned/gpu: keep them whole in (pinned)
@@ -103,23 +117,23 @@ class ModelConfig:
     """Model"""
     model: Literal["butd", "film"] = "butd"
     """model architecture"""
-    emb_dim: int = 300
+    emb_dim: int = bounded(300, low=1)
     """word embedding size (must match GloVe)"""
-    emb_dropout: float = 0.0
+    emb_dropout: float = bounded(0.0, low=0, high=1)
     """dropout on the word embeddings"""
     rnn: Literal["GRU", "LSTM"] = "GRU"
     """question encoder"""
-    rnn_layers: int = 1
+    rnn_layers: int = bounded(1, low=1)
     """stacked RNN layers"""
     bidirectional: bool = False
     """bidirectional question encoder"""
-    q_dropout: float = 0.0
+    q_dropout: float = bounded(0.0, low=0, high=1)
     """dropout between RNN layers"""
-    attention_dropout: float = 0.2
+    attention_dropout: float = bounded(0.2, low=0, high=1)
     """dropout in the attention (BUTD)"""
-    answer_dropout: float = 0.5
+    answer_dropout: float = bounded(0.5, low=0, high=1)
     """dropout in the answer classifier"""
-    hidden: int = 1024
+    hidden: int = bounded(1024, low=1)
     """hidden size of the question encoder, projections and classifier"""
     weight_norm: bool = True
     """weight-normalised linear layers (--no_weight_norm: plain ones)"""
@@ -136,19 +150,19 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     """Optimisation"""
-    bsz: int = 256
+    bsz: int = bounded(256, low=1)
     """batch size per process (global = bsz x processes)"""
-    epochs: int = 15
+    epochs: int = bounded(15, low=1)
     """training epochs"""
-    max_steps: int = -1
+    max_steps: int = bounded(-1, low=1, also=(-1,))
     """stop after this many steps (-1: epochs decide)"""
     opt: Literal["adamax", "adam", "adamw"] = "adamax"
     """optimiser"""
-    lr: Optional[float] = None
+    lr: Optional[float] = bounded(None, low=0, strict=True)
     """learning rate (default: the optimiser's own; Adamax: 0.002)"""
-    weight_decay: Optional[float] = None
+    weight_decay: Optional[float] = bounded(None, low=0)
     """weight decay (default: the optimiser's own)"""
-    gradient_clip: float = 0.25
+    gradient_clip: float = bounded(0.25, low=0)
     """max gradient norm"""
     seed: int = 7
     """random seed"""
@@ -157,17 +171,17 @@ class OptimConfig:
 @dataclass
 class HardwareConfig:
     """Hardware"""
-    gpus: int = 0
+    gpus: int = bounded(0, low=0, also=(-1,))
     """N > 0: train on N GPUs, -1: on all (the specification's flag)"""
-    accelerator: str = "auto"
+    accelerator: str = lightning_name("auto", "accelerator")
     """cpu, gpu, auto, ..."""
     devices: Optional[Union[int, str]] = None
     """devices per node (default: --gpus, or 1)"""
-    num_nodes: int = 1
+    num_nodes: int = bounded(1, low=1)
     """nodes"""
-    strategy: str = "auto"
+    strategy: str = lightning_name("auto", "strategy")
     """e.g. ddp"""
-    precision: str = "32-true"
+    precision: str = lightning_name("32-true", "precision")
     """e.g. bf16-mixed (fastest on recent GPUs)"""
     compile: bool = False
     """torch.compile the model"""
@@ -210,6 +224,12 @@ def dataset_paths(values: dict) -> dict:
     return {kind: values[f"{dataset}_{kind}"] for kind in PATH_KINDS if values.get(f"{dataset}_{kind}")}
 
 
+def _same_as(group: type, name: str):
+    """A field with the default and checks of ``group``'s field ``name``."""
+    same = next(f for f in dataclasses.fields(group) if f.name == name)
+    return field(default=same.default, metadata=same.metadata)
+
+
 @dataclass
 class EvaluateConfig:
     """Evaluation"""
@@ -227,14 +247,14 @@ class EvaluateConfig:
     report: bool = False
     """also write <predictions stem>-report.html: one self-contained page of the scores, training curves,
     confusions and a gallery of questions with the boxes the model attended to"""
-    report_examples: int = 48
+    report_examples: int = bounded(48, low=0)
     """questions in the report's gallery, sampled across types, right and wrong"""
     images: Optional[str] = None
     """the dataset's images, for the report's gallery (GQA <imageId>.jpg, COCO_<split>_<12 digits>.jpg,
     NLVR2 <id>.png); without it, or where a file is absent, boxes are drawn on a blank canvas of the image's size"""
-    bsz: int = OptimConfig.bsz
-    num_workers: int = DataConfig.num_workers
-    accelerator: str = HardwareConfig.accelerator
+    bsz: int = _same_as(OptimConfig, "bsz")
+    num_workers: int = _same_as(DataConfig, "num_workers")
+    accelerator: str = _same_as(HardwareConfig, "accelerator")
 
 
 # evaluate.py's flags that are training's: the same names, meanings and defaults
@@ -315,6 +335,12 @@ def _parser(description: str):
                         formatter_class=formatter, prog=prog, usage=_USAGE[prog])
 
 
+def _trainer_names(what: str) -> tuple:
+    # imported here: Lightning is needed only once a value other than the default is given
+    from butd.training.lightning_internals import trainer_names
+    return trainer_names(what)
+
+
 def _choices(hint) -> tuple:
     """The values of a ``Literal`` (or ``Optional[Literal]``) type hint; () for another hint."""
     if get_origin(hint) is Union:
@@ -330,7 +356,7 @@ def _add_fields(parser, group: type, only=None, aliases=None, as_group: bool = T
     from docstring_parser import parse_from_object
     from jsonargparse import ActionYesNo
 
-    from butd.cli import Choice
+    from butd.cli import Bounded, Choice, Named
     hints = get_type_hints(group)
     fields = [f for f in dataclasses.fields(group) if only is None or f.name in only]
     target = parser.add_argument_group(group.__doc__) if as_group else parser
@@ -340,7 +366,13 @@ def _add_fields(parser, group: type, only=None, aliases=None, as_group: bool = T
         hint, help = hints[f.name], docs.get(f.name)
         default = {"default": f.default} if f.default is not dataclasses.MISSING else {"required": True}
         choices = _choices(hint)
-        if hint is bool:
+        if "bounds" in f.metadata:
+            number = next((a for a in get_args(hint) if a is not type(None)), hint)
+            target.add_argument(*names, type=Bounded(number, **f.metadata["bounds"]), help=help, **default)
+        elif "lightning" in f.metadata:
+            target.add_argument(*names, type=Named(functools.partial(_trainer_names, f.metadata["lightning"]), f.default),
+                                help=help, **default)
+        elif hint is bool:
             target.add_argument(names[0], action=ActionYesNo(yes_prefix="", no_prefix="no_"), nargs="?",
                                 help=help, **default)
         elif f.name in _BARE:

@@ -99,3 +99,24 @@ def states_to_float64(metric) -> None:
     for name in metric._defaults:
         setattr(metric, name, getattr(metric, name).to(torch.float64))
         metric._defaults[name] = metric._defaults[name].to(torch.float64)
+
+
+# -- the names the Trainer takes, for the flags that pass them on ------------------------------
+
+
+def trainer_names(what: str) -> tuple:
+    """The values ``pl.Trainer`` takes for ``what`` ("accelerator", "strategy", "precision") as a
+    string: its registries' names (public) and, for precision, the ``Literal`` types its connector
+    checks against (``lightning_fabric``'s private ``_PRECISION_INPUT_STR`` and ``_STR_ALIAS``)."""
+    if what == "accelerator":
+        from pytorch_lightning.accelerators import AcceleratorRegistry
+        return ("auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators()))
+    if what == "strategy":
+        from pytorch_lightning.strategies import StrategyRegistry
+        return ("auto", *StrategyRegistry.available_strategies())
+    if what == "precision":
+        from typing import get_args
+
+        from lightning_fabric.plugins.precision import precision
+        return (*get_args(precision._PRECISION_INPUT_STR), *get_args(precision._PRECISION_INPUT_STR_ALIAS))
+    raise ValueError(f"{what!r}: not a Trainer argument named here")
