@@ -51,8 +51,6 @@ def main(argv=None) -> dict:
     options = parse_evaluate(argv)
     if options.accelerator not in ACCELERATORS:
         raise ValueError(f"--accelerator {options.accelerator}: evaluate.py runs on one of {', '.join(ACCELERATORS)}")
-    if options.report_examples < 0:
-        raise ValueError(f"--report_examples {options.report_examples}: expected a number of questions, 0 or more")
     if options.images is not None and not options.report:
         raise ValueError(f"--images {options.images}: the images are the report's; add --report")
     if options.images is not None and not os.path.isdir(options.images):

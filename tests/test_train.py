@@ -484,6 +484,25 @@ def test_evaluate_on_a_split_without_answers(trained, tmp_path, capsys):
         assert [p["questionId"] for p in json.load(f)] == test.question_ids.tolist()
 
 
+def test_evaluate_names_a_path_mistake_before_any_work(trained, tmp_path, capsys):
+    """A run directory for --checkpoint, a file that is not a checkpoint, a directory for --out: one
+    line each, saying what was expected; a split in another case is the split."""
+    import evaluate
+    *_, checkpoints, _ = trained
+    run_dir = os.path.dirname(checkpoints.best_model_path)
+    status, err = cli_run(evaluate.main, ["--checkpoint", run_dir], capsys)
+    assert status == 1 and f"{run_dir}: a directory; --checkpoint names a .ckpt file" in one_line_error(err)
+    assert "last.ckpt" in err
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    status, err = cli_run(evaluate.main, ["--checkpoint", str(tmp_path / "garbage.ckpt")], capsys)
+    assert status == 1 and "garbage.ckpt: not a readable checkpoint" in one_line_error(err)
+    status, err = cli_run(evaluate.main, ["--checkpoint", checkpoints.best_model_path, "--out", str(tmp_path)], capsys)
+    assert status == 1 and f"--out {tmp_path}: a directory; --out names the predictions file" in one_line_error(err)
+    out = str(tmp_path / "p.json")
+    assert evaluate.main(["--checkpoint", checkpoints.best_model_path, "--split", "TESTDEV", "--out", out])["split"] \
+        == "testdev"
+
+
 @pytest.mark.parametrize("split", ["train", "testdev"])
 def test_training_refuses_an_empty_split(small_run, tmp_path, capsys, split):
     root, data, _ = small_run

@@ -7,6 +7,7 @@ loader, in question order (``butd.evaluation.inference``). A task with official 
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Optional, Tuple
@@ -82,21 +83,31 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     file is now, if it has moved since the cache was built (see ``dropped_source``); the task's
     official evaluation files are looked for there (GQA: all questions, choices, scene graphs).
     ``report``: also write ``<out stem>-report.html`` (``butd.evaluation.report``), its gallery
-    ``report_examples`` questions, their images from ``images`` (a directory) where there."""
+    ``report_examples`` questions, their images from ``images`` (a directory) where there. A
+    directory given as ``checkpoint`` (a run's) or ``out``, or a file that is not a checkpoint, is
+    refused before any work, naming what was expected."""
     if accelerator in ("gpu", "cuda"):
         require_gpus(1, f"--accelerator {accelerator}", "evaluate on the CPU with --accelerator cpu (or auto)")
+    if os.path.isdir(checkpoint):
+        found = sorted(glob.glob(os.path.join(glob.escape(checkpoint), "**", "*.ckpt"), recursive=True),
+                       key=lambda path: (os.path.basename(path) != "last.ckpt", path))
+        raise IsADirectoryError(f"{checkpoint}: a directory; --checkpoint names a .ckpt file written by train.py ("
+                                + (f"here: {', '.join(found[:3])}{', ...' if len(found) > 3 else ''})" if found
+                                   else "none is in it)"))
+    if out is not None and os.path.isdir(out):
+        raise IsADirectoryError(f"--out {out}: a directory; --out names the predictions file "
+                                f"(e.g. {os.path.join(out, 'predictions.json')})")
+    saved = read_checkpoint(checkpoint)   # a damaged or unsafe file: one error naming it, before Lightning's
+    saved = {k: saved.get(k) for k in ("epoch", "global_step")}
     config = load_config(checkpoint)
     paths = config.data.paths()
     cache_dir = cache or paths["cache"]
     want_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if want_gpu else "cpu")
 
-    saved = read_checkpoint(checkpoint)   # a damaged or unsafe file: one error naming it, before Lightning's
-    saved = {k: saved.get(k) for k in ("epoch", "global_step")}
     lit = LitVQA.load_from_checkpoint(checkpoint, map_location=device, weights_only=True).eval()
     task = lit.task
-    split = split or task.val_split
-    task.split(split)
+    split = task.split(split or task.val_split).name
     dm = VQADataModule(task.name, cache_dir, batch_size=bsz, num_workers=num_workers,
                        pin_memory=device.type == "cuda")
     dm.setup("predict")

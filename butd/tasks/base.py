@@ -97,8 +97,10 @@ class Task(ABC):
 
     # -- splits and stores -------------------------------------------------------------------------
     def split(self, name: str) -> Split:
+        """The split named ``name``, in any case (``VAL2014`` is ``val2014``); ValueError naming the
+        task's splits for another name."""
         for s in self.splits:
-            if s.name == name:
+            if s.name.lower() == str(name).lower():
                 return s
         raise ValueError(f"{self.title} has no split {name!r}; expected one of {', '.join(self.split_names)}")
 
