@@ -54,7 +54,7 @@ def test_resume_after_max_steps_goes_on_batch_for_batch(small_run, tmp_path, one
         assert torch.equal(value, resumed.lightning_module.state_dict()[name]), name
 
 
-def test_ctrl_c_saves_the_batch_and_resume_goes_on_from_the_next(small_run, tmp_path, one_thread, monkeypatch):
+def test_ctrl_c_saves_the_batch_and_resume_goes_on_from_the_next(small_run, tmp_path, one_thread, monkeypatch, caplog):
     _, data, _ = small_run
     base = [*data, *SMALL_FLAGS, "--epochs", "2", "--answer_dropout", "0.5"]   # its draws go on where they stopped
     full, _ = train.main(["--run_name", "full", "--checkpoint", str(tmp_path / "full"), *base])
@@ -66,9 +66,15 @@ def test_ctrl_c_saves_the_batch_and_resume_goes_on_from_the_next(small_run, tmp_
         return step(self, batch, batch_idx)
 
     monkeypatch.setattr(LitVQA, "training_step", interrupted_step)
+    caplog.clear()
     with pytest.raises(KeyboardInterrupt):
         train.main(["--run_name", "part", "--checkpoint", str(tmp_path / "part"), *base])
     monkeypatch.undo()
+    said = caplog.text
+    # the part-epoch: its batches, and neither the previous epoch's figures nor last.ckpt as its validation's
+    assert "epoch 1: cut short after 3 of 6 batches, not validated" in said
+    assert "[*] training interrupted: 1 epoch and 3 batches of epoch 1 in" in said
+    assert "final   epoch 0 " in said and "/last.ckpt" not in said.split("final   epoch 0 ")[1].splitlines()[0]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     [run] = os.listdir(tmp_path / "part" / "runs")
     names = sorted(os.listdir(tmp_path / "part" / "runs" / run))
@@ -80,6 +86,7 @@ def test_ctrl_c_saves_the_batch_and_resume_goes_on_from_the_next(small_run, tmp_
     with open(tmp_path / "part" / "metrics" / metrics) as f:
         events = json.load(f)
     assert events["status"] == "interrupted" and len(events["val_acc"]) == 1
+    assert os.path.basename(events["final"]["checkpoint"]).startswith("butd-epoch=00")
     resumed, _ = train.main(["--resume", last])
     assert resumed.global_step == 12
     assert losses(tmp_path / "part") == losses(tmp_path / "full")    # the interrupted batch trained once

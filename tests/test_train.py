@@ -172,6 +172,8 @@ def test_the_metrics_file_says_how_the_run_ended(trained):
     text = summary(events, 8, 75, "runs/r", "metrics/r-metrics.json", None)
     assert f"best    epoch {epoch}  val_loss {best['val_loss']:.4f}  val_acc {100 * best['val_acc']:.2f}%" in text
     assert "8 epochs in 1 min 15 s" in text and "final   epoch 7" in text
+    text = summary(events, 1, 2, "runs/r", "metrics/r-metrics.json", None, "interrupted", batches=1)
+    assert "training interrupted: 1 epoch and 1 batch of epoch 1 in 2 s" in text
 
 
 def test_training_beats_the_majority_answer_and_writes_the_run(trained):

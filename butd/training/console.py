@@ -60,7 +60,7 @@ class EpochLines(Callback):
 
     def __init__(self):
         self.started = time.perf_counter()
-        self.ended = None    # (epoch, seconds, whole) of the epoch whose line is not printed yet
+        self.ended = None    # (epoch, seconds, (batches, of) if cut short) of the epoch whose line is not printed yet
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._print(trainer)
@@ -68,7 +68,8 @@ class EpochLines(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         whole = internals.epoch_whole(trainer)
-        self.ended = (trainer.current_epoch, time.perf_counter() - self.started, whole)
+        self.ended = (trainer.current_epoch, time.perf_counter() - self.started,
+                      None if whole else (internals.batches_completed(trainer), trainer.num_training_batches))
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._print(trainer)
@@ -76,12 +77,15 @@ class EpochLines(Callback):
     def _print(self, trainer) -> None:
         if self.ended is None:
             return
-        epoch, seconds, whole = self.ended
+        epoch, seconds, cut = self.ended
         self.ended = None
+        if cut:     # no figures: its training ones go on in the checkpoint, and no validation ran
+            rank_zero_info(f"epoch {epoch}: cut short after {cut[0]} of {cut[1]} batches, not validated  ({seconds:.1f} s)")
+            return
         figures = [f"{name} {float(value) * 100:.2f}%" if name.endswith("acc") else f"{name} {float(value):.4f}"
                    for name, value in sorted(trainer.callback_metrics.items())
-                   if name.startswith("val_") or (whole and name.startswith("train_epoch_"))]
-        rank_zero_info(f"epoch {epoch}{'' if whole else ' (cut short)'}: {'  '.join(figures)}  ({seconds:.1f} s)")
+                   if name.startswith(("val_", "train_epoch_"))]
+        rank_zero_info(f"epoch {epoch}: {'  '.join(figures)}  ({seconds:.1f} s)")
 
 
 def progress(refresh_rate: int, stream=None) -> tuple:

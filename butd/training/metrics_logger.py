@@ -42,17 +42,26 @@ def validations(events: dict) -> list:
     return [rows[step] for step in sorted(rows, key=lambda s: (s is None, s))]
 
 
-def outcome(events: dict, best_checkpoint: str | None = None, final_checkpoint: str | None = None) -> dict:
+def _epoch_named(checkpoint: str | None):
+    named = re.search(r"epoch=(\d+)", os.path.basename(checkpoint or ""))
+    return int(named.group(1)) if named else None
+
+
+def outcome(events: dict, best_checkpoint: str | None = None, final_checkpoint: str | None = None,
+            kept=()) -> dict:
     """``{"best": ..., "final": ...}`` of a metrics file's validations (see ``validations``), each
     with its ``checkpoint``; empty where no validation was logged. The best is the validation of
-    the epoch that ``best_checkpoint``'s name gives (``epoch=NN``), else the highest ``val_acc``."""
+    the epoch that ``best_checkpoint``'s name gives (``epoch=NN``), else the highest ``val_acc``.
+    Without ``final_checkpoint`` (a run that went on after its final validation), the final's is
+    the one of ``kept`` (top-k checkpoints) that names its epoch, if any."""
     rows = [r for r in validations(events) if MONITOR in r]
     if not rows:
         return {}
-    named = re.search(r"epoch=(\d+)", os.path.basename(best_checkpoint or ""))
-    of_epoch = [r for r in rows if named and r["epoch"] == int(named.group(1))]
+    of_epoch = [r for r in rows if r["epoch"] == _epoch_named(best_checkpoint)]
     best = of_epoch[-1] if of_epoch else max(rows, key=lambda r: r[MONITOR])   # max(): the first of equals
-    return {"best": {**best, "checkpoint": best_checkpoint}, "final": {**rows[-1], "checkpoint": final_checkpoint}}
+    final = rows[-1]
+    final_checkpoint = final_checkpoint or next((k for k in kept if _epoch_named(k) == final["epoch"]), None)
+    return {"best": {**best, "checkpoint": best_checkpoint}, "final": {**final, "checkpoint": final_checkpoint}}
 
 
 def metrics_path(save_dir: str, name: str) -> str:
@@ -113,9 +122,9 @@ class MetricLogger(Logger):
             self._write()
 
     @rank_zero_only
-    def record_outcome(self, best_checkpoint: str | None, final_checkpoint: str | None) -> dict:
+    def record_outcome(self, best_checkpoint: str | None, final_checkpoint: str | None, kept=()) -> dict:
         """Add the run's ``best`` and ``final`` validations (``outcome``) to the file; returns them."""
-        self.events.update(outcome(self.events, best_checkpoint, final_checkpoint))
+        self.events.update(outcome(self.events, best_checkpoint, final_checkpoint, kept))
         self._write()
         return {k: self.events[k] for k in ("best", "final") if k in self.events}
 

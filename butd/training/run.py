@@ -13,6 +13,7 @@ import os
 import time
 from datetime import datetime
 
+from butd.training import lightning_internals as internals
 from butd.training.config import TrainConfig
 from butd.training.summary import summary
 
@@ -182,10 +183,14 @@ def train(config: TrainConfig):
     trainer.fit(lit, datamodule=dm, ckpt_path=config.run.resume, weights_only=True)
     last = os.path.join(run_dir, "last.ckpt")
     if not config.run.fast_dev_run:   # (which writes neither checkpoints nor metrics)
-        ended = loggers[0].record_outcome(checkpoints.best_model_path or None, last if os.path.exists(last) else None)
+        # an epoch cut short (--max_steps, Ctrl-C) counts as one in Lightning's epoch, not in ours; and
+        # last.ckpt then holds the run after its final validation, whose weights only a top-k file may keep
+        batches = 0 if internals.epoch_whole(trainer) else internals.batches_completed(trainer)
+        final = last if os.path.exists(last) and not batches else None
+        ended = loggers[0].record_outcome(checkpoints.best_model_path or None, final, kept=list(checkpoints.best_k_models))
         logs = os.path.join(config.data.checkpoint, "logs", run) if config.run.logger else None
-        rank_zero_info(summary(ended, trainer.current_epoch, time.perf_counter() - start, run_dir, loggers[0].path,
-                               logs, "interrupted" if stop.stopped else "finished"))
+        rank_zero_info(summary(ended, trainer.current_epoch - bool(batches), time.perf_counter() - start, run_dir,
+                               loggers[0].path, logs, "interrupted" if stop.stopped else "finished", batches))
     if stop.stopped:
         loggers[0].finalize("interrupted")
         rank_zero_info(f"[*] interrupted: {last} holds the run up to the last batch; continue with "
