@@ -104,3 +104,20 @@ def test_a_gpu_asked_of_evaluate_on_a_machine_without_one_is_one_line():
     done = run_cli("evaluate.py", "--checkpoint", "run.ckpt", "--accelerator", "gpu")
     assert done.returncode == 1 and done.stderr.count("\n") == 1
     assert "no GPU is visible" in done.stderr and "--accelerator cpu" in done.stderr
+
+
+def test_data_or_dataset_after_a_saved_config_moves_the_paths_it_implied(tmp_path):
+    """A saved run's config.json holds resolved paths: those its --data implied follow a later --data
+    (or --dataset); one it set itself, or the command line sets, stays."""
+    from butd.training.config import parse_config, save_config
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    saved = save_config(str(tmp_path), parse_config(["--run_name", "x", "--data", a, "--gqa_cache", "/mine/cache"]))
+    moved = parse_config(["--config", saved, "--data", b]).data
+    assert (moved.data, moved.questions, moved.features, moved.glove, moved.cache) == \
+        (b, os.path.join(b, "GQA-Questions"), os.path.join(b, "GQA-Features"),
+         os.path.join(b, "GloVe", "glove.6B.300d.txt"), "/mine/cache")
+    assert parse_config(["--config", saved, "--data", b, "--questions", "/q"]).data.questions == "/q"
+    other = parse_config(["--config", saved, "--dataset", "vqa2"]).data
+    assert (other.questions, other.cache) == (os.path.join(a, "VQA2-Questions"), os.path.join(a, "VQA2-Cache"))
+    kept = parse_config(["--config", saved, "--run_name", "again"]).data
+    assert (kept.questions, kept.cache) == (os.path.join(a, "GQA-Questions"), "/mine/cache")

@@ -420,12 +420,13 @@ def parse_evaluate(argv=None) -> EvaluateConfig:
 
 
 def _resume_flags(argv: list):
-    """What the command line itself gives ``--resume``, ``--config``, ``--checkpoint`` and
-    ``--max_steps`` (the last of each, or None): a resume starts from the run's saved configuration,
-    which must be found before the flags are parsed over it, and takes these from the command line
-    only. (argparse's ``parse_known_args``, which jsonargparse does not offer.)"""
+    """What the command line itself gives ``--resume``, ``--config``, ``--checkpoint``,
+    ``--max_steps``, ``--data`` and ``--dataset`` (the last of each, or None): a resume starts from the
+    run's saved configuration, which must be found before the flags are parsed over it, and takes
+    these from the command line only. (argparse's ``parse_known_args``, which jsonargparse does not
+    offer.)"""
     import argparse
-    flags = ("--resume", "--config", "--checkpoint", "--max_steps")
+    flags = ("--resume", "--config", "--checkpoint", "--max_steps", "--data", "--dataset")
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     for flag in flags:
         pre.add_argument(flag)
@@ -458,6 +459,9 @@ def parse_config(argv=None) -> TrainConfig:
             argv = ["--config", saved, *argv]
     values = dict(make_parser().parse_args(argv))
     values.pop("config", None)
+    config_file = given.config or (saved if given.resume else None)
+    if config_file and (given.data or given.dataset):
+        _rederive_paths(values, config_file)
     values["resume"] = given.resume
     if given.resume:
         if given.max_steps is None:
@@ -465,6 +469,24 @@ def parse_config(argv=None) -> TrainConfig:
         if os.path.basename(os.path.dirname(run_dir)) == "runs" and given.checkpoint is None:
             values["checkpoint"] = os.path.dirname(os.path.dirname(run_dir))   # a run moved or copied
     return resolved(TrainConfig.from_flat(values))
+
+
+def _rederive_paths(values: dict, config_file: str) -> None:
+    """``--data`` or ``--dataset`` given after a configuration file (a saved run's, whose paths are
+    resolved): the dataset paths the file holds only because its ``--data`` implied them follow a
+    new ``--data``, and another dataset takes none of the file's dataset directories (they hold the
+    old dataset's files); the GloVe file it set itself, and every path the command line sets, stay."""
+    old = dict(make_parser().parse_args(["--config", config_file]))
+    implied = DataConfig(dataset=old["dataset"], data=old["data"]).paths()
+    glove = os.path.join(old["data"], "GloVe", "glove.6B.300d.txt")
+    other_dataset = values["dataset"] != old["dataset"]
+    for kind in (*PATH_KINDS, "glove"):
+        could_be = {os.path.abspath(implied[kind])} | ({os.path.abspath(glove), os.path.abspath(glove + ".gz")}
+                                                       if kind == "glove" else set())
+        for key in (kind, f"{old['dataset']}_{kind}"):
+            if values.get(key) and values.get(key) == old.get(key) and \
+                    ((other_dataset and kind != "glove") or os.path.abspath(old[key]) in could_be):
+                values[key] = None
 
 
 PATH_FIELDS = ("data", "checkpoint", "glove", *PATH_KINDS)
