@@ -7,6 +7,7 @@ import errno
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -671,3 +672,21 @@ def test_a_folder_that_is_not_a_store_is_refused_with_one_piece_of_advice(tmp_pa
     with pytest.raises(ValueError, match="not a feature store") as e:
         convert_tsv(str(tmp_path / "f.tsv"), str(tmp_path / "mine"), workers=1, progress=False)
     assert "--overwrite" not in str(e.value) and (tmp_path / "mine" / "notes.txt").exists()
+
+
+@pytest.mark.parametrize("value, dtype, reason", [
+    (np.nan, "float16", "NaN or infinite"), (np.inf, "float32", "NaN or infinite"),
+    (1e6, "float16", "beyond float16's range (+-65504)")])
+def test_features_a_store_cannot_hold_name_the_image(tmp_path, value, dtype, reason):
+    """NaN, infinity, or a value float16 would hold as infinite: an error naming the image and its
+    file, not a store a model trains on NaN from; float32 holds a large value as it is."""
+    rows = make_rows(n=6, feature_dim=8)
+    rows[4].features[1, 3] = value
+    write_tsv(str(tmp_path / "f.tsv"), rows)
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    with pytest.raises(ValueError, match=rf"f\.tsv: image id '{rows[4].image_id}': .*{re.escape(reason)}"):
+        convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False, dtype=dtype)
+    assert schema.read_attrs(out).complete is False
+    if value == 1e6:
+        convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False, dtype="float32", overwrite=True)
+        assert zarr.open_array(os.path.join(out, "features"))[4, 1, 3] == np.float32(1e6)

@@ -13,7 +13,7 @@ import numpy as np
 
 from butd.features import schema
 from butd.features.convert.direct_io import Background, RowStream, write_file
-from butd.features.convert.float16 import float32_to_float16
+from butd.features.convert.float16 import FLOAT16_INF_BITS, FLOAT32_INF_BITS, float32_to_float16
 from butd.features.schema import StoreAttrs, fields_for
 from butd.features.tsv import spatial_features
 
@@ -59,16 +59,27 @@ def _aligned_zeros(shape: tuple, dtype: np.dtype) -> np.ndarray:
 _SCRATCH: dict = {}
 
 
-def _put_features(bufs: dict, i: int, features: np.ndarray, pad: bool = True) -> None:
+def _put_features(bufs: dict, i: int, features: np.ndarray, pad: bool = True) -> Optional[str]:
     """Row ``i``'s features (float32 [num_boxes, dim]) in the store's dtype, padding zeroed (unless
-    ``pad`` is false: a streamed row's padding is never written, see ``RowStream``)."""
+    ``pad`` is false: a streamed row's padding is never written, see ``RowStream``). Returns why the
+    store cannot hold them (NaN or infinite values; in float16, values it would hold as infinite),
+    None when it can: a model reading either trains on NaN."""
     n = len(features)
-    if bufs["features"].dtype == np.float16:
-        float32_to_float16(features, bufs["features"][i, :n], _SCRATCH)
+    half = bufs["features"].dtype == np.float16
+    if half:
+        float32_to_float16(features, bufs["features"][i, :n], _SCRATCH)   # (its reduction gives "largest")
+        largest = _SCRATCH["largest"]
     else:
         bufs["features"][i, :n] = features
+        largest = 0 if np.isfinite(features).all() else FLOAT32_INF_BITS
     if pad:
         bufs["features"][i, n:] = 0
+    if largest >= FLOAT32_INF_BITS:
+        return "its features hold NaN or infinite values"
+    if half and largest >= FLOAT16_INF_BITS:
+        return ("its features hold values beyond float16's range (+-65504), which a float16 store would hold as "
+                "infinite; convert with --dtype float32")
+    return None
 
 
 def write_chunk(out_path: str, attrs: StoreAttrs, chunk: int, bufs: dict, rows: int,
@@ -122,10 +133,12 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def _fill_chunk(images, attrs: StoreAttrs, bufs: dict, stream: Optional[RowStream] = None) -> list:
+def _fill_chunk(images, attrs: StoreAttrs, bufs: dict, stream: Optional[RowStream] = None,
+                source=lambda i: "input") -> list:
     """Put the decoded images (``ImageRow``s, from an input's ``read``) into ``bufs``, padding
     zeroed, handing each finished features row to ``stream`` (which writes only its boxes: the
-    features' padding is then left as it is); returns their image ids."""
+    features' padding is then left as it is); returns their image ids. Features the store cannot
+    hold are an ``InputError`` naming the image and its file (``source(i)``)."""
     # spatials are computed from the boxes below
     fields = [f for f in fields_for(attrs.layout) if f.name not in ("spatials", "features")]
     ids = []
@@ -134,7 +147,11 @@ def _fill_chunk(images, attrs: StoreAttrs, bufs: dict, stream: Optional[RowStrea
             raise ValueError(f"image {row.image_id!r} has {row.num_boxes} boxes, its plan at most {attrs.max_boxes}: "
                              "did the input change during the conversion? (re-run with --overwrite)")
         ids.append(row.image_id)
-        _put_features(bufs, i, row.features, pad=stream is None)
+        unfit = _put_features(bufs, i, row.features, pad=stream is None)
+        if unfit:
+            # (imported here: butd.features.inputs imports the converter)
+            from butd.features.inputs.base import InputError
+            raise InputError(source(i), None, row.image_id, unfit)
         if stream is not None:
             stream.put(i, row.num_boxes * bufs["features"][0, 0].nbytes)
         for f in fields:
@@ -160,7 +177,8 @@ def convert_chunk(task: tuple) -> tuple:
     bufs = _buffers(attrs)
     stream = feature_stream(out_path, attrs, chunk, bufs)
     try:
-        ids = _fill_chunk(reader.read(params, paths, rows), attrs, bufs, stream)
+        ids = _fill_chunk(reader.read(params, paths, rows), attrs, bufs, stream,
+                          source=lambda i: paths[int(rows["files"][i])])
         write_chunk(out_path, attrs, chunk, bufs, len(ids), stream)
     finally:
         if stream is not None:

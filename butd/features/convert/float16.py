@@ -5,6 +5,9 @@ from typing import Optional
 
 import numpy as np
 
+FLOAT32_INF_BITS = 0x7F800000    # float32 infinity's bits; a larger magnitude is a NaN
+FLOAT16_INF_BITS = 0x477FF000    # 65520.0: from this magnitude float16 rounds to infinity (its largest: 65504)
+
 
 def float32_to_float16(src: np.ndarray, out: np.ndarray, scratch: Optional[dict] = None) -> np.ndarray:
     """``out[...] = src`` for float32 -> float16, bit-identical to NumPy's cast for every non-NaN
@@ -13,7 +16,9 @@ def float32_to_float16(src: np.ndarray, out: np.ndarray, scratch: Optional[dict]
     per 36x2048 row of ReLU features (zeros, tiny values), more than all other work on a row. This
     is the branch-free float arithmetic of Maratyszcza's FP16 library, vectorised, working on the
     magnitude's bits (no shifted copy) and testing for NaN with one reduction; ``scratch`` (from a
-    previous call) saves re-allocating its temporaries."""
+    previous call) saves re-allocating its temporaries, and gets ``scratch["largest"]``: the float32
+    bits of the largest magnitude (``FLOAT16_INF_BITS`` and above: values float16 holds as infinite;
+    ``FLOAT32_INF_BITS`` and above: infinite or NaN already), from the reduction the NaN test makes."""
     f = np.ascontiguousarray(src, dtype=np.float32).reshape(-1)
     n = f.size
     if scratch is None:
@@ -35,8 +40,9 @@ def float32_to_float16(src: np.ndarray, out: np.ndarray, scratch: Optional[dict]
     t &= np.uint32(0x7C00)                                 # exponent bits ...
     bits &= np.uint32(0x0FFF)
     t += bits                                              # ... plus mantissa bits
-    if a.max() > 0x7F800000:                               # a NaN somewhere
-        np.putmask(t, a > np.uint32(0x7F800000), np.uint32(0x7E00))
+    scratch["largest"] = largest = int(a.max())
+    if largest > FLOAT32_INF_BITS:                         # a NaN somewhere
+        np.putmask(t, a > np.uint32(FLOAT32_INF_BITS), np.uint32(0x7E00))
     np.right_shift(u, np.uint32(16), out=a)
     a &= np.uint32(0x8000)
     t |= a                                                 # the sign
