@@ -26,6 +26,7 @@ from helpers import (
     DATA,
     REAL_TSV,
     interrupted_after,
+    make_tsv,
     read_store,
     spec_rows,
     spec_spatials,
@@ -434,3 +435,22 @@ def test_the_command_line_converts_an_hdf5_cache_in_a_subprocess(tmp_path):
                              "--quiet"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "adaptive HDF5 cache of ban-vqa" in result.stdout and "3 rows" in result.stdout
+
+
+def test_a_format_the_input_is_not_is_named_as_such(tmp_path):
+    """--format that the input's own signature or name contradicts: one line saying what it is,
+    not an error from deep in the wrong reader (an id map looked for beside a TSV, an image id cut
+    out of an HDF5 file's name); a --feature_dim the rows do not have names the flag."""
+    make_tsv(tmp_path / "f.tsv", n=4, feature_dim=16)
+    with h5py.File(tmp_path / "t.hdf5", "w") as f:
+        f["image_features"] = np.zeros((2, 3, 4), np.float32)
+    out = str(tmp_path / "o.zarr")
+    for given, kwargs, message in (
+            ("t.hdf5", {"format": "npz"}, "t.hdf5: --format npz, but it is an hdf5 input; leave --format out"),
+            ("f.tsv", {"format": "hdf5"}, "f.tsv: --format hdf5, but it is not an HDF5 file"),
+            ("f.tsv", {"format": "npy"}, "f.tsv: expected MMF .npy feature files: a file ending in .npy"),
+            ("f.tsv", {"feature_dim": 8}, "16 feature values per box, but --feature_dim is 8")):
+        with pytest.raises(ValueError) as e:
+            convert(str(tmp_path / given), out, workers=1, progress=False, **kwargs)
+        assert message in str(e.value), (given, kwargs, str(e.value))
+        assert not os.path.exists(out)

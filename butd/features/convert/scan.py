@@ -62,6 +62,7 @@ class Probe:
     layout: str
     feature_dim: int
     rows: list
+    dim_given: bool = False   # the feature size is --feature_dim's, not the rows' agreement
 
     def check(self) -> None:
         """Error mode: every one of the first rows must be good and agree; the first that is not is
@@ -70,6 +71,9 @@ class Probe:
         for path, line_no, found, dim, error, image_id in self.rows:
             if error is not None:
                 raise error
+            if self.dim_given and dim != self.feature_dim:
+                raise TSVFormatError(path, line_no, image_id, f"{dim} feature values per box, but --feature_dim is "
+                                     f"{self.feature_dim}")
             if (found, dim) != (self.layout, self.feature_dim):
                 raise TSVFormatError(path, line_no, image_id, f"{found} layout with {dim} feature values per box, but "
                                      f"{agree} of the first {len(self.rows)} rows have the {self.layout} layout "
@@ -87,6 +91,7 @@ def probe(paths: Sequence[str], layout: Optional[str], skip: bool, feature_dim: 
             raise rows[0][4]
         raise ValueError(f"{paths[0]}: no valid rows (the file is empty or every row is bad)"
                          if len(paths) == 1 else f"{', '.join(paths)}: no valid rows among the first {len(rows)}")
+    dim_given = feature_dim is not None
     layout = layout or Counter(r[2] for r in good).most_common(1)[0][0]
     dims = Counter(r[3] for r in good if r[2] == layout).most_common()
     if feature_dim is None:
@@ -94,7 +99,7 @@ def probe(paths: Sequence[str], layout: Optional[str], skip: bool, feature_dim: 
             raise ValueError(f"{paths[0]}: the first rows disagree on the feature size ({dims[0][1]} rows of "
                              f"{dims[0][0]} and {dims[1][1]} of {dims[1][0]} values per box); pass --feature_dim")
         feature_dim = dims[0][0]
-    return Probe(layout, int(feature_dim), rows)
+    return Probe(layout, int(feature_dim), rows, dim_given)
 
 
 def _scan_range(task: tuple) -> dict:

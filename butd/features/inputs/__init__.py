@@ -23,6 +23,18 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".hdf5", ".h5")
 
 
+def _signature_format(path: str) -> Optional[str]:
+    """The format an input shows whatever ``--format`` says: a folder's (``detect_format``) or an
+    HDF5 file's signature; None for a file without one (a TSV, or an unreadable file)."""
+    if os.path.isdir(path):
+        return detect_format(path)
+    try:
+        with open(path, "rb") as f:
+            return "hdf5" if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC else None
+    except OSError:
+        return None
+
+
 def detect_format(path: str) -> str:
     """The format of one input: a folder of ``.npz`` or ``.npy`` files, an HDF5 file (by its
     signature, or its name if it cannot be read), else a TSV. Raises ValueError for a folder that
@@ -64,6 +76,14 @@ def open_input(inputs: Union[str, Sequence[str]], format: Optional[str] = None, 
         raise ValueError("no input given")
     if format is not None and format not in FORMATS:
         raise ValueError(f"format {format!r}: expected one of {', '.join(FORMATS)} (or None to recognise it)")
+    if format is not None:
+        for path in paths:
+            shown = _signature_format(path)
+            if format == "hdf5" and shown is None and os.path.isfile(path):
+                raise ValueError(f"{path}: --format hdf5, but it is not an HDF5 file (no HDF5 signature)")
+            if shown not in (None, format):
+                raise ValueError(f"{path}: --format {format}, but it is {'a folder of' if os.path.isdir(path) else 'an'} "
+                                 f"{shown} input; leave --format out to convert it as that")
     kinds = [format or detect_format(p) for p in paths]
     if len(set(kinds)) > 1:
         first = {}

@@ -46,6 +46,9 @@ class FolderInput(FeatureInput):
         super().__init__(given, image_key)
         self.paths, self._files_of = [], {}
         for path in self.given:
+            if not os.path.isdir(path) and not path.endswith(self.suffixes):
+                raise ValueError(f"{path}: expected {self.what}s: a file ending in {' or '.join(self.suffixes)}, "
+                                 "or a folder of them")
             files = [f for f in listing(path, self.suffixes) if self.is_image(f)] if os.path.isdir(path) else [path]
             self._files_of[path] = files
             self.paths += files
