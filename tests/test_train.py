@@ -297,6 +297,9 @@ def test_resume_continues_at_the_next_epoch(trained):
     _, data, ckpt, first, checkpoints, _ = trained
     last = os.path.join(os.path.dirname(checkpoints.best_model_path), "last.ckpt")
     before = metrics_of(first)
+    # a finished run resumed to the epochs it has: nothing would train, and it says so
+    with pytest.raises(ValueError, match=r"last\.ckpt: the run has trained 8 epochs and --epochs is 8: nothing to resume"):
+        train.main(["--resume", last, "--epochs", "8"])
     trainer, _ = train.main(["--run_name", "learn", *data, "--checkpoint", str(ckpt), *FAST,
                              "--epochs", "9", "--resume", last])
     assert trainer.logger.name == first.logger.name          # the same run, the same files

@@ -36,10 +36,16 @@ def run_name(config: TrainConfig) -> str:
 
 def resumable_vocabulary(path: str, config: TrainConfig):
     """The vocabulary identity the checkpoint ``path`` was trained with (None for one that has
-    none), after checking that ``config`` asks for the task and model it was trained as. Raises
-    ValueError naming the flags that differ."""
+    none), after checking that ``config`` asks for the task and model it was trained as, and for
+    more epochs than it has. Raises ValueError naming the flags that differ, or the epochs."""
     from butd.training.lit import read_checkpoint
-    hparams = read_checkpoint(path).get("hyper_parameters", {})
+    checkpoint = read_checkpoint(path)
+    position = internals.saved_loader_position(checkpoint)       # (epoch, batches) of a part-epoch
+    trained = position[0] if position else internals.epochs_processed(checkpoint)
+    if trained >= config.optim.epochs:
+        raise ValueError(f"{path}: the run has trained {trained} epochs and --epochs is {config.optim.epochs}: "
+                         f"nothing to resume; to train it further, give --epochs above {trained}")
+    hparams = checkpoint.get("hyper_parameters", {})
     # the optimiser's kind too: its saved state (Adamax's, Adam's moments) fits no other
     saved = {"dataset": hparams.get("task", config.data.dataset), **(hparams.get("model") or {}),
              **{k: v for k, v in (hparams.get("optim") or {}).items() if k == "opt"}}
