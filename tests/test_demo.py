@@ -116,7 +116,8 @@ def test_the_demos_leave_real_data_and_each_other_alone(tmp_path, capsys):
     planted = plant(tmp_path)
     first = demo.main(["--data", str(tmp_path), "--dataset", "gqa", "--quick"])
     for task in ("nlvr2", "vqa2"):
-        demo.main(["--data", str(tmp_path), "--dataset", task, "--quick"])
+        other = demo.main(["--data", str(tmp_path), "--dataset", task, "--quick"])
+        assert other["scores"]["overall"]["accuracy"] > other["scores"]["baseline_score"] + 0.05, task
     second = demo.main(["--data", str(tmp_path), "--dataset", "gqa", "--quick"])
     assert unchanged(tmp_path, planted)
     assert first["checkpoint"] != second["checkpoint"]            # a second run, not the first one again
