@@ -648,6 +648,11 @@ def test_a_store_made_before_content_samples_is_checked_as_then(tmp_path):
     assert schema.read_attrs(out).fingerprint == fingerprint and "sample" in schema.read_attrs(out).source
     os.utime(tsv, ns=(10**9, 10**9))
     assert convert_tsv(tsv, out, workers=1, progress=False).already_complete
+    # older still, without its settings recorded: found by its fingerprint, as then
+    os.utime(tsv, ns=(stamp, stamp))
+    _made_before_content_samples(out)
+    del zarr.open_group(out, mode="r+").attrs[lifecycle.SETTINGS_ATTR]
+    assert convert_tsv(tsv, out, workers=1, progress=False).already_complete
 
 
 def test_an_unfinished_conversion_rerun_with_skip_starts_over(tmp_path):

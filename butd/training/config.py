@@ -9,10 +9,10 @@ by jsonargparse from the field types and the docstrings below. ``--config FILE``
 the same flat keys) sets any of them; flags after it override it. A bare boolean flag turns it on
 (``--bidirectional``), ``--no_<flag>`` turns it off, and ``--flag true|false`` works too
 (jsonargparse's ``ActionYesNo``). A number's bounds (``bounded``) and the names Lightning's Trainer
-takes (``lightning_name``: ``--accelerator``, ``--strategy``, ``--precision``) are checked as the flags
-are parsed: a wrong value is a usage error, before any work. ``resolved(config)`` fills in what depends on other fields (paths
-under ``--data``, ``--devices`` from ``--gpus``); a run saves that, and starting from the saved file
-gives it back.
+takes (``lightning_name``: ``--accelerator``, ``--strategy``, ``--precision``) are checked as the
+flags are parsed: a wrong value is a usage error, before any work. ``resolved(config)`` fills in
+what depends on other fields (paths under ``--data``, ``--devices`` from ``--gpus``); a run saves
+that, and starting from the saved file gives it back.
 
 A dataset's directories are ``--questions``, ``--features`` and ``--cache``, whatever the dataset:
 a new task adds no field. The specification's and the modular branch's names,
@@ -40,6 +40,7 @@ from typing import Literal, Optional, Union, get_args, get_origin, get_type_hint
 from butd.tasks import TASK_NAMES, get_task
 
 CONFIG_FILE = "config.json"
+PATH_KINDS = ("questions", "features", "cache")   # a dataset's directories: --<kind> (or --<dataset>_<kind>)
 
 
 def bounded(default, low=None, high=None, strict: bool = False, also: tuple = ()):
@@ -52,7 +53,6 @@ def lightning_name(default: str, what: str):
     """A field whose flag is passed to ``pl.Trainer`` as its ``what``: checked against the names
     Lightning takes when the flags are parsed."""
     return field(default=default, metadata={"lightning": what})
-PATH_KINDS = ("questions", "features", "cache")   # a dataset's directories: --<kind> (or --<dataset>_<kind>)
 
 
 @dataclass

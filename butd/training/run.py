@@ -13,7 +13,6 @@ import os
 import time
 from datetime import datetime
 
-from butd.training import lightning_internals as internals
 from butd.training.config import TrainConfig
 from butd.training.summary import summary
 
@@ -38,6 +37,7 @@ def resumable_vocabulary(path: str, config: TrainConfig):
     """The vocabulary identity the checkpoint ``path`` was trained with (None for one that has
     none), after checking that ``config`` asks for the task and model it was trained as, and for
     more epochs than it has. Raises ValueError naming the flags that differ, or the epochs."""
+    from butd.training import lightning_internals as internals
     from butd.training.lit import read_checkpoint
     checkpoint = read_checkpoint(path)
     position = internals.saved_loader_position(checkpoint)       # (epoch, batches) of a part-epoch
@@ -152,6 +152,7 @@ def train(config: TrainConfig):
 
     from butd import questions
     from butd.loading import VQADataModule
+    from butd.training import lightning_internals as internals
     from butd.training.lit import LitVQA
 
     check_devices(config)

@@ -224,7 +224,7 @@ def sources_of(paths: list, what: str = "features TSV") -> list:
     return sources
 
 
-def existing_store(out_path: str, fingerprint: str, source: dict, settings: dict) -> Optional[StoreAttrs]:
+def existing_store(out_path: str, fp: str, source: dict, settings: dict) -> Optional[StoreAttrs]:
     """The attributes of a store at ``out_path`` that this conversion may continue, None if there is
     no such store yet; raises if something else is there."""
     if not os.path.lexists(out_path):
@@ -238,13 +238,14 @@ def existing_store(out_path: str, fingerprint: str, source: dict, settings: dict
         # --overwrite would refuse it too (remove_store): nothing in it is a conversion's
         raise ValueError(f"{out_path}: exists and is not a feature store (its files were not written by a "
                          "conversion); choose another --out, or move it away yourself") from None
-    if attrs.fingerprint == fingerprint:
+    if attrs.fingerprint == fp:
+        return attrs
+    if attrs.fingerprint == fingerprint(_without_samples(source), settings):
+        _keep_samples(out_path, source)   # made before content samples were kept: its inputs unchanged
         return attrs
     old = _recorded_settings(out_path)
     if same_inputs(attrs.source, source):
         if old == settings:        # the inputs were moved, copied or touched: the store is still theirs
-            if "sample" not in attrs.source.get("files", [attrs.source])[0]:
-                _keep_samples(out_path, source)
             return attrs
         if not attrs.complete and old is not None and _differing(old, settings) == {"on_bad_row"}:
             # the plan of an unfinished conversion depends on --on-bad-row (a bad row stopped it, or
@@ -269,6 +270,13 @@ def same_inputs(old: dict, new: dict) -> bool:
     files: by size and content sample wherever the store recorded one, wherever they are now;
     a store made before samples were kept, by path, size and modification time as then."""
     return not _input_changes(old, new)
+
+
+def _without_samples(source: dict) -> dict:
+    """``source`` as it was recorded before content samples were kept."""
+    if "files" in source:
+        return {**source, "files": [_without_samples(f) for f in source["files"]]}
+    return {k: v for k, v in source.items() if k != "sample"}
 
 
 def _keep_samples(out_path: str, source: dict) -> None:
@@ -316,8 +324,9 @@ def _what_changed(out_path: str, attrs: StoreAttrs, source: dict, settings: dict
 
 
 def _input_changes(old: dict, new: dict) -> list:
-    """Per input file (or folder): which of path, size, modification time, file count and listing
-    differ (a source is one file's dict or ``{"files": [...]}``)."""
+    """Per input file (or folder): what differs (a source is one file's dict or ``{"files": [...]}``):
+    size, file count and content sample, wherever the files are, for a store that recorded samples;
+    else path, size, modification time, file count and listing, as before samples were kept."""
     old_files, new_files = old.get("files", [old]), new.get("files", [new])
     sampled = all("sample" in f for f in old_files)    # then wherever the files are now
     if len(old_files) != len(new_files) or \
