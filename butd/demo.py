@@ -35,6 +35,7 @@ import time
 
 from butd.cli import ArgumentParser, description
 from butd.synthetic import GENERATORS
+from butd.synthetic.command import ALREADY_THERE
 from butd.tasks import TASK_NAMES, get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,11 +48,16 @@ def generator_module(task: str) -> str:
     return GENERATORS[task]
 
 
-def _run(step: str, args: list) -> None:
+def _run(step: str, args: list, capture: bool = False) -> str:
+    """Run ``python args`` as a step of the demo; its output, with ``capture`` (printed too)."""
     print(f"\n[*] {step}\n    $ python {shlex.join(args)}", flush=True)   # as a user would type it
     start = time.time()
-    subprocess.run([sys.executable] + args, cwd=ROOT, check=True)
+    done = subprocess.run([sys.executable] + args, cwd=ROOT, check=True, stdout=subprocess.PIPE if capture else None,
+                          text=True)
+    if capture:
+        print(done.stdout, end="", flush=True)
     print(f"    ({time.time() - start:.1f} s)", flush=True)
+    return done.stdout or ""
 
 
 def _best_checkpoint(runs_dir: str) -> str:
@@ -94,8 +100,11 @@ def main(argv=None) -> dict:
     run = f"demo-{task.name}"
     start = time.time()
     print(f"[*] {task.title} demo in {root}")
-    _run("1. generate the sample", ["-m", generator_module(task.name), "--out", root, *(["--quick"] if args.quick else [])])
-    _run("2. convert features", ["converters/tsv_to_zarr.py", *dataset])
+    said = _run("1. generate the sample", ["-m", generator_module(task.name), "--out", root,
+                                            *(["--quick"] if args.quick else [])], capture=True)
+    # a sample written anew (its settings changed since the last demo) makes its stores anew too
+    _run("2. convert features", ["converters/tsv_to_zarr.py", *dataset,
+                                 *([] if ALREADY_THERE in said else ["--overwrite"])])
     _run("3. build question shards", ["converters/questions_to_shards.py", *dataset])
     # Small model and batches: the sample is small and this runs on CPU in a few minutes.
     _run("4. train", ["train.py", "--run_name", run, *dataset, "--checkpoint", ckpt_dir,

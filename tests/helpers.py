@@ -217,7 +217,10 @@ def cli_run(main, argv, capsys):
     """(exit status, stderr) of a command line's ``main`` run as its script runs it."""
     from butd import cli
     capsys.readouterr()
-    status = cli.run(main, argv)
+    try:
+        status = cli.run(main, argv)
+    except SystemExit as e:           # a usage error, as argparse ends it
+        status = e.code
     return status, capsys.readouterr().err
 
 

@@ -117,6 +117,9 @@ def test_data_or_dataset_after_a_saved_config_moves_the_paths_it_implied(tmp_pat
         (b, os.path.join(b, "GQA-Questions"), os.path.join(b, "GQA-Features"),
          os.path.join(b, "GloVe", "glove.6B.300d.txt"), "/mine/cache")
     assert parse_config(["--config", saved, "--data", b, "--questions", "/q"]).data.questions == "/q"
+    # a path given again as the file has it stays too
+    assert parse_config(["--config", saved, "--data", b, "--gqa-questions", os.path.join(a, "GQA-Questions")]
+                        ).data.questions == os.path.join(a, "GQA-Questions")
     other = parse_config(["--config", saved, "--dataset", "vqa2"]).data
     assert (other.questions, other.cache) == (os.path.join(a, "VQA2-Questions"), os.path.join(a, "VQA2-Cache"))
     kept = parse_config(["--config", saved, "--run_name", "again"]).data

@@ -646,6 +646,9 @@ def test_a_store_made_before_content_samples_is_checked_as_then(tmp_path):
     fingerprint = _made_before_content_samples(out)
     assert convert_tsv(tsv, out, workers=1, progress=False).already_complete
     assert schema.read_attrs(out).fingerprint == fingerprint and "sample" in schema.read_attrs(out).source
+    kept = os.stat(os.path.join(out, "zarr.json")).st_mtime_ns
+    assert convert_tsv(tsv, out, workers=1, progress=False).already_complete
+    assert os.stat(os.path.join(out, "zarr.json")).st_mtime_ns == kept        # written once, not at every check
     os.utime(tsv, ns=(10**9, 10**9))
     assert convert_tsv(tsv, out, workers=1, progress=False).already_complete
     # older still, without its settings recorded: found by its fingerprint, as then
@@ -668,6 +671,18 @@ def test_an_unfinished_conversion_rerun_with_skip_starts_over(tmp_path):
     summary = convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False, on_bad_row="skip")
     assert (summary.rows, summary.skipped, summary.chunks_resumed) == (11, 1, 0)
     assert image_id not in schema.read_image_ids(out)
+
+
+def test_an_unfinished_skip_conversion_rerun_without_skip_is_refused_not_restarted(tmp_path, monkeypatch):
+    """Forgetting --on-bad-row skip on the re-run of a conversion killed part way: refused, naming
+    the setting, so that its work is not thrown away unasked."""
+    make_tsv(tmp_path / "f.tsv", n=12)
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    with interrupted_after(monkeypatch, 2), pytest.raises(KeyboardInterrupt):
+        convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False, on_bad_row="skip")
+    with pytest.raises(lifecycle.StoreMismatch, match=r"--on-bad-row skip -> error"):
+        convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False)
+    assert convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False, on_bad_row="skip").chunks_resumed == 2
 
 
 def test_a_folder_that_is_not_a_store_is_refused_with_one_piece_of_advice(tmp_path):

@@ -129,3 +129,22 @@ def test_the_demos_leave_real_data_and_each_other_alone(tmp_path, capsys):
         assert 'data-section="gallery"' in f.read()
     written = {os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files}
     assert {p for p in written if not p.startswith("demo" + os.sep)} == set(planted)
+
+
+@pytest.mark.parametrize("written", [True, False])
+def test_a_sample_written_anew_makes_its_stores_anew(monkeypatch, tmp_path, written):
+    """The demo's sample rewritten (its settings changed since the last demo in that directory): its
+    stores are converted again, not refused as made from other input; a sample left as it was keeps them."""
+    from butd.synthetic.command import ALREADY_THERE
+    ran = []
+
+    def fake_run(step, args, capture=False):
+        ran.append(args)
+        if len(ran) == 2:
+            raise StopIteration      # enough: the conversion's command line is known
+        return "[*] written" if written else f"[*] the sample in x {ALREADY_THERE} (same settings)"
+
+    monkeypatch.setattr(demo, "_run", fake_run)
+    with pytest.raises(StopIteration):
+        demo.main(["--data", str(tmp_path), "--dataset", "nlvr2", "--quick"])
+    assert ("--overwrite" in ran[1]) == written

@@ -138,7 +138,7 @@ def test_evaluate_and_resume_refuse_a_cache_rebuilt_from_reordered_questions(sma
     # resuming on that cache is refused the same way, before any training
     with pytest.raises(questions.StaleCacheError, match="words"):
         train.main(["--run_name", "t", *data, "--gqa_questions", str(qdir), "--gqa_cache", cache,
-                    "--checkpoint", str(tmp_path / "ck"), *SMALL_FLAGS, "--resume", ckpt])
+                    "--checkpoint", str(tmp_path / "ck"), *SMALL_FLAGS, "--epochs", "3", "--resume", ckpt])
 
 
 def test_the_submission_split_predicts_every_question_of_the_all_questions_file(small_run, tmp_path):

@@ -454,3 +454,28 @@ def test_a_format_the_input_is_not_is_named_as_such(tmp_path):
             convert(str(tmp_path / given), out, workers=1, progress=False, **kwargs)
         assert message in str(e.value), (given, kwargs, str(e.value))
         assert not os.path.exists(out)
+
+
+def test_a_folder_copied_is_still_its_stores_input_and_one_changed_in_place_is_not(tmp_path):
+    """A copy of a folder (new paths and times) keeps its store; a file rewritten in place with the
+    same size (a sample reads only some files' content) is other input, by the folder's listing."""
+    folder = copy_layout("bua_npz", tmp_path)
+    out = str(tmp_path / "s.zarr")
+    convert(str(folder), out, workers=1, progress=False)
+    moved = shutil.copytree(folder, tmp_path / "moved", copy_function=shutil.copy)
+    assert convert(str(moved), out, workers=1, progress=False).already_complete
+    first = sorted(os.listdir(folder))[0]
+    os.utime(folder / first, ns=(10**9, 10**9))
+    with pytest.raises(lifecycle.StoreMismatch, match=r"from other input \(.*bua_npz: names, sizes and times"):
+        convert(str(folder), out, workers=1, progress=False)
+
+
+def test_format_picks_one_layout_of_a_folder_that_mixes_two(tmp_path):
+    folder = copy_layout("bua_npz", tmp_path)
+    reference = str(tmp_path / "ref.zarr")
+    convert(str(folder), reference, workers=1, progress=False)
+    for name in ("COCO_train2014_000000573195.npy", "COCO_train2014_000000573195_info.npy"):
+        shutil.copy(os.path.join(LAYOUTS, "mmf_npy", name), folder)
+    convert(str(folder), str(tmp_path / "s.zarr"), workers=1, progress=False, format="npz")
+    picked, _ = read_store(str(tmp_path / "s.zarr"))
+    assert picked["features"].tobytes() == read_store(reference)[0]["features"].tobytes()

@@ -424,7 +424,8 @@ def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_pat
     from butd.tasks import get_task
     paths = generate(str(tmp_path), seed=6, train_images=6, val_images=2, test_images=2, testdev_images=2,
                      questions_per_image=2, feature_dim=16, emb_dim=EMB)
-    config = parse_config(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"], "--emb_dim", str(EMB)])
+    config_args = ["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"], "--emb_dim", str(EMB)]
+    config = parse_config(config_args)
     features, cache = config.data.features, config.data.paths()["cache"]
     convert_stores(get_task("gqa"), features, cache, compressor="zstd", dtype="float32", chunk_images=4,
                    workers=1, progress=False)
@@ -439,8 +440,14 @@ def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_pat
     make_tsv(tsv, layout="anderson", n=2, boxes=(10, 12), feature_dim=16)
     with pytest.raises(ValueError, match=r"testdev\.zarr: exists but was made from other input") as e:
         prepare_caches(question_inputs(config), features)
-    # in train.py's terms, which has no --overwrite: the converter's command that starts over
-    assert str(e.value).endswith(f"`python converters/tsv_to_zarr.py {tsv} --out {store} --overwrite`")
+    # in train.py's terms, which has no --overwrite: the converter's command that starts over, with
+    # the store's own settings
+    assert str(e.value).endswith(f"`python converters/tsv_to_zarr.py {tsv} --out {store} --dtype float32 "
+                                 "--compressor zstd --chunk_images 4 --on-bad-row error --overwrite`")
+    (tmp_path / "mine" / "trainval.zarr").mkdir(parents=True)
+    (tmp_path / "mine" / "trainval.zarr" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"trainval\.zarr: exists and is not a feature store .*; move it away: train"):
+        prepare_caches(question_inputs(parse_config([*config_args, "--cache", str(tmp_path / "mine")])), features)
 
 
 def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):

@@ -100,9 +100,10 @@ def array_chunking(field: Field, attrs: StoreAttrs) -> dict:
 @dataclass
 class StoreAttrs:
     """The group attributes of a store. ``layout`` is the input's (``LAYOUTS``); ``source`` records
-    the input (each file's path, size, mtime; a folder's path, file count, total size, newest mtime
-    and a hash of its listing) and ``fingerprint`` a hash of the source and the conversion settings,
-    so that a resumed run can tell whether it is continuing the same conversion."""
+    the input (each file's path, size, mtime and content sample; a folder's path, file count, total
+    size, newest mtime, a hash of its listing and a content sample; ``convert.lifecycle.source_of``)
+    and ``fingerprint`` a hash of the source and the conversion settings, so that a resumed run can
+    tell whether it is continuing the same conversion."""
     layout: str
     dtype: str
     compressor: str

@@ -20,7 +20,7 @@ import os
 from butd import questions
 from butd.features import schema
 from butd.features.convert import convert_tsv
-from butd.features.convert.lifecycle import StoreMismatch, recorded_options
+from butd.features.convert.lifecycle import NotAStore, StoreMismatch, as_flags, recorded_options
 from butd.tasks import get_task
 
 
@@ -54,11 +54,16 @@ def prepare_caches(inputs: questions.Inputs, features_dir: str, say=print) -> st
         for tsv in tsvs:
             _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
         # with the settings the store was made with (--compressor, --dtype, ...): only its input decides
+        options = recorded_options(path)
         try:
-            say(str(convert_tsv(tsvs, path, image_key=task.image_key, **recorded_options(path))))
-        except StoreMismatch as e:      # advice in this command's terms: train.py has no --overwrite
-            raise StoreMismatch(path, e.what, "move it away, or convert the TSVs again with "
-                                f"`python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path} --overwrite`") from None
+            say(str(convert_tsv(tsvs, path, image_key=task.image_key, **options)))
+        # advice in this command's terms: train.py has no --out or --overwrite
+        except StoreMismatch as e:
+            again = " ".join(["python converters/tsv_to_zarr.py", *tsvs, "--out", path, as_flags(options), "--overwrite"])
+            raise StoreMismatch(path, e.what, f"move it away, or convert the TSVs again with `{' '.join(again.split())}`") \
+                from None
+        except NotAStore:
+            raise NotAStore(path, "move it away: train.py converts the TSVs into a store there") from None
 
     qdir = os.path.join(inputs.cache, "questions")
     if _has_raw_questions(inputs):

@@ -8,6 +8,8 @@ import argparse
 import os
 import sys
 
+ALREADY_THERE = "is already there"   # what a generator says of a sample it left as it was (butd.demo reads it)
+
 
 def add_sample_flags(parser: argparse.ArgumentParser, quick: dict) -> None:
     """``--quick`` (the generator's ``QUICK`` sizes) and ``--force``."""
@@ -29,7 +31,7 @@ def report(result: dict, title: str) -> None:
     """Say where a generated sample is, and whether it was written now."""
     out = os.path.dirname(os.path.normpath(result["questions"]))
     if not result["written"]:
-        print(f"[*] the {title} sample in {out} is already there (same settings, files as written): nothing to do")
+        print(f"[*] the {title} sample in {out} {ALREADY_THERE} (same settings, files as written): nothing to do")
         return
     for name, path in result.items():
         if name != "written":

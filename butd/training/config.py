@@ -421,15 +421,17 @@ def parse_evaluate(argv=None) -> EvaluateConfig:
 
 def _resume_flags(argv: list):
     """What the command line itself gives ``--resume``, ``--config``, ``--checkpoint``,
-    ``--max_steps``, ``--data`` and ``--dataset`` (the last of each, or None): a resume starts from the
-    run's saved configuration, which must be found before the flags are parsed over it, and takes
-    these from the command line only. (argparse's ``parse_known_args``, which jsonargparse does not
-    offer.)"""
+    ``--max_steps``, ``--data``, ``--dataset`` and the dataset paths (the last of each, or None): a
+    resume starts from the run's saved configuration, which must be found before the flags are parsed
+    over it, and takes these from the command line only; a new ``--data`` moves the saved paths that
+    the command line does not give (``_rederive_paths``). (argparse's ``parse_known_args``, which
+    jsonargparse does not offer.)"""
     import argparse
-    flags = ("--resume", "--config", "--checkpoint", "--max_steps", "--data", "--dataset")
+    flags = ("--resume", "--config", "--checkpoint", "--max_steps", "--data", "--dataset",
+             *(f"--{name}" for name in (*PATH_KINDS, "glove", *TASK_PATH_FLAGS)))
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
     for flag in flags:
-        pre.add_argument(flag)
+        pre.add_argument(flag, flag.replace("_", "-") if "_" in flag else flag)
     try:
         return pre.parse_known_args(argv)[0]
     except argparse.ArgumentError:   # a flag without its value: jsonargparse's parse says so, with the usage
@@ -461,7 +463,7 @@ def parse_config(argv=None) -> TrainConfig:
     values.pop("config", None)
     config_file = given.config or (saved if given.resume else None)
     if config_file and (given.data or given.dataset):
-        _rederive_paths(values, config_file)
+        _rederive_paths(values, config_file, {k for k, v in vars(given).items() if v is not None})
     values["resume"] = given.resume
     if given.resume:
         if given.max_steps is None:
@@ -471,11 +473,12 @@ def parse_config(argv=None) -> TrainConfig:
     return resolved(TrainConfig.from_flat(values))
 
 
-def _rederive_paths(values: dict, config_file: str) -> None:
+def _rederive_paths(values: dict, config_file: str, given: set) -> None:
     """``--data`` or ``--dataset`` given after a configuration file (a saved run's, whose paths are
     resolved): the dataset paths the file holds only because its ``--data`` implied them follow a
     new ``--data``, and another dataset takes none of the file's dataset directories (they hold the
-    old dataset's files); the GloVe file it set itself, and every path the command line sets, stay."""
+    old dataset's files); the GloVe file it set itself, and every path the command line gives
+    (``given``: their names), stay."""
     old = dict(make_parser().parse_args(["--config", config_file]))
     implied = DataConfig(dataset=old["dataset"], data=old["data"]).paths()
     glove = os.path.join(old["data"], "GloVe", "glove.6B.300d.txt")
@@ -484,7 +487,7 @@ def _rederive_paths(values: dict, config_file: str) -> None:
         could_be = {os.path.abspath(implied[kind])} | ({os.path.abspath(glove), os.path.abspath(glove + ".gz")}
                                                        if kind == "glove" else set())
         for key in (kind, f"{old['dataset']}_{kind}"):
-            if values.get(key) and values.get(key) == old.get(key) and \
+            if key not in given and values.get(key) and values.get(key) == old.get(key) and \
                     ((other_dataset and kind != "glove") or os.path.abspath(old[key]) in could_be):
                 values[key] = None
 

@@ -40,11 +40,6 @@ def resumable_vocabulary(path: str, config: TrainConfig):
     from butd.training import lightning_internals as internals
     from butd.training.lit import read_checkpoint
     checkpoint = read_checkpoint(path)
-    position = internals.saved_loader_position(checkpoint)       # (epoch, batches) of a part-epoch
-    trained = position[0] if position else internals.epochs_processed(checkpoint)
-    if trained >= config.optim.epochs:
-        raise ValueError(f"{path}: the run has trained {trained} epochs and --epochs is {config.optim.epochs}: "
-                         f"nothing to resume; to train it further, give --epochs above {trained}")
     hparams = checkpoint.get("hyper_parameters", {})
     # the optimiser's kind too: its saved state (Adamax's, Adam's moments) fits no other
     saved = {"dataset": hparams.get("task", config.data.dataset), **(hparams.get("model") or {}),
@@ -54,6 +49,12 @@ def resumable_vocabulary(path: str, config: TrainConfig):
     if differ:
         raise ValueError(f"{path} was trained with {', '.join(differ)}: resume with the run's settings "
                          "(--resume alone reads them from the config.json beside the checkpoint)")
+    if "loops" in checkpoint:
+        position = internals.saved_loader_position(checkpoint)       # (epoch, batches) of a part-epoch
+        trained = position[0] if position else internals.epochs_processed(checkpoint)
+        if trained >= config.optim.epochs:
+            raise ValueError(f"{path}: the run has trained {trained} epochs and --epochs is {config.optim.epochs}: "
+                             f"nothing to resume; to train it further, give --epochs above {trained}")
     return hparams.get("vocabulary")
 
 

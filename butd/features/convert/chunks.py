@@ -78,7 +78,7 @@ def _put_features(bufs: dict, i: int, features: np.ndarray, pad: bool = True) ->
         return "its features hold NaN or infinite values"
     if half and largest >= FLOAT16_INF_BITS:
         return ("its features hold values beyond float16's range (+-65504), which a float16 store would hold as "
-                "infinite; convert with --dtype float32")
+                "infinite; convert with --dtype float32 (and --overwrite, this store being float16)")
     return None
 
 

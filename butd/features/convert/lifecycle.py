@@ -17,7 +17,8 @@ from butd.features.convert.plan import PLAN_FILE, Plan
 from butd.features.schema import IMAGE_IDS, StoreAttrs, fields_for
 
 SETTINGS_ATTR = "conversion_settings"
-SHOWN = {"sample": "content (first and last MiB)", "mtime_ns": "modified (ns)"}    # a source's keys, in messages
+SHOWN = {"sample": "content (first and last MiB)", "mtime_ns": "modified (ns)",   # a source's keys, in messages
+         "listing": "names, sizes and times"}
 # The command-line flag of each setting, for messages.
 FLAGS = {"layout": "--layout", "dtype": "--dtype", "compressor": "--compressor", "chunk_images": "--chunk_images",
          "on_bad_row": "--on-bad-row", "feature_dim": "--feature_dim", "schema_version": "(store format version)"}
@@ -147,6 +148,11 @@ def record_settings(out_path: str, settings: dict) -> None:
     zarr.open_group(out_path, mode="r+").attrs.update({SETTINGS_ATTR: settings})
 
 
+def as_flags(options: dict) -> str:
+    """``recorded_options`` as the converter's flags: ``--dtype float32 --compressor zstd``."""
+    return " ".join(f"{FLAGS[k]} {v}" for k, v in options.items() if k in FLAGS)
+
+
 def recorded_options(out_path: str) -> dict:
     """The ``convert_tsv`` settings the store at ``out_path`` was made with (those it records, else
     those its attributes show), so that checking or resuming it keeps them; ``{}`` where there is no
@@ -236,23 +242,33 @@ def existing_store(out_path: str, fp: str, source: dict, settings: dict) -> Opti
             remove_store(out_path)
             return None
         # --overwrite would refuse it too (remove_store): nothing in it is a conversion's
-        raise ValueError(f"{out_path}: exists and is not a feature store (its files were not written by a "
-                         "conversion); choose another --out, or move it away yourself") from None
+        raise NotAStore(out_path) from None
     if attrs.fingerprint == fp:
         return attrs
     if attrs.fingerprint == fingerprint(_without_samples(source), settings):
-        _keep_samples(out_path, source)   # made before content samples were kept: its inputs unchanged
+        if attrs.source != source:        # made before content samples were kept: its inputs unchanged
+            _keep_samples(out_path, source)
         return attrs
     old = _recorded_settings(out_path)
     if same_inputs(attrs.source, source):
         if old == settings:        # the inputs were moved, copied or touched: the store is still theirs
             return attrs
-        if not attrs.complete and old is not None and _differing(old, settings) == {"on_bad_row"}:
-            # the plan of an unfinished conversion depends on --on-bad-row (a bad row stopped it, or
-            # was left out): the other choice starts over
+        if not attrs.complete and old is not None and _differing(old, settings) == {"on_bad_row"} \
+                and settings["on_bad_row"] == "skip":
+            # a bad row stopped an unfinished conversion, which said to skip it: its plan holds that
+            # row, so a skip starts over (skip -> error stays refused: it would lose work unasked)
             remove_store(out_path)
             return None
     raise StoreMismatch(out_path, _what_changed(out_path, attrs, source, settings))
+
+
+class NotAStore(ValueError):
+    """Something at ``out_path`` that no conversion wrote; ``advice`` in the command's terms."""
+
+    def __init__(self, out_path: str, advice: str = "choose another --out, or move it away yourself"):
+        self.out_path = out_path
+        super().__init__(f"{out_path}: exists and is not a feature store (its files were not written by a "
+                         f"conversion); {advice}")
 
 
 class StoreMismatch(ValueError):
@@ -325,13 +341,21 @@ def _what_changed(out_path: str, attrs: StoreAttrs, source: dict, settings: dict
 
 def _input_changes(old: dict, new: dict) -> list:
     """Per input file (or folder): what differs (a source is one file's dict or ``{"files": [...]}``):
-    size, file count and content sample, wherever the files are, for a store that recorded samples;
-    else path, size, modification time, file count and listing, as before samples were kept."""
+    size, file count and content sample, wherever the files are, for a store that recorded samples
+    (and a folder's listing, with every file's time, where it has not moved: its sample reads only
+    some of its files); else path, size, modification time, file count and listing, as before
+    samples were kept. A single file's sample is its first and last MiB: an edit in between that
+    keeps its size goes unnoticed."""
     old_files, new_files = old.get("files", [old]), new.get("files", [new])
     sampled = all("sample" in f for f in old_files)    # then wherever the files are now
     if len(old_files) != len(new_files) or \
             (not sampled and [f.get("path") for f in old_files] != [f.get("path") for f in new_files]):
         return [f"inputs {', '.join(str(f.get('path')) for f in old_files)} -> {', '.join(f['path'] for f in new_files)}"]
-    keys = ("size", "count", "sample") if sampled else ("size", "mtime_ns", "count", "listing")
-    return [f"{n['path']}: " + ", ".join(f"{SHOWN.get(k, k)} {o.get(k)} -> {n.get(k)}" for k in keys if o.get(k) != n.get(k))
-            for o, n in zip(old_files, new_files) if any(o.get(k) != n.get(k) for k in keys)]
+    def keys(o, n):
+        if not sampled:
+            return ("size", "mtime_ns", "count", "listing")
+        # a folder's sample reads 8 of its files: where it has not moved, any file's time counts too
+        return ("size", "count", "sample") + (("listing",) if "listing" in o and o["path"] == n["path"] else ())
+    return [f"{n['path']}: " + ", ".join(f"{SHOWN.get(k, k)} {o.get(k)} -> {n.get(k)}" for k in keys(o, n)
+                                         if o.get(k) != n.get(k))
+            for o, n in zip(old_files, new_files) if any(o.get(k) != n.get(k) for k in keys(o, n))]

@@ -23,11 +23,14 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 HDF5_SUFFIXES = (".hdf5", ".h5")
 
 
-def _signature_format(path: str) -> Optional[str]:
-    """The format an input shows whatever ``--format`` says: a folder's (``detect_format``) or an
-    HDF5 file's signature; None for a file without one (a TSV, or an unreadable file)."""
+def _signature_format(path: str, format: str) -> Optional[str]:
+    """The format an input shows whatever ``--format`` says: ``format`` for a folder that holds its
+    files (``--format`` picks one layout of a folder that mixes two), else the one it holds, or an
+    HDF5 file's signature; None for a file without one (a TSV, or an unreadable file), or a folder
+    with no feature files."""
     if os.path.isdir(path):
-        return detect_format(path)
+        held = {kind for entry in os.scandir(path) for kind in ("npz", "npy") if entry.name.endswith("." + kind)}
+        return format if format in held else next(iter(sorted(held)), None)
     try:
         with open(path, "rb") as f:
             return "hdf5" if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC else None
@@ -78,7 +81,7 @@ def open_input(inputs: Union[str, Sequence[str]], format: Optional[str] = None, 
         raise ValueError(f"format {format!r}: expected one of {', '.join(FORMATS)} (or None to recognise it)")
     if format is not None:
         for path in paths:
-            shown = _signature_format(path)
+            shown = _signature_format(path, format)
             if format == "hdf5" and shown is None and os.path.isfile(path):
                 raise ValueError(f"{path}: --format hdf5, but it is not an HDF5 file (no HDF5 signature)")
             if shown not in (None, format):
