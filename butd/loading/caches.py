@@ -55,13 +55,12 @@ def prepare_caches(inputs: questions.Inputs, features_dir: str, say=print) -> st
             _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
         # with the settings the store was made with (--compressor, --dtype, ...): only its input decides
         options = recorded_options(path)
+        # a mismatch is advised in this command's terms: train.py has no --out or --overwrite
         try:
             say(str(convert_tsv(tsvs, path, image_key=task.image_key, **options)))
-        # advice in this command's terms: train.py has no --out or --overwrite
         except StoreMismatch as e:
-            again = " ".join(["python converters/tsv_to_zarr.py", *tsvs, "--out", path, as_flags(options), "--overwrite"])
-            raise StoreMismatch(path, e.what, f"move it away, or convert the TSVs again with `{' '.join(again.split())}`") \
-                from None
+            again = " ".join(["python converters/tsv_to_zarr.py", *tsvs, "--out", path, *as_flags(options), "--overwrite"])
+            raise StoreMismatch(path, e.what, f"move it away, or convert the TSVs again with `{again}`") from None
         except NotAStore:
             raise NotAStore(path, "move it away: train.py converts the TSVs into a store there") from None
 

@@ -148,9 +148,9 @@ def record_settings(out_path: str, settings: dict) -> None:
     zarr.open_group(out_path, mode="r+").attrs.update({SETTINGS_ATTR: settings})
 
 
-def as_flags(options: dict) -> str:
-    """``recorded_options`` as the converter's flags: ``--dtype float32 --compressor zstd``."""
-    return " ".join(f"{FLAGS[k]} {v}" for k, v in options.items() if k in FLAGS)
+def as_flags(options: dict) -> list:
+    """``recorded_options`` as the converter's flags: ``["--dtype", "float32", "--compressor", "zstd"]``."""
+    return [word for k, v in options.items() if k in FLAGS for word in (FLAGS[k], str(v))]
 
 
 def recorded_options(out_path: str) -> dict:
