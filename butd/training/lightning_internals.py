@@ -3,8 +3,9 @@
 What the run needs and their public APIs do not give: the fit loop's progress counters (read and
 rewound in a checkpoint to resume mid-epoch, read while fitting to tell a whole epoch from one cut
 short), lowering the running epoch loop's ``max_steps`` to stop at a batch's end (Ctrl-C), whether a
-LightningModule is attached to a Trainer, and a torchmetrics metric's states and their reset values
-(``_defaults``) kept float64 through a dtype cast. Each function has a test in
+LightningModule is attached to a Trainer, a torchmetrics metric's states and their reset values
+(``_defaults``) kept float64 through a dtype cast, and the precision names the Trainer takes (the
+flags are checked against them). Each function has a test in
 ``tests/test_lightning_internals.py`` against the installed versions, and ``setup.cfg`` bounds
 ``pytorch-lightning`` and ``torchmetrics`` to the versions those tests passed with
 (pytorch-lightning 2.6.6, torchmetrics 1.9.0). A new release that moves one of these fails its test
