@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -20,7 +21,7 @@ import zarr
 
 from butd.cli import run
 from butd.features import schema
-from butd.features.convert import chunks, convert_stores, convert_tsv, direct_io, float16, lifecycle
+from butd.features.convert import chunks, convert_stores, convert_tsv, direct_io, float16, lifecycle, pool
 from butd.features.tsv import TSVFormatError
 from butd.synthetic.scene import format_row, write_tsv
 from butd.tasks import get_task
@@ -710,3 +711,23 @@ def test_features_a_store_cannot_hold_name_the_image(tmp_path, value, dtype, rea
     if value == 1e6:
         convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False, dtype="float32", overwrite=True)
         assert zarr.open_array(os.path.join(out, "features"))[4, 1, 3] == np.float32(1e6)
+
+
+def _mark_and_nap(path: str) -> str:
+    with open(path, "w"):
+        pass
+    time.sleep(0.05)
+    return path
+
+
+def test_closing_the_pool_skips_the_tasks_not_started_and_kills_no_worker(tmp_path):
+    """After a failure (or Ctrl-C) the runner stops its workers by skipping what they have not
+    started: killing one while it sends a result leaves the pool's result lock held, and its
+    shutdown waits for it forever."""
+    runner = pool.Runner(2)
+    workers = list(runner.pool._pool)
+    results = runner(_mark_and_nap, [str(tmp_path / f"{i}") for i in range(60)])
+    next(results)
+    runner.close()
+    assert 1 <= len(os.listdir(tmp_path)) < 60
+    assert all(w.exitcode == 0 for w in workers)        # ended on the pool's sentinel, not killed

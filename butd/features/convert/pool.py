@@ -6,14 +6,23 @@ import multiprocessing
 import signal
 import threading
 
+_STOP = None    # in a worker: the pool's stop event (tasks taken after it is set are skipped)
 
-def _ignore_sigint() -> None:
-    # Ctrl-C is handled by the parent, which stops the pool; workers just die quietly.
+
+def _start_worker(stop) -> None:
+    global _STOP
+    _STOP = stop
+    # Ctrl-C is handled by the parent, which stops the pool; workers just finish the task under way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Runner:
-    """``runner(fn, tasks, ordered)`` yields ``(index, result)`` for each task."""
+    """``runner(fn, tasks, ordered)`` yields ``(index, result)`` for each task: in this process for
+    one worker, else in a pool of worker processes. ``close`` stops the pool without killing a
+    worker: the tasks not started are skipped and those running (each a chunk: a fraction of a
+    second) finish. (``Pool.terminate`` kills workers, and one killed while sending a result keeps
+    the result queue's lock, on which the pool's own shutdown then waits forever: a conversion that
+    failed on one worker while the other sent a result hung.)"""
 
     def __init__(self, workers: int):
         self.workers = workers
@@ -25,27 +34,26 @@ class Runner:
             # A process with threads (a caller that used zarr, say) spawns workers instead.
             method = "fork" if threading.active_count() == 1 else "spawn"
             ctx = multiprocessing.get_context(method)
-            self.pool = ctx.Pool(workers, initializer=_ignore_sigint)
+            self.stop = ctx.Event()
+            self.pool = ctx.Pool(workers, initializer=_start_worker, initargs=(self.stop,))
 
     def __call__(self, fn, tasks, ordered=False):
         if self.pool is None:
             yield from enumerate(map(fn, tasks))
-        elif ordered:
-            yield from enumerate(self.pool.imap(fn, tasks))
-        else:
-            yield from self.pool.imap_unordered(_indexed, [(fn, i, t) for i, t in enumerate(tasks)])
+            return
+        indexed = [(fn, i, t) for i, t in enumerate(tasks)]
+        yield from (self.pool.imap if ordered else self.pool.imap_unordered)(_indexed, indexed)
 
     def close(self) -> None:
-        # Every result is in (or no longer wanted) when this is called: stop the workers rather
-        # than wait for them to wind down.
         if self.pool is not None:
-            self.pool.terminate()
+            self.stop.set()
+            self.pool.close()
             self.pool.join()
 
 
 def _indexed(item: tuple) -> tuple:
     fn, i, task = item
-    return i, fn(task)
+    return i, (None if _STOP is not None and _STOP.is_set() else fn(task))
 
 
 def progress_bar(progress: bool, total: int, desc: str):
