@@ -224,12 +224,6 @@ def dataset_paths(values: dict) -> dict:
     return {kind: values[f"{dataset}_{kind}"] for kind in PATH_KINDS if values.get(f"{dataset}_{kind}")}
 
 
-def _same_as(group: type, name: str):
-    """A field with the default and checks of ``group``'s field ``name``."""
-    same = next(f for f in dataclasses.fields(group) if f.name == name)
-    return field(default=same.default, metadata=same.metadata)
-
-
 @dataclass
 class EvaluateConfig:
     """Evaluation"""
@@ -252,9 +246,9 @@ class EvaluateConfig:
     images: Optional[str] = None
     """the dataset's images, for the report's gallery (GQA <imageId>.jpg, COCO_<split>_<12 digits>.jpg,
     NLVR2 <id>.png); without it, or where a file is absent, boxes are drawn on a blank canvas of the image's size"""
-    bsz: int = _same_as(OptimConfig, "bsz")
-    num_workers: int = _same_as(DataConfig, "num_workers")
-    accelerator: str = _same_as(HardwareConfig, "accelerator")
+    bsz: int = OptimConfig.bsz
+    num_workers: int = DataConfig.num_workers
+    accelerator: str = HardwareConfig.accelerator
 
 
 # evaluate.py's flags that are training's: the same names, meanings and defaults

@@ -135,14 +135,15 @@ def folder_source(folder: str, files: Sequence[str]) -> dict:
     in the store's attributes, but any change to it is noticed) and a content sample: a hash of
     every name and size and of ``SAMPLED_FILES`` files' ``content_sample``, evenly spaced, which a
     copy or a move of the folder keeps."""
-    digest, content, size, newest = hashlib.sha256(), hashlib.sha256(), 0, 0
+    digest, content, sizes, newest = hashlib.sha256(), hashlib.sha256(), [], 0
     for path in files:
         st = os.stat(path)
-        size, newest = size + st.st_size, max(newest, st.st_mtime_ns)
+        sizes.append(st.st_size)
+        newest = max(newest, st.st_mtime_ns)
         digest.update(f"{os.path.basename(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         content.update(f"{os.path.basename(path)}\0{st.st_size}\n".encode())
-    for i in sorted({round(k * (len(files) - 1) / max(1, SAMPLED_FILES - 1)) for k in range(SAMPLED_FILES)}):
-        if files:
-            content.update(content_sample(files[i], os.path.getsize(files[i])).encode())
-    return {"path": os.path.abspath(folder), "size": size, "mtime_ns": newest, "count": len(files),
+    sampled = {round(k * (len(files) - 1) / max(1, SAMPLED_FILES - 1)) for k in range(SAMPLED_FILES)} if files else ()
+    for i in sorted(sampled):
+        content.update(content_sample(files[i], sizes[i]).encode())
+    return {"path": os.path.abspath(folder), "size": sum(sizes), "mtime_ns": newest, "count": len(files),
             "listing": digest.hexdigest()[:32], "sample": content.hexdigest()[:32]}
