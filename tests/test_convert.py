@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 
@@ -718,6 +719,36 @@ def _mark_and_nap(path: str) -> str:
         pass
     time.sleep(0.05)
     return path
+
+
+def _die_at_seven(path: str) -> str:
+    if path.endswith("/7"):
+        os.kill(os.getpid(), signal.SIGKILL)   # what the out-of-memory killer does
+    return _mark_and_nap(path)
+
+
+def test_a_worker_killed_mid_run_is_an_error_not_a_hang(tmp_path):
+    """multiprocessing.Pool replaces a killed worker and waits for its task forever (and so does
+    its join): the runner names the death instead, and closing it returns."""
+    runner = pool.Runner(2)
+    done = []
+
+    def run():
+        try:
+            for _ in runner(_die_at_seven, [str(tmp_path / f"{i}") for i in range(60)]):
+                pass
+        except pool.WorkerDied as e:
+            done.append(str(e))
+        finally:
+            runner.close()
+            done.append("closed")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert done and done[-1] == "closed", "the runner hung on the lost task"
+    assert re.search(r"conversion worker \(pid \d+\) was killed by SIGKILL .*run the same command again", done[0])
+    assert len(os.listdir(tmp_path)) < 60
 
 
 def test_closing_the_pool_skips_the_tasks_not_started_and_kills_no_worker(tmp_path):
