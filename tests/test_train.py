@@ -450,6 +450,38 @@ def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_pat
         prepare_caches(question_inputs(parse_config([*config_args, "--cache", str(tmp_path / "mine")])), features)
 
 
+def test_a_complete_store_converted_from_an_hdf5_cache_is_used_beside_the_tsvs(tmp_path):
+    """The specification's own set-up: testdev36.hdf5 made from the TSVs still in the features
+    folder. A store converted from it is the user's choice of input: used as it is, not checked
+    against the TSVs (which refused it as made from other input and advised overwriting it)."""
+    import pickle
+
+    import h5py
+
+    from butd.features import schema
+    from butd.features.convert import convert
+    from butd.features.tsv import decode_row, spatial_features
+    paths = generate(str(tmp_path), seed=7, train_images=6, val_images=2, test_images=2, testdev_images=3,
+                     questions_per_image=2, feature_dim=16, emb_dim=EMB)
+    config = parse_config(["--run_name", "x", "--data", str(tmp_path), "--glove", paths["glove"], "--emb_dim", str(EMB)])
+    features, cache = config.data.features, config.data.paths()["cache"]
+    with open(os.path.join(features, "gqa_testdev_obj36.tsv"), "rb") as f:
+        rows = [decode_row(line.rstrip(b"\n"), "obj36") for line in f]
+    with h5py.File(tmp_path / "testdev36.hdf5", "w") as h:
+        h["image_features"] = np.stack([r.features for r in rows])
+        h["image_bb"] = np.stack([r.boxes for r in rows])
+        h["spatial_features"] = np.stack([spatial_features(r.boxes, r.img_w, r.img_h) for r in rows])
+    with open(tmp_path / "testdev36_img2idx.pkl", "wb") as f:
+        pickle.dump({r.image_id: i for i, r in enumerate(rows)}, f)
+    store = os.path.join(cache, "testdev.zarr")
+    convert(str(tmp_path / "testdev36.hdf5"), store, workers=1, progress=False)
+    made = os.path.getmtime(os.path.join(store, "zarr.json"))
+    prepare_caches(question_inputs(config), features)
+    assert schema.read_attrs(store).layout == "hdf5"
+    assert os.path.getmtime(os.path.join(store, "zarr.json")) == made
+    assert schema.read_attrs(os.path.join(cache, "trainval.zarr")).layout == "obj36"   # the TSV's, converted
+
+
 def test_evaluate_scores_and_predicts_every_question(trained, tmp_path):
     import evaluate
     root, _, _, _, checkpoints, _ = trained

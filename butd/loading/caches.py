@@ -8,7 +8,8 @@ to date by its converter where the raw inputs are present (a no-op when it alrea
 with the settings it was converted with; an interrupted conversion resumes; a store made from
 another TSV is an error, never silently reused; one whose TSVs were copied, moved or touched since is
 still theirs). Where they are absent, complete caches are used as
-they are (e.g. on nodes that see only the caches). ``check_caches`` builds nothing: the caches must
+they are (e.g. on nodes that see only the caches), and so is a complete store converted from another
+layout (an HDF5 cache, npz or npy files), whether or not the TSVs are there. ``check_caches`` builds nothing: the caches must
 be complete and, where the raw inputs are present, match them. ``VQADataModule.prepare_data`` and
 ``setup`` call them: which process prepares is Lightning's rule (``prepare_data``), not this module's.
 """
@@ -40,6 +41,12 @@ def _stores(inputs: questions.Inputs, features_dir: str):
     return task, stores
 
 
+def _from_other_layout(path: str) -> bool:
+    """Whether the store at ``path`` was converted from another layout than the task's TSVs (an HDF5
+    cache, npz or npy files): the user's choice of input, used as it is, not checked against the TSVs."""
+    return schema.read_attrs(path).layout not in schema.TSV_LAYOUTS
+
+
 def _has_raw_questions(inputs: questions.Inputs) -> bool:
     return os.path.exists(inputs.questions) and os.path.exists(inputs.glove)
 
@@ -49,7 +56,7 @@ def prepare_caches(inputs: questions.Inputs, features_dir: str, say=print) -> st
     and its question cache ``<cache>/questions``; returns the question cache's directory."""
     task, stores = _stores(inputs, features_dir)
     for path, tsvs, complete in stores:
-        if complete and not all(map(os.path.exists, tsvs)):
+        if complete and (not all(map(os.path.exists, tsvs)) or _from_other_layout(path)):
             continue
         for tsv in tsvs:
             _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
