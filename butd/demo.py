@@ -8,8 +8,10 @@
 Everything the demo writes (sample, caches, checkpoints, predictions, plots) lives in a directory of
 its own per dataset, ``<data>/demo/<dataset>/`` (``<dataset>-quick`` with ``--quick``), never where
 the README puts real data (``data/GQA-Questions``, ``data/GloVe``, ...), and the demos of the three
-datasets share nothing: run them in any order, as often as you like. The generator refuses to write
-over a file it did not write (``butd.synthetic.guard``), and a sample already there is reused.
+datasets share nothing: run them in any order, as often as you like. Two demos of one directory at
+once take turns (the second waits, saying so, on ``<dir>.lock``): each then trains, evaluates and
+reports its own run. The generator refuses to write over a file it did not write
+(``butd.synthetic.guard``), and a sample already there is reused.
 
 Steps (each is the real tool, run as you would run it on the real data; <task> is --dataset, <dir>
 the demo's directory):
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import time
 
+from butd.build_lock import build_lock
 from butd.cli import ArgumentParser, description
 from butd.synthetic import GENERATORS
 from butd.synthetic.command import ALREADY_THERE
@@ -94,6 +97,13 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     task = get_task(args.dataset)
     root = os.path.abspath(demo_dir(args.data, task.name, args.quick))
+    # one demo of a directory at a time: another one's sample, stores or newest run changing under
+    # this one would make it evaluate and report the other's run
+    with build_lock(root, say=lambda line: print(f"[*] waiting for the other demo in {root} to finish", flush=True)):
+        return _demo(args, task, root)
+
+
+def _demo(args, task, root: str) -> dict:
     ckpt_dir = os.path.join(root, "checkpoints")
     epochs = args.epochs or (QUICK_EPOCHS.get(task.name, 6) if args.quick else 12)
     dataset = ["--dataset", task.name, "--data", root]

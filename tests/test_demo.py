@@ -131,6 +131,39 @@ def test_the_demos_leave_real_data_and_each_other_alone(tmp_path, capsys):
     assert {p for p in written if not p.startswith("demo" + os.sep)} == set(planted)
 
 
+def test_two_demos_of_one_directory_take_turns(monkeypatch, tmp_path, capsys):
+    """A second demo of the same directory waits for the first: running beside it, it evaluated and
+    reported the first one's run (the newest in the directory) as its own."""
+    import threading
+
+    from butd.build_lock import build_lock
+    started, release, held = [], threading.Event(), threading.Event()
+
+    def fake_run(step, args, capture=False):
+        started.append(step)
+        raise StopIteration
+
+    def first_demo():       # holds the directory as a running demo does
+        with build_lock(demo.demo_dir(str(tmp_path), "gqa", quick=True)):
+            held.set()
+            release.wait(30)
+
+    monkeypatch.setattr(demo, "_run", fake_run)
+    holder = threading.Thread(target=first_demo)
+    holder.start()
+    held.wait(30)
+    second = threading.Thread(target=lambda: pytest.raises(StopIteration, demo.main,
+                                                           ["--data", str(tmp_path), "--quick"]))
+    second.start()
+    second.join(1.0)
+    assert not started and second.is_alive()                     # waiting, not generating
+    release.set()
+    second.join(30)
+    holder.join(30)
+    assert started == ["1. generate the sample"]
+    assert "waiting for the other demo in" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("written", [True, False])
 def test_a_sample_written_anew_makes_its_stores_anew(monkeypatch, tmp_path, written):
     """The demo's sample rewritten (its settings changed since the last demo in that directory): its
