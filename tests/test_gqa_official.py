@@ -344,6 +344,28 @@ def test_an_all_questions_image_without_features_is_named(official_set, tmp_path
     assert not os.path.exists(tmp_path / "p.json") and not os.path.exists(tmp_path / "p.json.partial")
 
 
+def test_an_all_questions_file_without_some_cached_questions_is_refused(official_set, tmp_path, capsys):
+    """Scoring the questions it holds would put other questions in the figures than in the
+    answer-prior baseline (computed over the question cache) and say nothing."""
+    s = official_set
+    qdir = tmp_path / "q"
+    shutil.copytree(s["questions"], qdir)
+    chunk = qdir / "testdev_all_questions" / "testdev_all_questions_1.json"
+    with open(chunk) as f:
+        questions_ = json.load(f)
+    gone = next(q for q, entry in questions_.items() if entry.get("isBalanced"))
+    del questions_[gone]
+    for entry in questions_.values():
+        entry["entailed"] = [e for e in entry.get("entailed", []) if e != gone]
+        entry["equivalent"] = [e for e in entry.get("equivalent", []) if e != gone]
+    with open(chunk, "w") as f:
+        json.dump(questions_, f)
+    with pytest.raises(ValueError, match=r"testdev_all_questions \(\d+ chunks\): holds (\d+) of the \d+ testdev "
+                                         r"questions of the question cache: not the all-questions file"):
+        run_evaluate(s["butd"], tmp_path / "p.json", capsys, "--questions", str(qdir))
+    assert not os.path.exists(tmp_path / "p.json") and not os.path.exists(tmp_path / "p.json.partial")
+
+
 def test_the_attention_tap_reads_butd_attention_without_changing_the_model():
     import torch
 

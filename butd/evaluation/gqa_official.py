@@ -22,7 +22,7 @@ import contextlib
 import json
 import os
 from itertools import repeat
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -127,8 +127,8 @@ def score_cached(task, files: OfficialFiles, arrays: QuestionArrays, predicted: 
 
 
 def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: list, device: torch.device,
-                          out: str, attentions: Optional[str], attention: Optional[str], say=print,
-                          positions: Optional[dict] = None) -> tuple:
+                          out: str, attentions: Optional[str], attention: Optional[str], cached: Sequence[str],
+                          say=print, positions: Optional[dict] = None) -> tuple:
     """Predict every question of ``files.all_questions`` with ``lit`` (``dm``: the set-up
     ``VQADataModule`` of its question cache), streamed, and write them to ``out`` (the official
     predictions file) and, for every balanced question, their attention to ``attentions`` (None:
@@ -138,7 +138,10 @@ def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: li
     ``--drop_missing``: it is then answered with the most frequent training answer and left out of
     the figures (``left out``). ``positions``: ``{question id: position}`` of the questions whose
     predicted labels to keep (the question cache's, for a report); ``labels`` is then int64
-    [len(positions)], -1 where the file did not hold the question, else None."""
+    [len(positions)], -1 where the file did not hold the question, else None. ``cached``: the
+    question ids of the split's question cache; a file without every one of them is an error (the
+    figures and the answer-prior baseline, which is computed over the cache, would count other
+    questions)."""
     task, vocab, store = dm.task, dm.vocab, dm.store(split)
     manifest = read_manifest(dm.questions_dir)
     max_length, drop_missing = manifest["summary"]["max_length"], manifest["inputs"]["settings"]["drop_missing"]
@@ -150,6 +153,7 @@ def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: li
         f"{os.path.dirname(files.all_questions[0])} ({len(files.all_questions)} chunks)"
     say(f"[*] predicting every {split} question of {where}")
     kept_labels = None if positions is None else np.full(len(positions), -1, dtype=np.int64)
+    cached, held = set(cached), 0
     progress = tqdm(unit=" questions", disable=None, smoothing=0.1)
     with JsonArrayWriter(out) as written_predictions, _writer(attentions) as written_attention, progress:
         for raw, entries in question_chunks(files.all_questions, CHUNK_BATCHES * dm.batch_size):
@@ -183,8 +187,12 @@ def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: li
                     cells = attention_cells(*predicted.cells(p, rows[i]))
                     written_attention.add(attention_entry(qid, cells))
                 scorer.add(qid, entry, answer, cells, scored=p >= 0)
+                held += qid in cached
                 if positions is not None and p >= 0 and qid in positions:
                     kept_labels[positions[qid]] = labels[i]
             progress.update(n)
         count = written_predictions.count
+        if held != len(cached):   # inside the writers: no predictions file is left looking complete
+            raise ValueError(f"{where}: holds {held} of the {len(cached)} {split} questions of the question cache: "
+                             "not the all-questions file of the balanced file the cache was built from")
     return _complete(scorer.finish(files.choices), files, True, attention), count, left_out, kept_labels

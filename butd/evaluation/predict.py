@@ -133,7 +133,7 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
         say(f"[*] evaluating {checkpoint} on {split}: every question of its all-questions file "
             f"({len(arrays)} balanced in the cache)")
         scores, written_count, dropped, labels = gqa_official.predict_all_questions(
-            lit, dm, split, official, written, device, out, attentions, attention, say,
+            lit, dm, split, official, written, device, out, attentions, attention, arrays.question_ids.tolist(), say,
             positions={q: p for p, q in enumerate(arrays.question_ids.tolist())} if report else None)
     else:
         say(f"[*] evaluating {checkpoint} on {split}: {len(arrays)} questions")
