@@ -8,7 +8,9 @@ A second process (another run of a sweep, a converter started by hand, another D
 shared disk) that needs the same cache waits here, says once what it waits for, and goes on when the
 first is done: it then finds the cache complete and uses it, never removing, overwriting or
 half-reading what the first is writing. The lock is ``flock``: the kernel releases it when its
-holder exits, however it exits (kill -9 included), so no crashed process leaves it held. Within one
+holder exits, however it exits (kill -9 included), so no crashed process leaves it held. In a
+directory this process cannot write (a cluster's read-only copy of the caches) there is nothing to
+build and no lock file can be made: the block runs unlocked, and an up-to-date cache is used. Within one
 process the lock is re-entrant (a run that prepares its caches calls the converters, which lock the
 same store). The lock file stays beside the cache after use; it holds nothing.
 
@@ -26,6 +28,8 @@ import threading
 _HELD = threading.local()    # .paths: the lock files this thread holds (re-entrant within a thread)
 # What a file system without lock support answers (NFS without lockd, some FUSE mounts).
 _UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+# What creating the lock file answers in a directory this process cannot write (a shared read-only dataset).
+_READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def lock_path(path: str) -> str:
@@ -42,15 +46,27 @@ def _unsupported(path: str, error: OSError) -> OSError:
 @contextlib.contextmanager
 def build_lock(path: str, say=print):
     """Hold the build lock of the cache at ``path`` for the ``with`` block, waiting for another
-    holder first (saying so once with ``say``). Raises OSError where the lock cannot be taken (no
-    lock support, a read-only directory), naming the lock file."""
+    holder first (saying so once with ``say``); in a directory this process cannot write, run the
+    block without it. Raises OSError where the lock cannot be taken (no lock support), naming the
+    lock file."""
     where = lock_path(path)
     held = _HELD.__dict__.setdefault("paths", set())
     if where in held:          # this thread holds it already
         yield
         return
-    os.makedirs(os.path.dirname(where), exist_ok=True)
-    fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        os.makedirs(os.path.dirname(where), exist_ok=True)
+        fd = os.open(where, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        if e.errno not in _READ_ONLY:
+            raise
+        try:     # a lock file already there: flock takes a read-only descriptor too
+            fd = os.open(where, os.O_RDONLY)
+        except FileNotFoundError:
+            # a directory nobody here can write to: no build to wait for, the cache is used as it is
+            # (and anything that would have to be built fails, naming what it could not write)
+            yield
+            return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

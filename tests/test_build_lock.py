@@ -66,3 +66,31 @@ def test_a_file_system_without_locks_is_named(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"trainval\.zarr\.lock: cannot take a file lock here .*prepare the caches once"):
         with bl.build_lock(str(tmp_path / "trainval.zarr")):
             pass
+
+
+@pytest.mark.parametrize("lock_file_there", [False, True])
+def test_an_up_to_date_question_cache_in_a_read_only_directory_is_used(tmp_path, monkeypatch, lock_file_there):
+    """A cluster's read-only copy of the caches: no lock file can be made there, and none is needed
+    (train.py failed with a bare "[Errno 30] Read-only file system: '.../questions.lock'")."""
+    from butd import questions
+    from butd.loading.caches import prepare_caches
+    from butd.synthetic.gqa import generate
+
+    from helpers import build_gqa_caches
+    paths = generate(str(tmp_path), seed=2, train_images=4, val_images=2, test_images=2, testdev_images=2,
+                     questions_per_image=2, feature_dim=8, emb_dim=300)
+    cache = tmp_path / "GQA-Cache"
+    qdir = build_gqa_caches(str(tmp_path), cache)
+    inputs = questions.Inputs("gqa", paths["questions"], paths["glove"], str(cache))
+    if not lock_file_there:
+        os.remove(bl.lock_path(qdir))
+    real_open = os.open
+
+    def read_only(path, flags, *mode):      # root writes anywhere: the file system's answer, simulated
+        if flags & (os.O_CREAT | os.O_RDWR | os.O_WRONLY):
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return real_open(path, flags, *mode)
+    monkeypatch.setattr(bl.os, "open", read_only)
+    assert questions.build(inputs, qdir, progress=False)["skipped"]
+    # train.py's way: the stores, then the questions
+    assert prepare_caches(inputs, str(tmp_path / "GQA-Features"), say=lambda line: None) == qdir
