@@ -141,6 +141,19 @@ def test_evaluate_and_resume_refuse_a_cache_rebuilt_from_reordered_questions(sma
                     "--checkpoint", str(tmp_path / "ck"), *SMALL_FLAGS, "--epochs", "3", "--resume", ckpt])
 
 
+def test_a_checkpoint_copied_out_of_its_run_directory_is_evaluated_with_cache(small_run, tmp_path, capsys):
+    """Its config.json only says where the caches are: --cache says it instead."""
+    root, _, ckpt = small_run
+    copied = str(shutil.copy(ckpt, tmp_path / "best.ckpt"))
+    status, err = cli_run(evaluate.main, ["--checkpoint", copied], capsys)
+    assert status == 1 and one_line_error(err).endswith("run configuration is missing (train.py writes it beside "
+                                                        "its checkpoints); use a checkpoint inside its run "
+                                                        "directory; or name its caches with --cache")
+    scores = evaluate.main(["--checkpoint", copied, "--cache", os.path.join(root, "GQA-Cache")])
+    assert scores["overall"]["count"] == 35
+    assert os.path.exists(tmp_path / "predictions" / "best" / "testdev-predictions.json")
+
+
 def test_the_submission_split_predicts_every_question_of_the_all_questions_file(small_run, tmp_path):
     root, data, ckpt = small_run
     qdir = shutil.copytree(os.path.join(root, "GQA-Questions"), tmp_path / "q")

@@ -99,9 +99,7 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
                                 f"(e.g. {os.path.join(out, 'predictions.json')})")
     saved = read_checkpoint(checkpoint)   # a damaged or unsafe file: one error naming it, before Lightning's
     saved = {k: saved.get(k) for k in ("epoch", "global_step")}
-    config = load_config(checkpoint)
-    paths = config.data.paths()
-    cache_dir = cache or paths["cache"]
+    cache_dir = cache or _run_cache(checkpoint)
     want_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if want_gpu else "cpu")
 
@@ -177,6 +175,14 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
                             device=device, images=images, examples=report_examples, saved=saved)
         say(f"[*] report: {page}")
     return scores
+
+
+def _run_cache(checkpoint: str) -> str:
+    """The cache directory of the run ``checkpoint`` belongs to (its config.json): where --cache is not given."""
+    try:
+        return load_config(checkpoint).data.paths()["cache"]
+    except FileNotFoundError as e:   # a checkpoint copied out of its run directory
+        raise FileNotFoundError(f"{e}; or name its caches with --cache") from None
 
 
 def built_from(manifest: dict, split: str) -> Optional[str]:
