@@ -218,6 +218,7 @@ def test_without_the_optional_files_those_figures_are_not_available(official_set
     scores, text = run_evaluate(s["butd"], out, capsys, "--questions", str(qdir))
     figures = printed_metrics(text)
     assert figures["consistency"] == "not available (needs testdev_all_questions.json)"
+    assert f"[*] the files a figure needs were looked for in {qdir} (--questions names where they are)" in text
     monkeypatch.chdir(qdir)
     printed, _ = gqa_eval(tier="testdev", questions="testdev_balanced_questions.json", predictions=str(out),
                           attentions=str(tmp_path / "balanced-attentions.json"), grounding=True, objectFeatures=True)
@@ -342,6 +343,12 @@ def test_an_all_questions_image_without_features_is_named(official_set, tmp_path
                                                           r"about image n404.*--drop_missing"):
         run_evaluate(s["butd"], tmp_path / "p.json", capsys, "--questions", str(qdir))
     assert not os.path.exists(tmp_path / "p.json") and not os.path.exists(tmp_path / "p.json.partial")
+
+
+def test_a_questions_directory_that_is_not_there_is_refused(official_set, tmp_path, capsys):
+    """It was accepted, and every official figure but accuracy went missing, each needing a file."""
+    with pytest.raises(NotADirectoryError, match=r"--questions .*nowhere: no such directory"):
+        run_evaluate(official_set["butd"], tmp_path / "p.json", capsys, "--questions", str(tmp_path / "nowhere"))
 
 
 def test_an_all_questions_file_without_some_cached_questions_is_refused(official_set, tmp_path, capsys):

@@ -99,6 +99,9 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
                                 f"(e.g. {os.path.join(out, 'predictions.json')})")
     saved = read_checkpoint(checkpoint)   # a damaged or unsafe file: one error naming it, before Lightning's
     saved = {k: saved.get(k) for k in ("epoch", "global_step")}
+    if questions_dir is not None and not os.path.isdir(questions_dir):
+        raise NotADirectoryError(f"--questions {questions_dir}: no such directory (the split's question files, "
+                                 "where they are now)")
     cache_dir = cache or _run_cache(checkpoint)
     want_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if want_gpu else "cpu")
@@ -157,6 +160,9 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     if scores["overall"]["count"]:
         say(task.format_scores(scores))
         say(f"answer-prior baseline ({baseline}): {100 * baseline_score:.2f}%")
+        if official is not None and any(r.startswith("needs ") for r in scores.get("not_available", {}).values()):
+            say(f"[*] the files a figure needs were looked for in {official.questions_dir} "
+                "(--questions names where they are)")
     else:
         say(f"[*] {split} has no answers: predictions written, no score can be computed")
     if dropped and official is not None and official.all_questions:

@@ -79,7 +79,8 @@ class VQADataModule(pl.LightningDataModule):
             caches.check_caches(self.inputs, self.features_dir)
         if not os.path.isdir(self.questions_dir):
             raise FileNotFoundError(f"{self.questions_dir}: no question cache here; make it with "
-                                    f"`{q.BUILD_COMMAND} --dataset {self.task.name}`")
+                                    f"`{q.BUILD_COMMAND} --dataset {self.task.name}`, or, if the caches have "
+                                    "moved, name their directory with --cache")
         manifest = q.read_manifest(self.questions_dir)
         if manifest["task"] != self.task.name:
             raise ValueError(f"{self.questions_dir}: a {manifest['task']} question cache, not {self.task.name}")

@@ -236,8 +236,8 @@ class EvaluateConfig:
     cache: Optional[str] = None
     """the feature stores and question cache, if not the run's (its config.json names them)"""
     questions: Optional[str] = None
-    """the split's question files, if they moved since the question cache was built (read only where the
-    cache left questions out: --drop_missing)"""
+    """the split's question files, if they moved since the question cache was built: the questions the cache
+    left out (--drop_missing) and GQA's evaluation files (all questions, choices, scene graphs) are read there"""
     report: bool = False
     """also write <predictions stem>-report.html: one self-contained page of the scores, training curves,
     confusions and a gallery of questions with the boxes the model attended to"""
