@@ -20,7 +20,7 @@ from butd.evaluation.report import report_path  # noqa: E402
 from butd.features.reader import FeatureStore  # noqa: E402
 from butd.reference.gqa_eval import gqa_eval  # noqa: E402
 from butd.synthetic.scene import SceneModel, write_glove, write_tsv  # noqa: E402
-from butd.tasks.gqa_metrics import METRICS, official_paths, steps_number  # noqa: E402
+from butd.tasks.gqa_metrics import METRICS, OfficialFiles, official_paths, steps_number  # noqa: E402
 from butd.text import split_batch  # noqa: E402
 
 import evaluate  # noqa: E402  (evaluate.py and train.py live at the repository root)
@@ -343,6 +343,16 @@ def test_an_all_questions_image_without_features_is_named(official_set, tmp_path
                                                           r"about image n404.*--drop_missing"):
         run_evaluate(s["butd"], tmp_path / "p.json", capsys, "--questions", str(qdir))
     assert not os.path.exists(tmp_path / "p.json") and not os.path.exists(tmp_path / "p.json.partial")
+
+
+def test_consistency_on_a_split_without_an_official_tier_says_so(tmp_path):
+    """Only val's and testdev's all-questions files are predicted: train's, even where it is there,
+    is not the missing file the figure said it needed."""
+    (tmp_path / "train_all_questions.json").write_text("{}")
+    assert OfficialFiles.find(str(tmp_path), "train").reasons(True, None)["consistency"] == \
+        "computed on val and testdev only (the official tiers)"
+    assert OfficialFiles.find(str(tmp_path), "val").reasons(True, None)["consistency"] == \
+        "needs val_all_questions.json"
 
 
 def test_a_questions_directory_that_is_not_there_is_refused(official_set, tmp_path, capsys):

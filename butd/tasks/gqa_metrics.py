@@ -107,7 +107,9 @@ class OfficialFiles:
         ``attention`` None for a model with attention over boxes, else its name (``"FiLM"``)."""
         reasons = {}
         need_questions = f"needs {self.name(BALANCED)}"
-        if not self.all_questions:
+        if self.split not in ALL_QUESTIONS_SPLITS:
+            reasons["consistency"] = f"computed on {' and '.join(ALL_QUESTIONS_SPLITS)} only (the official tiers)"
+        elif not self.all_questions:
             reasons["consistency"] = f"needs {self.name(ALL_QUESTIONS)}"
         for name in ("validity", "plausibility"):
             if not self.choices or not question_file:
