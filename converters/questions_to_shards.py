@@ -18,7 +18,7 @@ import os
 import sys
 
 from butd import questions
-from butd.cli import ArgumentParser, description, run
+from butd.cli import ArgumentParser, Bounded, description, run
 from butd.tasks import TASK_NAMES
 from butd.training.config import DataConfig
 
@@ -34,14 +34,14 @@ def main(argv=None) -> dict:
     p.add_argument("--cache", default=None, help="the dataset's feature stores and question cache: the stores are read "
                    "for their image ids (default <data>/GQA-Cache, VQA2-Cache or NLVR2-Cache)")
     p.add_argument("--out", default=None, help="the question cache's directory (default: <cache>/questions)")
-    p.add_argument("--emb_dim", type=int, default=300, help="GloVe dimension (checked against the file)")
-    p.add_argument("--max_length", type=int, default=None, help="tokens per question (default: the task's)")
+    p.add_argument("--emb_dim", type=Bounded(int, low=1), default=300, help="GloVe dimension (checked against the file)")
+    p.add_argument("--max_length", type=Bounded(int, low=1), default=None, help="tokens per question (default: the task's)")
     p.add_argument("--drop_missing", action="store_true",
                    help="leave out questions whose image has no feature row, instead of failing")
-    p.add_argument("--min_answer_count", type=int, default=None,
+    p.add_argument("--min_answer_count", type=Bounded(int, low=1), default=None,
                    help="VQA v2: the candidate answers are those at least this many train+val questions give "
                         "(default: 9, the references'); lower it for a small subset. GQA and NLVR2 keep every answer")
-    p.add_argument("--workers", type=int, default=None, help="shard-writing processes (default: all cores)")
+    p.add_argument("--workers", type=Bounded(int, low=1), default=None, help="shard-writing processes (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache is up to date")
     args = p.parse_args(argv)
     paths = DataConfig(dataset=args.dataset, data=args.data, glove=args.glove).paths()

@@ -30,7 +30,7 @@ line on stderr, exit status 1. The library code is butd/features/convert/ and bu
 import logging
 import sys
 
-from butd.cli import ArgumentParser, description, run
+from butd.cli import ArgumentParser, Bounded, description, run
 from butd.features import schema
 from butd.features.convert import BAD_ROW_MODES, DEFAULT_CHUNK_IMAGES, convert, convert_stores
 from butd.features.inputs import FORMATS
@@ -51,17 +51,17 @@ def parse_args(argv=None):
     p.add_argument("--cache", default=None, help="the dataset's feature stores and question cache: the stores are written "
                    "there when no INPUT is given "
                    "(default <data>/GQA-Cache, VQA2-Cache or NLVR2-Cache)")
-    p.add_argument("--workers", type=int, default=None, help="conversion processes (default: all cores)")
+    p.add_argument("--workers", type=Bounded(int, low=1), default=None, help="conversion processes (default: all cores)")
     p.add_argument("--dtype", choices=schema.FEATURE_DTYPES, default="float16", help="the stored features' dtype")
     p.add_argument("--compressor", choices=schema.COMPRESSORS, default="none",
                    help="none keeps chunks memory-mappable (fastest to read); zstd and blosc make smaller stores")
-    p.add_argument("--chunk_images", type=int, default=DEFAULT_CHUNK_IMAGES, help="images per chunk")
+    p.add_argument("--chunk_images", type=Bounded(int, low=1), default=DEFAULT_CHUNK_IMAGES, help="images per chunk")
     p.add_argument("--format", choices=("auto",) + FORMATS, default="auto",
                    help="the input's format (auto: recognised from the input)")
     p.add_argument("--ids", default=None, help="an HDF5 cache's id map, where it is not beside the cache")
     p.add_argument("--layout", choices=("auto",) + schema.TSV_LAYOUTS, default="auto",
                    help="a TSV's layout (auto: from its field count)")
-    p.add_argument("--feature_dim", type=int, default=None,
+    p.add_argument("--feature_dim", type=Bounded(int, low=1), default=None,
                    help="feature values per box every row must have (default: what most of the first rows have)")
     p.add_argument("--on-bad-row", dest="on_bad_row", choices=BAD_ROW_MODES, default="error",
                    help="error: stop at a bad image, naming it; skip: leave bad images out and list them in "

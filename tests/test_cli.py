@@ -64,7 +64,14 @@ def test_a_mistyped_flag_or_value_is_one_line_with_the_nearest_suggested():
                            (["evaluate.py", "--split", "val"], "required: --checkpoint"),
                            (["-m", "butd.demo", "--dataset", "vqa"], "is not one of vqa2, gqa, nlvr2"),
                            ([os.path.join("converters", "questions_to_shards.py"), "--glov", "g"],
-                            "did you mean --glove?")):
+                            "did you mean --glove?"),
+                           # the converters' numbers have bounds too (0 workers ran on every core, -3 on one)
+                           ([os.path.join("converters", "tsv_to_zarr.py"), "x.tsv", "--out", "x.zarr", "--workers", "0"],
+                            "--workers: '0' is not an integer >= 1"),
+                           ([os.path.join("converters", "tsv_to_zarr.py"), "--chunk_images", "0"],
+                            "--chunk_images: '0' is not an integer >= 1"),
+                           ([os.path.join("converters", "questions_to_shards.py"), "--min_answer_count", "0"],
+                            "--min_answer_count: '0' is not an integer >= 1")):
         done = run_cli(*args)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
         assert expected in done.stderr and "usage:" not in done.stderr, (args, done.stderr)
