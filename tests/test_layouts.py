@@ -301,6 +301,19 @@ def test_mmf_features_without_their_info_file(tmp_path, capsys):
                            "COCO_train2014_000000578174_info.npy beside it" in line
 
 
+def test_an_mmf_info_file_without_its_features_is_named_or_left_out_with_skip(tmp_path, capsys):
+    """The image was left out silently (the opposite, features without their info file, is an error)."""
+    folder = copy_layout("mmf_npy", tmp_path)
+    os.remove(folder / "COCO_train2014_000000578174.npy")
+    status, _, err = cli([folder, "--out", tmp_path / "s.zarr"], capsys)
+    assert status == 1 and one_line(err).startswith(
+        f"error: {folder / 'COCO_train2014_000000578174_info.npy'}: an MMF info file without its features file "
+        "COCO_train2014_000000578174.npy (1 such in")
+    status, out, _ = cli([folder, "--out", tmp_path / "s.zarr", "--on-bad-row", "skip"], capsys)
+    assert status == 0 and "1 info file(s) without their features file left out" in out
+    assert schema.read_attrs(str(tmp_path / "s.zarr")).num_images == 1
+
+
 def test_inputs_of_two_layouts_are_refused(tmp_path, capsys):
     status, _, err = cli([REAL_TSV, os.path.join(LAYOUTS, "bua_npz"), "--out", tmp_path / "s.zarr"], capsys)
     assert status == 1 and "inputs of different layouts" in one_line(err)

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from butd.features.inputs import safe_pickle
-from butd.features.inputs.base import InputError
+from butd.features.inputs.base import InputError, listing
 from butd.features.inputs.folder import FolderInput
 from butd.features.tsv import ImageRow
 
@@ -46,6 +46,25 @@ class MMFInput(FolderInput):
 
     def companions(self, path: str) -> list:
         return [info_path(path)] if os.path.exists(info_path(path)) else []
+
+    def probe(self, skip: bool) -> None:
+        # an image whose features file is missing has only its info file, which is not an image's file:
+        # name it, as a features file without its info file is named
+        for folder, files in self._files_of.items():
+            if not os.path.isdir(folder):
+                continue
+            have = set(files)
+            alone = [f for f in listing(folder, (INFO_SUFFIX,)) if f[:-len(INFO_SUFFIX)] + ".npy" not in have]
+            if not alone:
+                continue
+            missing = os.path.basename(alone[0])[:-len(INFO_SUFFIX)] + ".npy"
+            if not skip:
+                raise ValueError(f"{alone[0]}: an MMF info file without its features file {missing} "
+                                 f"({len(alone)} such in {folder}); add the features, or leave those images "
+                                 "out with --on-bad-row skip")
+            self.notes.append(f"{folder}: {len(alone)} info file(s) without their features file left out "
+                              f"(e.g. {os.path.basename(alone[0])})")
+        super().probe(skip)
 
     @staticmethod
     def image_id(path: str) -> str:
