@@ -29,6 +29,7 @@ line on stderr, exit status 1. The library code is butd/features/convert/ and bu
 """
 import logging
 import sys
+import warnings
 
 from butd.cli import ArgumentParser, Bounded, description, run
 from butd.features import schema
@@ -95,8 +96,11 @@ def main(argv=None) -> int:
     except RuntimeError as e:          # a store that fails verification: what to do is in the message
         raise ValueError(str(e)) from None
     except KeyboardInterrupt:
-        # zarr's event loop would log each of its pending tasks as "destroyed" at exit: say ours only
+        # zarr's event loop would log each of its pending tasks as "destroyed" at exit, and the
+        # coroutines it was running report "Event loop is closed" as they are collected: say ours only
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+        sys.unraisablehook = lambda unraisable: None
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited")
         print("\ninterrupted: the chunks already written are kept; run the same command again to resume",
               file=sys.stderr)
         return 130
