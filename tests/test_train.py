@@ -32,6 +32,7 @@ from helpers import (
     build_questions,
     cli_run,
     copy_stores,
+    interrupted_after,
     make_small_sample,
     make_tsv,  # noqa: E402
     one_line_error,
@@ -450,7 +451,7 @@ def test_a_store_converted_with_its_own_settings_is_kept_beside_its_tsvs(tmp_pat
         prepare_caches(question_inputs(parse_config([*config_args, "--cache", str(tmp_path / "mine")])), features)
 
 
-def test_a_complete_store_converted_from_an_hdf5_cache_is_used_beside_the_tsvs(tmp_path):
+def test_a_complete_store_converted_from_an_hdf5_cache_is_used_beside_the_tsvs(tmp_path, monkeypatch):
     """The specification's own set-up: testdev36.hdf5 made from the TSVs still in the features
     folder. A store converted from it is the user's choice of input: used as it is, not checked
     against the TSVs (which refused it as made from other input and advised overwriting it)."""
@@ -474,7 +475,19 @@ def test_a_complete_store_converted_from_an_hdf5_cache_is_used_beside_the_tsvs(t
     with open(tmp_path / "testdev36_img2idx.pkl", "wb") as f:
         pickle.dump({r.image_id: i for i, r in enumerate(rows)}, f)
     store = os.path.join(cache, "testdev.zarr")
-    convert(str(tmp_path / "testdev36.hdf5"), store, workers=1, progress=False)
+    # interrupted: resumed by the command that converts the HDF5 cache (it said the TSV was needed, or,
+    # with the TSV there, that the store was made from other input)
+    with pytest.raises(KeyboardInterrupt), interrupted_after(monkeypatch, 1):
+        convert(str(tmp_path / "testdev36.hdf5"), store, workers=1, progress=False, chunk_images=1)
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"{store}: feature store is incomplete (its conversion was interrupted or failed); run it again to resume "
+            f"it: `python converters/tsv_to_zarr.py {tmp_path / 'testdev36.hdf5'} --out {store} --dtype float16 "
+            "--compressor none --chunk_images 1 --on-bad-row error`")):
+        prepare_caches(question_inputs(config), features)
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{store}: feature store is incomplete") + ".*"
+                       + re.escape(f"`python converters/tsv_to_zarr.py {tmp_path / 'testdev36.hdf5'} --out {store}`")):
+        questions.build(question_inputs(config), os.path.join(cache, "questions"), progress=False)
+    convert(str(tmp_path / "testdev36.hdf5"), store, workers=1, progress=False, chunk_images=1)
     made = os.path.getmtime(os.path.join(store, "zarr.json"))
     prepare_caches(question_inputs(config), features)
     assert schema.read_attrs(store).layout == "hdf5"

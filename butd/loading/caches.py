@@ -42,9 +42,13 @@ def _stores(inputs: questions.Inputs, features_dir: str):
 
 
 def _from_other_layout(path: str) -> bool:
-    """Whether the store at ``path`` was converted from another layout than the task's TSVs (an HDF5
-    cache, npz or npy files): the user's choice of input, used as it is, not checked against the TSVs."""
-    return schema.read_attrs(path).layout not in schema.TSV_LAYOUTS
+    """Whether the store at ``path`` was converted (or is being converted) from another layout than
+    the task's TSVs (an HDF5 cache, npz or npy files): the user's choice of input, used as it is when
+    complete, not checked against the TSVs. False where there is no readable store."""
+    try:
+        return schema.read_attrs(path).layout not in schema.TSV_LAYOUTS
+    except (OSError, ValueError):
+        return False
 
 
 def _has_raw_questions(inputs: questions.Inputs) -> bool:
@@ -56,8 +60,13 @@ def prepare_caches(inputs: questions.Inputs, features_dir: str, say=print) -> st
     and its question cache ``<cache>/questions``; returns the question cache's directory."""
     task, stores = _stores(inputs, features_dir)
     for path, tsvs, complete in stores:
-        if complete and (not all(map(os.path.exists, tsvs)) or _from_other_layout(path)):
+        other = _from_other_layout(path)
+        if complete and (other or not all(map(os.path.exists, tsvs))):
             continue
+        if other:   # an interrupted conversion of the user's own input: not one of the task's TSVs
+            command = " ".join([schema.resume_command(path, schema.read_attrs(path)), *as_flags(recorded_options(path))])
+            raise FileNotFoundError(f"{path}: feature store is incomplete (its conversion was interrupted or failed); "
+                                    f"run it again to resume it: `{command}`")
         for tsv in tsvs:
             _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
         # with the settings the store was made with (--compressor, --dtype, ...): only its input decides

@@ -92,7 +92,7 @@ def check_stores(out_dir: str, cache_dir: str) -> None:
     (re-converted, or another cache directory) would pair questions with the wrong images."""
     for name, built in read_manifest(out_dir)["inputs"]["stores"].items():
         path = os.path.join(cache_dir, f"{name}.zarr")
-        now = schema.read_attrs(path).fingerprint
+        now = schema.read_complete_attrs(path).fingerprint   # an interrupted conversion: how to resume it
         if now != built["fingerprint"]:
             raise StaleCacheError(
                 f"{out_dir}: question cache was built against the feature store {built['path']} (fingerprint "

@@ -43,14 +43,16 @@ class Inputs:
                    for p in task.question_files(self.questions, s) if not os.path.isfile(p)]
         missing += [f"{self.glove} (GloVe)"] if not os.path.isfile(self.glove) else []
         for name in sorted(task.stores):
+            path = task.store_path(self.cache, name)
             try:
-                schema.read_complete_attrs(task.store_path(self.cache, name))
-            except (OSError, ValueError):
-                missing.append(f"{task.store_path(self.cache, name)} (a complete feature store: "
-                               "python converters/tsv_to_zarr.py)")
+                schema.read_complete_attrs(path)
+            except (OSError, ValueError) as e:
+                # a store that is there says what it lacks (an interrupted conversion: how to resume it)
+                missing.append(str(e) if os.path.exists(os.path.join(path, "zarr.json")) else
+                               f"{path} (a complete feature store: python converters/tsv_to_zarr.py)")
         if missing:
-            raise FileNotFoundError(f"the {task.title} question cache needs {len(missing)} input(s) not found: "
-                                    + "; ".join(missing))
+            raise FileNotFoundError(f"the {task.title} question cache needs {len(missing)} input(s) not found "
+                                    "or not complete: " + "; ".join(missing))
 
     def describe(self) -> dict:
         """Paths, sizes and mtimes of the files, the feature stores' own fingerprints, the settings.
