@@ -116,6 +116,10 @@ def test_the_report_with_images_shows_the_files_found_and_says_which_are_missing
     with open(report_path(str(out)), encoding="utf-8") as f:
         text = f.read()
     assert f"found in {images}" in text and "blank canvas:" in text
+    # counted once per image, however many cards show it (an NLVR2 image is on two statements' cards)
+    ids = {svg["attrs"]["data-image-id"] for card in page.cards for svg in card["svgs"]}
+    there = {i for i in ids if found & set(task.image_files(i, split))}
+    assert f"{len(there)} of {len(ids)} images found in {images}" in text
 
 
 def test_a_split_without_answers_gets_a_report_of_its_predictions(runs, tmp_path):

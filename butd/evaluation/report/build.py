@@ -129,8 +129,8 @@ def _slug(name: str) -> str:
 
 def gallery_cards(items: Sequence[gather.GalleryItem], task, split: str, images: Optional[str]) -> tuple:
     """``(cards, found, total)``: each gallery item with its pictures (``picture_of``) and the
-    rectangles of its boxes, and how many of the pictures were found in ``images``."""
-    cards, found, total = [], 0, 0
+    rectangles of its boxes, and of the distinct images shown, how many were found in ``images``."""
+    cards, found = [], {}   # image id -> whether its file was found
     for item in items:
         weights = [w for view in item.images if view.weights is not None for w in view.weights.tolist()]
         strongest = max(weights, default=0.0) or 1.0
@@ -138,7 +138,7 @@ def gallery_cards(items: Sequence[gather.GalleryItem], task, split: str, images:
         for side, view in enumerate(item.images):
             picture = picture_of(task.image_files(view.image_id, split), images, view.size,
                                  max_height=PAIR_HEIGHT if len(item.images) > 1 else None)
-            found, total = found + (picture.uri is not None), total + 1
+            found[view.image_id] = found.get(view.image_id, False) or picture.uri is not None
             boxes = []
             rects = picture.rectangles(view.boxes)
             by_rank = sorted(range(len(rects)), key=lambda k: view.ranks[k] if view.ranks is not None else k)
@@ -154,7 +154,7 @@ def gallery_cards(items: Sequence[gather.GalleryItem], task, split: str, images:
             pictures.append({"picture": picture, "view": view, "boxes": boxes, "side": name})
         filters = {f"type-{_slug(name)}": value for name, value in item.types.items()}
         cards.append({"item": item, "pictures": pictures, "filters": filters})
-    return cards, found, total
+    return cards, sum(found.values()), len(found)
 
 
 def filter_options(cards: Sequence[dict]) -> dict:
