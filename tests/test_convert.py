@@ -714,6 +714,23 @@ def test_features_a_store_cannot_hold_name_the_image(tmp_path, value, dtype, rea
         assert zarr.open_array(os.path.join(out, "features"))[4, 1, 3] == np.float32(1e6)
 
 
+def test_a_skip_run_that_fails_leaves_no_report_that_looks_final(tmp_path):
+    """--on-bad-row skip stopped by a NaN (not a row it skips): no OUT.bad_rows.json saying "skipped
+    0" beside the unfinished store; the report appears when the store is complete."""
+    rows = make_rows(n=6, feature_dim=8)
+    rows[4].features[1, 3] = np.nan
+    write_tsv(str(tmp_path / "f.tsv"), rows)
+    tsv, out = str(tmp_path / "f.tsv"), str(tmp_path / "s.zarr")
+    with pytest.raises(ValueError, match="NaN"):
+        convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False, on_bad_row="skip")
+    assert not os.path.exists(out + ".bad_rows.json") and schema.read_attrs(out).complete is False
+    rows[4].features[1, 3] = 0.5
+    write_tsv(tsv, rows)
+    convert_tsv(tsv, out, chunk_images=2, workers=1, progress=False, on_bad_row="skip", overwrite=True)
+    with open(out + ".bad_rows.json") as f:
+        assert json.load(f)["skipped"] == 0
+
+
 def _mark_and_nap(path: str) -> str:
     with open(path, "w"):
         pass

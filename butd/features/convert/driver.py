@@ -187,6 +187,7 @@ def _convert_locked(source_input, out_path: str, fp: str, source: dict, settings
             os.remove(bad_rows_report_path(out_path))
     attrs = existing_store(out_path, fp, source, settings)
     plan_path = os.path.join(out_path, PROGRESS_DIR, PLAN_FILE)
+    pending_report = os.path.join(out_path, PROGRESS_DIR, "bad_rows.json")
     report = bad_rows_report_path(out_path) if skip else None
     name, description = source_input.name, source_input.description
     if attrs is not None and attrs.complete:
@@ -213,14 +214,13 @@ def _convert_locked(source_input, out_path: str, fp: str, source: dict, settings
                                feature_dim=source_input.feature_dim, max_boxes=int(plan.num_boxes.max()),
                                num_images=len(plan.image_ids), chunk_images=int(chunk_images), source=source,
                                fingerprint=fp)
-            if skip:
-                os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
-                given = source_input.given
-                write_json_atomic(report, {"source": given[0] if len(given) == 1 else given,
-                                            "skipped": len(plan.bad_rows), "rows": plan.bad_rows})
             check_free_space(out_path, attrs, attrs.num_chunks)
             create_store(out_path, attrs, plan)
             record_settings(out_path, settings)
+            if skip:   # beside the store once it is complete: a report of a failed run would look final
+                given = source_input.given
+                write_json_atomic(pending_report, {"source": given[0] if len(given) == 1 else given,
+                                                   "skipped": len(plan.bad_rows), "rows": plan.bad_rows})
         plan = Plan.load(plan_path)
         done = done_chunks(out_path)
         todo = [c for c in range(attrs.num_chunks) if c not in done]
@@ -232,6 +232,9 @@ def _convert_locked(source_input, out_path: str, fp: str, source: dict, settings
     finally:
         runner.close()
     verify(out_path, attrs, plan)
+    if skip and os.path.exists(pending_report):   # (a store begun before reports waited here has its own)
+        os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
+        os.replace(pending_report, report)
     mark_complete(out_path)
     skipped = 0
     if skip:
