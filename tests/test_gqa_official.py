@@ -329,16 +329,26 @@ def test_official_chunks_are_found_in_number_order_and_arrays_stream_as_json_dum
     assert not os.path.exists(tmp_path / "b.json") and not os.path.exists(tmp_path / "b.json.partial")
 
 
-def test_an_all_questions_image_without_features_is_named(official_set, tmp_path, capsys):
-    s = official_set
+def edited_all_questions(official_set, tmp_path, edit):
+    """A copy of the set's question files whose first testdev all-questions chunk ``edit`` changed
+    (in place: a dict of question id -> entry); returns its directory."""
     qdir = tmp_path / "q"
-    shutil.copytree(s["questions"], qdir)
+    shutil.copytree(official_set["questions"], qdir)
     chunk = qdir / "testdev_all_questions" / "testdev_all_questions_1.json"
     with open(chunk) as f:
         questions_ = json.load(f)
-    questions_["77777777"] = {**next(iter(questions_.values())), "imageId": "n404", "isBalanced": False}
+    edit(questions_)
     with open(chunk, "w") as f:
         json.dump(questions_, f)
+    return qdir
+
+
+def test_an_all_questions_image_without_features_is_named(official_set, tmp_path, capsys):
+    s = official_set
+
+    def add_one(questions_):
+        questions_["77777777"] = {**next(iter(questions_.values())), "imageId": "n404", "isBalanced": False}
+    qdir = edited_all_questions(s, tmp_path, add_one)
     with pytest.raises(questions.QuestionFileError, match=r"testdev_all_questions_1\.json: question 77777777 asks "
                                                           r"about image n404.*--drop_missing"):
         run_evaluate(s["butd"], tmp_path / "p.json", capsys, "--questions", str(qdir))
@@ -365,18 +375,14 @@ def test_an_all_questions_file_without_some_cached_questions_is_refused(official
     """Scoring the questions it holds would put other questions in the figures than in the
     answer-prior baseline (computed over the question cache) and say nothing."""
     s = official_set
-    qdir = tmp_path / "q"
-    shutil.copytree(s["questions"], qdir)
-    chunk = qdir / "testdev_all_questions" / "testdev_all_questions_1.json"
-    with open(chunk) as f:
-        questions_ = json.load(f)
-    gone = next(q for q, entry in questions_.items() if entry.get("isBalanced"))
-    del questions_[gone]
-    for entry in questions_.values():
-        entry["entailed"] = [e for e in entry.get("entailed", []) if e != gone]
-        entry["equivalent"] = [e for e in entry.get("equivalent", []) if e != gone]
-    with open(chunk, "w") as f:
-        json.dump(questions_, f)
+
+    def remove_one(questions_):
+        gone = next(q for q, entry in questions_.items() if entry.get("isBalanced"))
+        del questions_[gone]
+        for entry in questions_.values():
+            entry["entailed"] = [e for e in entry.get("entailed", []) if e != gone]
+            entry["equivalent"] = [e for e in entry.get("equivalent", []) if e != gone]
+    qdir = edited_all_questions(s, tmp_path, remove_one)
     with pytest.raises(ValueError, match=r"testdev_all_questions \(\d+ chunks\): holds (\d+) of the \d+ testdev "
                                          r"questions of the question cache: not the all-questions file"):
         run_evaluate(s["butd"], tmp_path / "p.json", capsys, "--questions", str(qdir))
