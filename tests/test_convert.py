@@ -765,7 +765,7 @@ def test_a_worker_killed_mid_run_is_an_error_not_a_hang(tmp_path):
     thread.join(timeout=60)
     assert done and done[-1] == "closed", "the runner hung on the lost task"
     assert re.search(r"conversion worker \(pid \d+\) was killed by SIGKILL .*run the same command again", done[0])
-    assert len(os.listdir(tmp_path)) < 60
+    assert len(os.listdir(tmp_path)) < 30    # at once, not when the worker's replacement has done the rest
 
 
 def test_closing_the_pool_skips_the_tasks_not_started_and_kills_no_worker(tmp_path):

@@ -22,8 +22,9 @@ def _start_worker(stop, parent: int) -> None:
     _STOP = stop
     # Ctrl-C is handled by the parent, which stops the pool; workers just finish the task under way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # A parent killed outright (kill -9) cannot stop its workers: the kernel ends them instead of
-    # leaving them to convert on and fail, each with a traceback, on the pipe to the dead parent.
+    # A parent killed outright (kill -9) cannot stop its workers: the kernel ends them when the
+    # thread that started them (the pool's creator, the main thread) ends, instead of leaving them
+    # to convert on and fail, each with a traceback, on the pipe to the dead parent.
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (AttributeError, OSError):   # not Linux: orphans finish their task and fail quietly at worst
@@ -35,8 +36,8 @@ def _start_worker(stop, parent: int) -> None:
 class Runner:
     """``runner(fn, tasks, ordered)`` yields ``(index, result)`` for each task: in this process for
     one worker, else in a pool of worker processes. A worker that dies (killed) raises
-    ``WorkerDied`` within ``_POLL_S``: ``multiprocessing.Pool`` replaces it and waits for its task
-    forever. ``close`` stops the pool without killing a live worker: the tasks not started are skipped
+    ``WorkerDied`` at the next result or within ``_POLL_S``: ``multiprocessing.Pool`` replaces it and
+    waits for its task forever. ``close`` stops the pool without killing a live worker: the tasks not started are skipped
     and those running (each a chunk: a fraction of a second) finish. (``Pool.terminate`` kills
     workers, and one killed while sending a result keeps the result queue's lock, on which the
     pool's own shutdown then waits forever; after a worker's death see ``_end_broken``.)"""
@@ -71,15 +72,19 @@ class Runner:
             yield item
 
     def _next(self):
-        """The next result (StopIteration after the last), waiting in steps that look for a dead worker."""
+        """The next result (StopIteration after the last), waiting in steps; a dead worker is looked
+        for at each step and at each result (its replacement keeps results coming)."""
         while True:
             try:
-                return self._results.next(timeout=_POLL_S)
+                item = self._results.next(timeout=_POLL_S)
             except multiprocessing.TimeoutError:
-                dead = next((p for p in self._workers if p.exitcode is not None), None)
-                if dead is not None:
-                    self._dead = dead
-                    raise WorkerDied(_death(dead)) from None
+                item = None
+            dead = next((p for p in self._workers if p.exitcode is not None), None)
+            if dead is not None:
+                self._dead = dead
+                raise WorkerDied(_death(dead))
+            if item is not None:
+                return item
 
     def close(self) -> None:
         if self.pool is None:
@@ -99,7 +104,7 @@ class Runner:
             finally:
                 self._results = None
         if self._dead is not None:
-            self._end_broken()
+            self._end_broken()   # may leave a daemon thread waiting on a lock the dead worker held
             return
         self.pool.close()
         self.pool.join()
