@@ -9,8 +9,8 @@ shared disk) that needs the same cache waits here, says once what it waits for, 
 first is done: it then finds the cache complete and uses it, never removing, overwriting or
 half-reading what the first is writing. The lock is ``flock``: the kernel releases it when its
 holder exits, however it exits (kill -9 included), so no crashed process leaves it held. In a
-directory this process cannot write (a cluster's read-only copy of the caches) there is nothing to
-build and no lock file can be made: the block runs unlocked, and an up-to-date cache is used. Within one
+directory this process cannot write (a cluster's read-only copy of the caches) no lock file can be
+made: an up-to-date cache is used without it, and one that would have to be built is an error at once. Within one
 process the lock is re-entrant (a run that prepares its caches calls the converters, which lock the
 same store). The lock file stays beside the cache after use; it holds nothing.
 
@@ -44,11 +44,12 @@ def _unsupported(path: str, error: OSError) -> OSError:
 
 
 @contextlib.contextmanager
-def build_lock(path: str, say=print):
+def build_lock(path: str, say=print, usable=None):
     """Hold the build lock of the cache at ``path`` for the ``with`` block, waiting for another
-    holder first (saying so once with ``say``); in a directory this process cannot write, run the
-    block without it. Raises OSError where the lock cannot be taken (no lock support), naming the
-    lock file."""
+    holder first (saying so once with ``say``). In a directory this process cannot write, the block
+    runs without it where ``usable()`` says the cache is ready to use as it is (nothing will be
+    written). Raises OSError where the lock cannot be taken (no lock support; an unwritable
+    directory where the cache is not ready), naming the lock file or the directory."""
     where = lock_path(path)
     held = _HELD.__dict__.setdefault("paths", set())
     if where in held:          # this thread holds it already
@@ -60,11 +61,12 @@ def build_lock(path: str, say=print):
     except OSError as e:
         if e.errno not in _READ_ONLY:
             raise
+        if usable is None or not usable():   # it would be built where nothing can be written: say so now
+            raise OSError(e.errno, f"{e.filename or os.path.dirname(where)}: cannot write here ({e.strerror}), "
+                                   f"where {path} is to be made or brought up to date") from None
         try:     # a lock file already there: flock takes a read-only descriptor too
             fd = os.open(where, os.O_RDONLY)
-        except FileNotFoundError:
-            # a directory nobody here can write to: no build to wait for, the cache is used as it is
-            # (and anything that would have to be built fails, naming what it could not write)
+        except FileNotFoundError:   # no writer to wait for: nobody here can write there
             yield
             return
     try:

@@ -94,3 +94,16 @@ def test_an_up_to_date_question_cache_in_a_read_only_directory_is_used(tmp_path,
     assert questions.build(inputs, qdir, progress=False)["skipped"]
     # train.py's way: the stores, then the questions
     assert prepare_caches(inputs, str(tmp_path / "GQA-Features"), say=lambda line: None) == qdir
+
+
+def test_a_cache_to_build_where_nothing_can_be_written_is_refused_at_once(tmp_path, monkeypatch):
+    """Not after a conversion's plan pass (minutes of reading for a GQA-sized TSV), and naming the
+    directory, not the file that failed later."""
+    def read_only(path, flags, *mode):
+        raise OSError(errno.EROFS, "Read-only file system", path)
+    monkeypatch.setattr(bl.os, "open", read_only)
+    for usable in (None, lambda: False):
+        with pytest.raises(OSError, match=r"cannot write here \(Read-only file system\), where .*x\.zarr is to be "
+                                          r"made or brought up to date"):
+            with bl.build_lock(str(tmp_path / "x.zarr"), usable=usable):
+                pytest.fail("ran unlocked")

@@ -31,6 +31,7 @@ import numpy as np
 
 from butd.build_lock import build_lock
 from butd.features import schema
+from butd.features.convert.lifecycle import require_complete
 from butd.questions import shards
 from butd.questions.arrays import QuestionArrays
 from butd.questions.fingerprint import FORMAT_VERSION, Inputs, changes, fingerprint
@@ -92,7 +93,7 @@ def check_stores(out_dir: str, cache_dir: str) -> None:
     (re-converted, or another cache directory) would pair questions with the wrong images."""
     for name, built in read_manifest(out_dir)["inputs"]["stores"].items():
         path = os.path.join(cache_dir, f"{name}.zarr")
-        now = schema.read_complete_attrs(path).fingerprint   # an interrupted conversion: how to resume it
+        now = require_complete(path).fingerprint   # an interrupted conversion: how to resume it
         if now != built["fingerprint"]:
             raise StaleCacheError(
                 f"{out_dir}: question cache was built against the feature store {built['path']} (fingerprint "
@@ -138,8 +139,12 @@ def build(inputs: Inputs, out_dir: str, force: bool = False, workers: Optional[i
     """
     say = print if progress else (lambda *a, **k: None)
     description = inputs.describe()
+    def up_to_date() -> bool:
+        old = _readable_manifest(out_dir)
+        return bool(old) and not force and old["fingerprint"] == fingerprint(description)
+
     # one process builds a cache at a time; another waits here, then finds it up to date
-    with build_lock(out_dir):
+    with build_lock(out_dir, usable=up_to_date):
         return _build_locked(inputs, out_dir, description, force, workers, say, progress)
 
 

@@ -172,7 +172,7 @@ def convert(inputs: Union[str, Sequence[str]], out_path: str, *, format: Optiona
     fp = fingerprint(source, settings)
     # one process converts a store at a time; another one waits here, then finds it complete (or
     # resumes what the first left, if that one was killed)
-    with build_lock(out_path):
+    with build_lock(out_path, usable=lambda: schema.is_complete(out_path) and not overwrite):
         return _convert_locked(source_input, out_path, fp, source, settings, size, t0, dtype=dtype,
                                compressor=compressor, chunk_images=chunk_images, workers=workers, skip=skip,
                                overwrite=overwrite, progress=progress)
