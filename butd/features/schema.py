@@ -164,19 +164,9 @@ def read_complete_attrs(path: str, error=ValueError) -> StoreAttrs:
     command that resumes it) where the conversion was interrupted or failed."""
     attrs = read_attrs(path)
     if not attrs.complete:
-        raise error(f"{path}: feature store is incomplete (conversion interrupted or failed); run its "
-                    f"conversion again to resume it: `{resume_command(path, attrs)}` with the flags it was "
-                    "started with")
+        raise error(f"{path}: feature store is incomplete (conversion interrupted or failed); "
+                    "run the converter command that made it again to resume it")
     return attrs
-
-
-def resume_command(path: str, attrs: StoreAttrs) -> str:
-    """The converter's command that makes (or resumes) the store at ``path`` from the inputs its
-    attributes record, without its flags (an id map or MMF info file goes with its input unnamed)."""
-    files = attrs.source.get("files", [attrs.source]) if isinstance(attrs.source, dict) else []
-    inputs = [str(f["path"]) for f in files if isinstance(f, dict) and "path" in f
-              and not str(f["path"]).endswith((".pkl", "_info.npy"))]
-    return " ".join(["python converters/tsv_to_zarr.py", *(inputs or ["INPUT"]), "--out", path])
 
 
 def read_image_ids(path: str) -> np.ndarray:

@@ -19,9 +19,10 @@ import dataclasses
 import os
 
 from butd import questions
+from butd.build_lock import build_lock
 from butd.features import schema
 from butd.features.convert import convert_tsv
-from butd.features.convert.lifecycle import NotAStore, StoreMismatch, as_flags, recorded_options
+from butd.features.convert.lifecycle import NotAStore, StoreMismatch, as_flags, recorded_options, require_complete
 from butd.tasks import get_task
 
 
@@ -51,6 +52,27 @@ def _from_other_layout(path: str) -> bool:
         return False
 
 
+def _prepare_store(task, path: str, tsvs: list, say) -> None:
+    """Make, resume or check the store at ``path`` from ``tsvs``, or leave it as it is (see the module docstring)."""
+    complete, other = schema.is_complete(path), _from_other_layout(path)
+    if complete and (other or not all(map(os.path.exists, tsvs))):
+        return
+    if other:   # an interrupted conversion of the user's own input: not one of the task's TSVs
+        require_complete(path)
+    for tsv in tsvs:
+        _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
+    # with the settings the store was made with (--compressor, --dtype, ...): only its input decides
+    options = recorded_options(path)
+    # a mismatch is advised in this command's terms: train.py has no --out or --overwrite
+    try:
+        say(str(convert_tsv(tsvs, path, image_key=task.image_key, **options)))
+    except StoreMismatch as e:
+        again = " ".join(["python converters/tsv_to_zarr.py", *tsvs, "--out", path, *as_flags(options), "--overwrite"])
+        raise StoreMismatch(path, e.what, f"move it away, or convert the TSVs again with `{again}`") from None
+    except NotAStore:
+        raise NotAStore(path, "move it away: train.py converts the TSVs into a store there") from None
+
+
 def _has_raw_questions(inputs: questions.Inputs) -> bool:
     return os.path.exists(inputs.questions) and os.path.exists(inputs.glove)
 
@@ -59,26 +81,10 @@ def prepare_caches(inputs: questions.Inputs, features_dir: str, say=print) -> st
     """Make or check the stores of ``inputs.task`` under ``inputs.cache`` (from ``features_dir``)
     and its question cache ``<cache>/questions``; returns the question cache's directory."""
     task, stores = _stores(inputs, features_dir)
-    for path, tsvs, complete in stores:
-        other = _from_other_layout(path)
-        if complete and (other or not all(map(os.path.exists, tsvs))):
-            continue
-        if other:   # an interrupted conversion of the user's own input: not one of the task's TSVs
-            command = " ".join([schema.resume_command(path, schema.read_attrs(path)), *as_flags(recorded_options(path))])
-            raise FileNotFoundError(f"{path}: feature store is incomplete (its conversion was interrupted or failed); "
-                                    f"run it again to resume it: `{command}`")
-        for tsv in tsvs:
-            _require(tsv, "features TSV", path, f"python converters/tsv_to_zarr.py {' '.join(tsvs)} --out {path}")
-        # with the settings the store was made with (--compressor, --dtype, ...): only its input decides
-        options = recorded_options(path)
-        # a mismatch is advised in this command's terms: train.py has no --out or --overwrite
-        try:
-            say(str(convert_tsv(tsvs, path, image_key=task.image_key, **options)))
-        except StoreMismatch as e:
-            again = " ".join(["python converters/tsv_to_zarr.py", *tsvs, "--out", path, *as_flags(options), "--overwrite"])
-            raise StoreMismatch(path, e.what, f"move it away, or convert the TSVs again with `{again}`") from None
-        except NotAStore:
-            raise NotAStore(path, "move it away: train.py converts the TSVs into a store there") from None
+    for path, tsvs, _ in stores:
+        # decided under the store's lock: a conversion under way (of the user's HDF5 cache, say) ends first
+        with build_lock(path, say=say, usable=lambda path=path: schema.is_complete(path)):
+            _prepare_store(task, path, tsvs, say)
 
     qdir = os.path.join(inputs.cache, "questions")
     if _has_raw_questions(inputs):

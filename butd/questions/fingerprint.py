@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from butd.features import schema
+from butd.features.convert.lifecycle import require_complete
 from butd.tasks import get_task
 
 FORMAT_VERSION = 3   # 3: gold answers as written, and the spelling each label is written in
@@ -45,7 +45,7 @@ class Inputs:
         for name in sorted(task.stores):
             path = task.store_path(self.cache, name)
             try:
-                schema.read_complete_attrs(path)
+                require_complete(path)
             except (OSError, ValueError) as e:
                 # a store that is there says what it lacks (an interrupted conversion: how to resume it)
                 missing.append(str(e) if os.path.exists(os.path.join(path, "zarr.json")) else
@@ -73,7 +73,7 @@ class Inputs:
 
 
 def store_stat(path: str) -> dict:
-    attrs = schema.read_complete_attrs(path)   # fail before reading any question, not after
+    attrs = require_complete(path)   # fail before reading any question, not after
     return {"path": os.path.abspath(path), "fingerprint": attrs.fingerprint}
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import shutil
 from typing import Optional
 
@@ -146,6 +147,28 @@ def record_settings(out_path: str, settings: dict) -> None:
     can say which changed."""
     import zarr
     zarr.open_group(out_path, mode="r+").attrs.update({SETTINGS_ATTR: settings})
+
+
+def resume_command(out_path: str) -> str:
+    """The converter's command that resumes (or makes) the store at ``out_path``: the inputs its
+    attributes record (an HDF5 cache's id map as ``--ids``; an MMF info file goes with its features
+    file) and the settings it was made with, quoted for a shell."""
+    source = schema.read_attrs(out_path).source
+    paths = [str(f["path"]) for f in source.get("files", [source]) if "path" in f]
+    inputs = [p for p in paths if not p.endswith((".pkl", "_info.npy"))] or ["INPUT"]
+    ids = [word for p in paths if p.endswith(".pkl") for word in ("--ids", p)]
+    return shlex.join(["python", "converters/tsv_to_zarr.py", *inputs, "--out", out_path, *ids,
+                       *as_flags(recorded_options(out_path))])
+
+
+def require_complete(out_path: str) -> StoreAttrs:
+    """The attributes of the complete store at ``out_path``; for one whose conversion was
+    interrupted, ValueError naming the command that resumes it."""
+    attrs = schema.read_attrs(out_path)
+    if not attrs.complete:
+        raise ValueError(f"{out_path}: feature store is incomplete (its conversion was interrupted or failed); "
+                         f"run it again to resume it: `{resume_command(out_path)}`")
+    return attrs
 
 
 def as_flags(options: dict) -> list:
