@@ -360,7 +360,7 @@ def test_consistency_on_a_split_without_an_official_tier_says_so(tmp_path):
     is not the missing file the figure said it needed."""
     (tmp_path / "train_all_questions.json").write_text("{}")
     assert OfficialFiles.find(str(tmp_path), "train").reasons(True, None)["consistency"] == \
-        "computed on val and testdev only (the official tiers)"
+        "computed on val and testdev only (their all-questions files)"
     assert OfficialFiles.find(str(tmp_path), "val").reasons(True, None)["consistency"] == \
         "needs val_all_questions.json"
 
@@ -384,7 +384,7 @@ def test_an_all_questions_file_without_some_cached_questions_is_refused(official
             entry["equivalent"] = [e for e in entry.get("equivalent", []) if e != gone]
     qdir = edited_all_questions(s, tmp_path, remove_one)
     with pytest.raises(ValueError, match=r"testdev_all_questions \(\d+ chunks\): holds (\d+) of the \d+ testdev "
-                                         r"questions of the question cache: not the all-questions file"):
+                                         r"questions of the question cache \(not \d+\): not the all-questions file"):
         run_evaluate(s["butd"], tmp_path / "p.json", capsys, "--questions", str(qdir))
     assert not os.path.exists(tmp_path / "p.json") and not os.path.exists(tmp_path / "p.json.partial")
 

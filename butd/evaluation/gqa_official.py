@@ -153,7 +153,7 @@ def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: li
         f"{os.path.dirname(files.all_questions[0])} ({len(files.all_questions)} chunks)"
     say(f"[*] predicting every {split} question of {where}")
     kept_labels = None if positions is None else np.full(len(positions), -1, dtype=np.int64)
-    cached, held = set(cached), 0
+    cached, held = set(cached), set()
     progress = tqdm(unit=" questions", disable=None, smoothing=0.1)
     with JsonArrayWriter(out) as written_predictions, _writer(attentions) as written_attention, progress:
         for raw, entries in question_chunks(files.all_questions, CHUNK_BATCHES * dm.batch_size):
@@ -187,12 +187,14 @@ def predict_all_questions(lit, dm, split: str, files: OfficialFiles, written: li
                     cells = attention_cells(*predicted.cells(p, rows[i]))
                     written_attention.add(attention_entry(qid, cells))
                 scorer.add(qid, entry, answer, cells, scored=p >= 0)
-                held += qid in cached
+                if qid in cached:
+                    held.add(qid)
                 if positions is not None and p >= 0 and qid in positions:
                     kept_labels[positions[qid]] = labels[i]
             progress.update(n)
         count = written_predictions.count
-        if held != len(cached):   # inside the writers: no predictions file is left looking complete
-            raise ValueError(f"{where}: holds {held} of the {len(cached)} {split} questions of the question cache: "
-                             "not the all-questions file of the balanced file the cache was built from")
+        if len(held) != len(cached):   # inside the writers: no predictions file is left looking complete
+            raise ValueError(f"{where}: holds {len(held)} of the {len(cached)} {split} questions of the question "
+                             f"cache (not {next(iter(cached - held))}): not the all-questions file of the balanced "
+                             "file the cache was built from")
     return _complete(scorer.finish(files.choices), files, True, attention), count, left_out, kept_labels

@@ -108,7 +108,7 @@ class OfficialFiles:
         reasons = {}
         need_questions = f"needs {self.name(BALANCED)}"
         if self.split not in ALL_QUESTIONS_SPLITS:
-            reasons["consistency"] = f"computed on {' and '.join(ALL_QUESTIONS_SPLITS)} only (the official tiers)"
+            reasons["consistency"] = f"computed on {' and '.join(ALL_QUESTIONS_SPLITS)} only (their all-questions files)"
         elif not self.all_questions:
             reasons["consistency"] = f"needs {self.name(ALL_QUESTIONS)}"
         for name in ("validity", "plausibility"):

@@ -47,9 +47,10 @@ class MMFInput(FolderInput):
     def companions(self, path: str) -> list:
         return [info_path(path)] if os.path.exists(info_path(path)) else []
 
-    def probe(self, skip: bool) -> None:
+    def plan(self, runner, progress: bool, skip: bool):
         # an image whose features file is missing has only its info file, which is not an image's file:
-        # name it, as a features file without its info file is named
+        # name it, as a features file without its info file is named (when a store is planned: an info
+        # file added beside a complete store's inputs changes nothing it holds)
         for folder, files in self._files_of.items():
             if not os.path.isdir(folder):
                 continue
@@ -64,7 +65,7 @@ class MMFInput(FolderInput):
                                  "out with --on-bad-row skip")
             self.notes.append(f"{folder}: {len(alone)} info file(s) without their features file left out "
                               f"(e.g. {os.path.basename(alone[0])})")
-        super().probe(skip)
+        return super().plan(runner, progress, skip)
 
     @staticmethod
     def image_id(path: str) -> str:
