@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -487,7 +488,24 @@ def test_a_complete_store_converted_from_an_hdf5_cache_is_used_beside_the_tsvs(t
         prepare_caches(question_inputs(config), features)
     with pytest.raises(FileNotFoundError, match=re.escape(resume)):      # questions_to_shards.py says the same
         questions.build(question_inputs(config), os.path.join(cache, "questions"), progress=False)
-    convert(str(tmp_path / "testdev36.hdf5"), store, workers=1, progress=False, chunk_images=1)
+    # the conversion resumed in another process (here: thread) while train.py starts: train.py waits for
+    # it under the store's lock, then uses the store (it refused it as made from other input)
+    import threading
+
+    from butd.build_lock import build_lock
+    held, said = threading.Event(), []
+
+    def converter():
+        with build_lock(store):
+            held.set()
+            time.sleep(0.5)
+            convert(str(tmp_path / "testdev36.hdf5"), store, workers=1, progress=False, chunk_images=1)
+    resumed = threading.Thread(target=converter)
+    resumed.start()
+    held.wait(30)
+    prepare_caches(question_inputs(config), features, say=said.append)
+    resumed.join()
+    assert any("waiting for another process building" in line and "testdev.zarr" in line for line in said)
     made = os.path.getmtime(os.path.join(store, "zarr.json"))
     prepare_caches(question_inputs(config), features)
     assert schema.read_attrs(store).layout == "hdf5"
