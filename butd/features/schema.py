@@ -164,8 +164,9 @@ def read_complete_attrs(path: str, error=ValueError) -> StoreAttrs:
     command that resumes it) where the conversion was interrupted or failed."""
     attrs = read_attrs(path)
     if not attrs.complete:
-        raise error(f"{path}: feature store is incomplete (conversion interrupted or failed); "
-                    "run the converter command that made it again to resume it")
+        raise error(f"{path}: feature store is incomplete (conversion interrupted or failed); run the "
+                    f"converter command that made it (python converters/tsv_to_zarr.py ... --out {path}) again "
+                    "to resume it")
     return attrs
 
 
