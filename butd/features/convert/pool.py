@@ -23,7 +23,7 @@ def _start_worker(stop, parent: int) -> None:
     # Ctrl-C is handled by the parent, which stops the pool; workers just finish the task under way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A parent killed outright (kill -9) cannot stop its workers: the kernel ends them when the
-    # thread that started them (the pool's creator, the main thread) ends, instead of leaving them
+    # thread that started them (the pool's creator, alive while the pool is used) ends, instead of leaving them
     # to convert on and fail, each with a traceback, on the pipe to the dead parent.
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
