@@ -31,11 +31,16 @@ def _signature_format(path: str, format: str) -> Optional[str]:
     if os.path.isdir(path):
         held = {kind for entry in os.scandir(path) for kind in ("npz", "npy") if entry.name.endswith("." + kind)}
         return format if format in held else next(iter(sorted(held)), None)
+    return "hdf5" if _has_hdf5_signature(path) else None
+
+
+def _has_hdf5_signature(path: str) -> bool:
+    """Whether the file at ``path`` starts with HDF5's signature (False where it cannot be read)."""
     try:
         with open(path, "rb") as f:
-            return "hdf5" if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC else None
+            return f.read(len(HDF5_MAGIC)) == HDF5_MAGIC
     except OSError:
-        return None
+        return False
 
 
 def detect_format(path: str) -> str:
@@ -57,12 +62,8 @@ def detect_format(path: str) -> str:
             raise ValueError(f"{path}: a folder without .npz or .npy feature files; expected a folder of "
                              "bottom-up-attention.pytorch / MCAN .npz or MMF .npy files")
         return "npz" if npz else "npy"
-    try:
-        with open(path, "rb") as f:
-            if f.read(len(HDF5_MAGIC)) == HDF5_MAGIC:
-                return "hdf5"
-    except OSError:
-        pass
+    if _has_hdf5_signature(path):
+        return "hdf5"
     for suffixes, kind in ((HDF5_SUFFIXES, "hdf5"), ((".npz",), "npz"), ((".npy",), "npy")):
         if path.endswith(suffixes):
             return kind
