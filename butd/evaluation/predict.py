@@ -133,9 +133,10 @@ def evaluate(checkpoint: str, split: Optional[str] = None, out: Optional[str] = 
     if official is not None and official.all_questions:
         say(f"[*] evaluating {checkpoint} on {split}: every question of its all-questions file "
             f"({len(arrays)} balanced in the cache)")
+        cached = arrays.question_ids.tolist()
         scores, written_count, dropped, labels = gqa_official.predict_all_questions(
-            lit, dm, split, official, written, device, out, attentions, attention, arrays.question_ids.tolist(), say,
-            positions={q: p for p, q in enumerate(arrays.question_ids.tolist())} if report else None)
+            lit, dm, split, official, written, device, out, attentions, attention, cached, say,
+            positions={q: p for p, q in enumerate(cached)} if report else None)
     else:
         say(f"[*] evaluating {checkpoint} on {split}: {len(arrays)} questions")
         predicted = predict_split(lit, dm.dataloader_for(split), len(arrays), device,
